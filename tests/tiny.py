@@ -1,0 +1,145 @@
+"""Tiny random models of every supported family, for tests.
+
+Why the real transformers config classes (not hand-written dicts): the point of these models
+is to catch what transformers *actually* does (tensor names, conversion mappings, config
+validation of ``layer_types``), so they must come from the same code path a user's model does.
+Sizes are tiny (hidden 32, 4 heads, vocab 128) so building and saving all families takes
+about a second. No downloads: everything is built from configs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+FAMILIES: list[str] = [
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "gemma",
+    "gemma2",
+    "gemma3_text",
+    "phi3",
+    "gpt2",
+    "gpt_neox",
+    "olmo2",
+]
+
+VOCAB = 128
+HIDDEN = 32
+
+# common kwargs of the Llama-like families; special token ids inside the tiny vocab
+_DECODER: dict[str, Any] = dict(
+    hidden_size=HIDDEN,
+    intermediate_size=64,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=VOCAB,
+    max_position_embeddings=128,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=0,
+)
+
+_FAMILY_KWARGS: dict[str, dict[str, Any]] = {
+    "llama": dict(_DECODER),
+    "mistral": dict(_DECODER, sliding_window=None),
+    "qwen2": dict(_DECODER),
+    "qwen3": dict(_DECODER, head_dim=8),
+    "gemma": dict(_DECODER, head_dim=8),
+    # small windows so that sliding attention actually matters in short generations
+    "gemma2": dict(_DECODER, head_dim=8, sliding_window=4, query_pre_attn_scalar=8),
+    "gemma3_text": dict(
+        _DECODER, head_dim=8, sliding_window=4, query_pre_attn_scalar=8, sliding_window_pattern=2
+    ),
+    "phi3": dict(_DECODER),
+    "gpt2": dict(
+        n_embd=HIDDEN, n_head=4, vocab_size=VOCAB, n_positions=128, bos_token_id=1, eos_token_id=2
+    ),
+    "gpt_neox": dict(
+        hidden_size=HIDDEN,
+        intermediate_size=64,
+        num_attention_heads=4,
+        vocab_size=VOCAB,
+        max_position_embeddings=128,
+        bos_token_id=1,
+        eos_token_id=2,
+    ),
+    "olmo2": dict(_DECODER),
+}
+
+
+def _config_class(family: str) -> Any:
+    import transformers as T
+
+    return {
+        "llama": T.LlamaConfig,
+        "mistral": T.MistralConfig,
+        "qwen2": T.Qwen2Config,
+        "qwen3": T.Qwen3Config,
+        "gemma": T.GemmaConfig,
+        "gemma2": T.Gemma2Config,
+        "gemma3_text": T.Gemma3TextConfig,
+        "phi3": T.Phi3Config,
+        "gpt2": T.GPT2Config,
+        "gpt_neox": T.GPTNeoXConfig,
+        "olmo2": T.Olmo2Config,
+    }[family]
+
+
+def config_class(family: str) -> Any:
+    """The transformers config class of ``family`` (for rebuilding a sliced config)."""
+    return _config_class(family)
+
+
+def tiny_config(family: str, num_layers: int = 4, **overrides: Any) -> Any:
+    """A tiny config of the real transformers class; ``overrides`` win over the defaults."""
+    if family not in _FAMILY_KWARGS:
+        raise ValueError(f"unknown tiny family {family!r}; choose from {FAMILIES}")
+    kw = dict(_FAMILY_KWARGS[family])
+    kw["n_layer" if family == "gpt2" else "num_hidden_layers"] = num_layers
+    kw.update(overrides)
+    return _config_class(family)(**kw)
+
+
+def make_tiny(family: str, num_layers: int = 4, seed: int = 0, **overrides: Any) -> Any:
+    """A deterministic random float32 causal LM in eval mode (same seed -> same weights)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = tiny_config(family, num_layers, **overrides)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    return model.eval()
+
+
+def save_tiny(
+    family: str,
+    path: str | os.PathLike[str],
+    num_layers: int = 4,
+    seed: int = 0,
+    max_shard_size: int | str | None = None,
+    **overrides: Any,
+) -> Path:
+    """Build :func:`make_tiny` and ``save_pretrained`` it (safetensors) into ``path``.
+
+    ``max_shard_size`` (e.g. ``"20KB"``) forces a sharded checkpoint with an index file.
+    """
+    model = make_tiny(family, num_layers, seed, **overrides)
+    out = Path(path)
+    kwargs: dict[str, Any] = {"safe_serialization": True}
+    if max_shard_size is not None:
+        kwargs["max_shard_size"] = max_shard_size
+    # quiet: a "Writing model shards" bar on stderr would leak into tests that capture it
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(out, **kwargs)
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+    return out
