@@ -78,10 +78,18 @@ def format_inspect(info: dict[str, Any]) -> str:
         ("dtype", info["dtype"]),
         ("tied embeddings", "yes" if info["tied_embeddings"] else "no"),
         ("residual", info["residual"]),
-        ("parameters", f"{human(info['params_total'])} (pre {human(info['params_pre'])}, post {human(info['params_post'])})"),
+        (
+            "parameters",
+            f"{human(info['params_total'])} (pre {human(info['params_pre'])}, post {human(info['params_post'])})",
+        ),
         ("per layer", human(pl[0]) + " each" if same and pl else ", ".join(human(x) for x in pl)),
         ("per-layer config", ", ".join(info["per_layer_config_keys"]) or "-"),
-        ("shards", f"{len(info['shards'])}: " + ", ".join(info["shards"][:4]) + (" ..." if len(info["shards"]) > 4 else "")),
+        (
+            "shards",
+            f"{len(info['shards'])}: "
+            + ", ".join(info["shards"][:4])
+            + (" ..." if len(info["shards"]) > 4 else ""),
+        ),
         ("chat template", "yes" if info["chat_template"] else "no"),
     ]
     w = max(len(k) for k, _ in rows)

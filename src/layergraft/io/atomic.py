@@ -68,7 +68,9 @@ def check_output_target(
         if t == inp:
             raise OutputError(f"output {target} is the input model itself; choose a new directory")
         if inp.is_dir() and inp in t.parents:
-            raise OutputError(f"output {target} is inside the input {inp}; choose a directory outside it")
+            raise OutputError(
+                f"output {target} is inside the input {inp}; choose a directory outside it"
+            )
         if t.is_dir() and t in inp.parents:
             raise OutputError(
                 f"output {target} contains the input {inp}; replacing it would delete the input — choose another directory"
@@ -98,13 +100,17 @@ def atomic_dir(
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise OutputError(f"cannot create {parent}: {e.strerror}; choose a writable location") from e
+        raise OutputError(
+            f"cannot create {parent}: {e.strerror}; choose a writable location"
+        ) from e
     clean_stale_temps(parent, target.name)
     tmp = parent / f".{target.name}{_TMP_TAG}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         tmp.mkdir()
     except OSError as e:
-        raise OutputError(f"cannot write in {parent}: {e.strerror}; choose a writable location") from e
+        raise OutputError(
+            f"cannot write in {parent}: {e.strerror}; choose a writable location"
+        ) from e
     try:
         yield tmp
         _fsync_dir(tmp)

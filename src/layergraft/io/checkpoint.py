@@ -75,7 +75,7 @@ class Checkpoint:
     def adapter(self):  # -> ModelAdapter (import kept lazy: arch knows families, io does not)
         from layergraft.arch import adapter_for
 
-        return adapter_for(self.config, self.tensors.keys())
+        return adapter_for(self.config, self.tensors.keys(), where=str(self.origin or self.path))
 
     @property
     def sharded(self) -> bool:
@@ -180,7 +180,9 @@ def open_checkpoint(
         ck = _open_dir(_hub_to_dir(text, revision), allow_pickle=allow_pickle)
         ck.source, ck.origin = "hub", text
     else:
-        raise InputError(f"{text}: no such file or directory; give a model directory, a .gguf file or a hub id (org/name)")
+        raise InputError(
+            f"{text}: no such file or directory; give a model directory, a .gguf file or a hub id (org/name)"
+        )
     if validate_arch:
         _ = ck.adapter  # resolve (and validate) the architecture now, not mid-write
     return ck
@@ -190,7 +192,9 @@ def _read_config(path: Path) -> dict[str, Any]:
     cfg = path / "config.json"
     if not cfg.is_file():
         hint = "it looks empty" if not any(path.iterdir()) else "no config.json in it"
-        raise InputError(f"{path} is not a model directory ({hint}); point to a directory saved with save_pretrained")
+        raise InputError(
+            f"{path} is not a model directory ({hint}); point to a directory saved with save_pretrained"
+        )
     try:
         obj = json.loads(cfg.read_text())
     except (OSError, ValueError) as e:
@@ -198,7 +202,9 @@ def _read_config(path: Path) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise InputError(f"{cfg}: not a JSON object; re-save the model")
     if obj.get("auto_map") and not obj.get("model_type"):
-        raise InputError(f"{path}: model needs remote code (auto_map) and has no model_type; layergraft supports transformers-native architectures")
+        raise InputError(
+            f"{path}: model needs remote code (auto_map) and has no model_type; layergraft supports transformers-native architectures"
+        )
     return obj
 
 
@@ -218,13 +224,17 @@ def _open_dir(path: Path, *, allow_pickle: bool) -> Checkpoint:
         files = sorted({path / f for f in weight_map.values()})
         for f in files:
             if not f.is_file():
-                raise InputError(f"{index} names {f.name}, which is missing; re-download the missing shard")
+                raise InputError(
+                    f"{index} names {f.name}, which is missing; re-download the missing shard"
+                )
     elif (path / SINGLE_NAME).is_file():
         weight_map = None
         files = [path / SINGLE_NAME]
     else:
         others = sorted(path.glob("*.safetensors"))
-        pickles = [n for n in PICKLE_NAMES if (path / n).exists()] or [p.name for p in path.glob("pytorch_model*.bin")]
+        pickles = [n for n in PICKLE_NAMES if (path / n).exists()] or [
+            p.name for p in path.glob("pytorch_model*.bin")
+        ]
         if others:
             weight_map = None
             files = others
@@ -239,7 +249,9 @@ def _open_dir(path: Path, *, allow_pickle: bool) -> Checkpoint:
             ck.source, ck.origin = "pickle", str(path)
             return ck
         else:
-            raise InputError(f"{path} has a config.json but no weights (*.safetensors); copy the weight files next to it")
+            raise InputError(
+                f"{path} has a config.json but no weights (*.safetensors); copy the weight files next to it"
+            )
     headers = {f: read_header(f) for f in files}
     tensors: dict[str, TensorEntry] = {}
     for f, h in headers.items():
@@ -249,7 +261,9 @@ def _open_dir(path: Path, *, allow_pickle: bool) -> Checkpoint:
                     notes.append(f"{f.name} holds {name}, which the index does not list")
                 continue
             if name in tensors:
-                raise InputError(f"{path}: tensor {name!r} is stored twice ({tensors[name].file.name}, {f.name}); re-save the model")
+                raise InputError(
+                    f"{path}: tensor {name!r} is stored twice ({tensors[name].file.name}, {f.name}); re-save the model"
+                )
             tensors[name] = entry
     if weight_map is not None:
         missing = [n for n in weight_map if n not in tensors]
@@ -273,7 +287,9 @@ def _hub_to_dir(repo_id: str, revision: str | None) -> Path:
     for local_only in (True, False):
         try:
             return Path(
-                snapshot_download(repo_id, revision=revision, allow_patterns=patterns, local_files_only=local_only)
+                snapshot_download(
+                    repo_id, revision=revision, allow_patterns=patterns, local_files_only=local_only
+                )
             )
         except Exception as e:  # every failure here is "not reachable / not found"
             last = e
@@ -286,7 +302,9 @@ def _hub_to_dir(repo_id: str, revision: str | None) -> Path:
 
 def _file_key(path: Path) -> str:
     st = path.stat()
-    return hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    return hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[
+        :16
+    ]
 
 
 def _gguf_to_dir(path: Path) -> Path:
@@ -301,16 +319,40 @@ def _gguf_to_dir(path: Path) -> Path:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
     except ImportError as e:  # pragma: no cover
-        raise InputError("reading .gguf needs torch, transformers and gguf; pip install gguf") from e
+        raise InputError(
+            "reading .gguf needs torch, transformers and gguf; pip install gguf"
+        ) from e
     log.warning("dequantising %s into %s (once; later runs reuse it)", path, out)
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path.parent), gguf_file=path.name, dtype=torch.float32
+        )
     except Exception as e:  # transformers raises ValueError/KeyError/OSError for bad files
-        raise InputError(f"{path}: cannot read this GGUF file ({type(e).__name__}: {e}); check that its architecture is supported by transformers") from e
+        raise InputError(
+            f"{path}: cannot read this GGUF file ({type(e).__name__}: {e}); check that its architecture is supported by transformers"
+        ) from e
+    from layergraft.io.writer import OutTensor, write_checkpoint
+
+    # transformers refuses save_pretrained on a gguf-loaded model (it counts as quantized),
+    # but the dequantised weights are ordinary tensors: write them ourselves.
+    config = model.config
+    for attr in ("quantization_config",):
+        if hasattr(config, attr):
+            delattr(config, attr)
+    state = model.state_dict()
+    if getattr(config, "tie_word_embeddings", False):
+        for name in list(state):
+            if name.endswith("lm_head.weight"):
+                del state[name]
     with atomic_dir(out, force=True) as tmp:
-        model.save_pretrained(tmp)
+        config.save_pretrained(tmp)
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.save_pretrained(tmp)
+        write_checkpoint(tmp, [OutTensor.from_torch(k, v) for k, v in state.items()])
         try:
-            AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name).save_pretrained(tmp)
+            AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name).save_pretrained(
+                tmp
+            )
         except Exception as e:  # a GGUF without tokenizer metadata still gives weights
             log.warning("%s: no usable tokenizer in the GGUF file (%s)", path, e)
     return out

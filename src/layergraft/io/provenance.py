@@ -7,6 +7,7 @@ can be reproduced or audited, and ``layergraft verify`` can check the weights la
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import platform
@@ -24,10 +25,8 @@ def versions() -> dict[str, str]:
     """Versions of the packages that shape the numbers (no imports: metadata only)."""
     out = {"python": platform.python_version()}
     for pkg in ("layergraft", "torch", "transformers", "safetensors", "tokenizers", "numpy"):
-        try:
+        with contextlib.suppress(_md.PackageNotFoundError):
             out[pkg] = _md.version(pkg)
-        except _md.PackageNotFoundError:
-            pass
     return out
 
 
@@ -105,7 +104,10 @@ def model_card(title: str, summary: str, prov: dict[str, Any], extra_md: str = "
     if extra_md:
         lines += ["", extra_md.strip()]
     v = prov.get("versions", {})
-    lines += ["", f"Made with layergraft {v.get('layergraft', '?')}, transformers {v.get('transformers', '?')}."]
+    lines += [
+        "",
+        f"Made with layergraft {v.get('layergraft', '?')}, transformers {v.get('transformers', '?')}.",
+    ]
     return "\n".join(lines) + "\n"
 
 

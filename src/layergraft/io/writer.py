@@ -99,6 +99,7 @@ class _HashingWriter:
         self.pool = pool
         self.pending: Future[None] | None = None
         self.size = 0
+        self.turn = 0  # which copy buffer is next; kept across tensors (see _copy_range)
 
     def write(self, data: Any) -> None:
         mv = memoryview(data).cast("B")
@@ -120,10 +121,9 @@ def _copy_range(src: TensorEntry, out: _HashingWriter, bufs: list[bytearray]) ->
     with open(src.file, "rb", buffering=0) as f:
         f.seek(src.offset)
         remaining = src.nbytes
-        i = 0
         while remaining:
-            buf = bufs[i % len(bufs)]
-            i += 1
+            buf = bufs[out.turn % len(bufs)]
+            out.turn += 1
             want = min(remaining, len(buf))
             # At most one hash is pending, and it is of the *other* buffer (write() waits
             # for the previous hash before queueing the next), so this one is free.
@@ -164,7 +164,7 @@ def write_checkpoint(
     result = WriteResult()
     bufs = [bytearray(_CHUNK), bytearray(_CHUNK)]
     with ThreadPoolExecutor(max_workers=1) as pool:
-        for fname, shard in zip(file_names, shards):
+        for fname, shard in zip(file_names, shards, strict=True):
             header, _ = encode_header([(t.name, t.dtype, t.shape, t.nbytes) for t in shard], meta)
             with open(out_dir / fname, "wb") as f:
                 w = _HashingWriter(f, pool)

@@ -1,0 +1,63 @@
+"""YAML recipes: the same operation as the CLI flags, as a file that can be reviewed,
+versioned and replayed. Every output directory gets the recipe that made it.
+
+Why strict: a misspelled key (``embed_form``) silently ignored would produce a different
+model than the user asked for, so unknown keys are refused with the closest valid key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any
+
+from layergraft.errors import InputError
+
+#: keys each operation accepts in a recipe (besides ``operation``)
+RECIPE_KEYS: dict[str, tuple[str, ...]] = {
+    "restore": ("base", "post", "layers", "embed_from", "head_from", "max_shard_size"),
+    "soup": ("base", "post", "alpha", "embed_from", "head_from", "max_shard_size"),
+}
+
+
+def load_recipe(path: str | os.PathLike[str], operation: str) -> dict[str, Any]:
+    """Read and validate a recipe for ``operation``."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"recipe {p} not found; give the path of a YAML recipe file")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise InputError(
+            f"recipe {p} is not valid YAML ({type(e).__name__}); fix the syntax"
+        ) from e
+    if not isinstance(data, dict):
+        raise InputError(f"recipe {p} must be a mapping of keys to values (key: value)")
+    op = data.pop("operation", operation)
+    if op != operation:
+        raise InputError(
+            f"recipe {p} is for '{op}', not '{operation}'; use layergraft {op} --recipe {p}"
+        )
+    allowed = RECIPE_KEYS[operation]
+    for key in data:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"allowed keys: {', '.join(allowed)}"
+            raise InputError(f"recipe {p}: unknown key '{key}'; {hint}")
+    return data
+
+
+def dump_recipe(operation: str, values: dict[str, Any]) -> str:
+    """A recipe that replays ``operation`` (keys in a stable order, comments on ranges)."""
+    import yaml
+
+    body = {"operation": operation}
+    body.update({k: v for k, v in values.items() if v is not None})
+    head = (
+        f"# layergraft {operation} recipe: replay with `layergraft {operation} --recipe THIS_FILE --out DIR`\n"
+        "# layer ranges are 0-based, half-open [start, end): 2:5 means layers 2, 3, 4\n"
+    )
+    return head + yaml.safe_dump(body, sort_keys=False)

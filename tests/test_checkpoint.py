@@ -1,0 +1,187 @@
+"""Opening checkpoints (dir, sharded dir, gguf, hub id offline) and `layergraft inspect`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import pytest
+import torch
+
+from gguf_util import write_tiny_llama_gguf
+from layergraft.cli import main
+from layergraft.errors import InputError
+from layergraft.inspect import inspect_model
+from layergraft.io.checkpoint import open_checkpoint
+from tiny import FAMILIES, save_tiny
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    return save_tiny("llama", tmp_path_factory.mktemp("m") / "llama", num_layers=3, seed=0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_inspect_every_family(tmp_path, family):
+    from tiny import make_tiny
+
+    model = make_tiny(family, num_layers=3)
+    path = save_tiny(family, tmp_path / family, num_layers=3)
+    info = inspect_model(path)
+    cfg = model.config
+    assert info["family"] == family
+    assert info["num_layers"] == 3
+    assert info["hidden_size"] == cfg.hidden_size
+    assert info["vocab_size"] == cfg.vocab_size
+    assert info["dtype"] == "F32"
+    assert info["tied_embeddings"] == bool(cfg.tie_word_embeddings)
+    n_params = sum(p.numel() for p in model.state_dict().values() if p is not None)
+    # the checkpoint stores a tied lm_head once; state_dict lists it twice
+    if cfg.tie_word_embeddings:
+        n_params -= model.get_output_embeddings().weight.numel()
+    layer_params = (
+        [sum(p.numel() for p in layer.state_dict().values()) for layer in model.model.layers]
+        if hasattr(model, "model") and hasattr(model.model, "layers")
+        else None
+    )
+    assert info["params_total"] <= n_params  # non-persistent buffers are not stored
+    if layer_params is not None:
+        assert info["params_per_layer"] == layer_params
+    assert len(info["params_per_layer"]) == 3 and len(set(info["params_per_layer"])) == 1
+    assert info["chat_template"] is False
+
+
+def test_inspect_json_cli_and_sharded(tmp_path, capsys):
+    path = save_tiny("qwen2", tmp_path / "q", num_layers=4, max_shard_size="30KB")
+    assert (path / "model.safetensors.index.json").exists()
+    assert main(["inspect", str(path), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    for key in (
+        "family",
+        "adapter",
+        "num_layers",
+        "hidden_size",
+        "vocab_size",
+        "dtype",
+        "tied_embeddings",
+        "shards",
+        "params_per_layer",
+        "chat_template",
+    ):
+        assert key in info
+    assert info["sharded"] and len(info["shards"]) > 1
+    assert main(["inspect", str(path)]) == 0
+    assert "qwen2" in capsys.readouterr().out
+
+
+def test_inspect_gguf(tmp_path):
+    g = write_tiny_llama_gguf(tmp_path / "tiny.gguf", layers=2, hidden=32, vocab=64)
+    info = inspect_model(g)
+    assert (info["family"], info["num_layers"], info["hidden_size"], info["vocab_size"]) == (
+        "llama",
+        2,
+        32,
+        64,
+    )
+    assert info["source"] == "gguf" and info["origin"] == str(g)
+    # second open reuses the dequantised cache
+    assert inspect_model(g)["path"] == info["path"]
+
+
+def _digest(p):
+    return {
+        f.name: hashlib.sha256(f.read_bytes()).hexdigest()
+        for f in sorted(p.rglob("*"))
+        if f.is_file()
+    }
+
+
+def _bad_inputs(tmp_path, llama_dir):
+    """(name, path) pairs for every way a checkpoint can be unusable."""
+    cases = {}
+    cases["missing"] = tmp_path / "nope"
+    f = tmp_path / "afile.txt"
+    f.write_text("x")
+    cases["file-not-dir"] = f
+    (tmp_path / "empty").mkdir()
+    cases["empty-dir"] = tmp_path / "empty"
+    d = tmp_path / "noweights"
+    d.mkdir()
+    shutil.copy(llama_dir / "config.json", d)
+    cases["config-without-weights"] = d
+    d = tmp_path / "truncated"
+    shutil.copytree(llama_dir, d)
+    w = d / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:-100])
+    cases["truncated"] = d
+    d = tmp_path / "badheader"
+    shutil.copytree(llama_dir, d)
+    w = d / "model.safetensors"
+    data = bytearray(w.read_bytes())
+    data[8:16] = b"\x00garbage"
+    w.write_bytes(bytes(data))
+    cases["corrupted-header"] = d
+    d = tmp_path / "missing-shard"
+    shutil.copytree(save_tiny("llama", tmp_path / "sh", num_layers=3, max_shard_size="20KB"), d)
+    next(iter(sorted(d.glob("model-*.safetensors")))).unlink()
+    cases["missing-shard"] = d
+    d = tmp_path / "pickle"
+    d.mkdir()
+    shutil.copy(llama_dir / "config.json", d)
+    torch.save({"x": torch.zeros(2)}, d / "pytorch_model.bin")
+    cases["pickle-only"] = d
+    d = tmp_path / "nolayers"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"model_type": "mystery", "hidden_size": 8}))
+    from safetensors.torch import save_file
+
+    save_file(
+        {"encoder.weight": torch.zeros(2, 2), "head.weight": torch.zeros(2, 2)},
+        d / "model.safetensors",
+    )
+    cases["unknown-arch-no-layers"] = d
+    return cases
+
+
+def test_bad_inputs_one_line_exit_2(tmp_path, llama_dir, capsys):
+    cases = _bad_inputs(tmp_path, llama_dir)
+    for name, path in cases.items():
+        before = _digest(path) if path.exists() and path.is_dir() else None
+        rc = main(["inspect", str(path)])
+        err = capsys.readouterr().err
+        assert rc == 2, name
+        assert err.count("\n") == 1 and "Traceback" not in err, (name, err)
+        assert str(path.name) in err or "no such" in err, (name, err)
+        if before is not None:
+            assert _digest(path) == before, name
+
+
+def test_pickle_allowed_on_request(tmp_path, llama_dir):
+    from transformers import AutoModelForCausalLM
+
+    d = tmp_path / "pk"
+    m = AutoModelForCausalLM.from_pretrained(llama_dir)
+    d.mkdir()
+    shutil.copy(llama_dir / "config.json", d)
+    torch.save(m.state_dict(), d / "pytorch_model.bin")
+    with pytest.raises(InputError, match="--allow-pickle"):
+        open_checkpoint(d)
+    ck = open_checkpoint(d, allow_pickle=True)
+    assert ck.source == "pickle" and ck.adapter.num_layers == 3
+
+
+def test_hub_id_offline_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(InputError, match="huggingface-cli download"):
+        open_checkpoint("some-org/some-model-that-is-not-cached")
+
+
+def test_fingerprint_full_hash(llama_dir):
+    fp = open_checkpoint(llama_dir).fingerprint(full_hash=True)
+    rec = fp["files"][0]
+    assert (
+        rec["sha256"] == hashlib.sha256((llama_dir / "model.safetensors").read_bytes()).hexdigest()
+    )
+    assert len(rec["header_sha256"]) == 64
