@@ -1,0 +1,91 @@
+"""Pieces every command module shares: the one-line-error parser, sizes, output flags,
+recipes, JSON printing. Command modules register their subcommands with ``register(sub)``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from layergraft.errors import LayergraftError
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (problem + where to look) and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+def parse_size(text: str) -> int:
+    """'5GB', '500MB', '2GiB', '1000' -> bytes (argparse type)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?)B?\s*", text, re.IGNORECASE)
+    if not m:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size; write e.g. 5GB or 500MB")
+    base = 1024 if m.group(3) else 1000
+    power = " KMGT".index(m.group(2).upper() or " ")
+    return int(float(m.group(1)) * base**power)
+
+
+def merge_recipe(
+    args: argparse.Namespace, operation: str, required: Sequence[str]
+) -> dict[str, Any]:
+    """CLI flags override the recipe's values; the union must give every required key."""
+    from layergraft.recipe import RECIPE_KEYS, load_recipe
+
+    values: dict[str, Any] = (
+        load_recipe(args.recipe, operation) if getattr(args, "recipe", None) else {}
+    )
+    for key in RECIPE_KEYS[operation]:
+        v = getattr(args, key, None)
+        if v is not None:
+            values[key] = v
+    missing = [k for k in required if values.get(k) is None]
+    if missing:
+        flag = "--" + missing[0].replace("_", "-")
+        raise LayergraftError(f"{flag} is required (give it on the command line or in --recipe)")
+    if isinstance(values.get("max_shard_size"), str):
+        values["max_shard_size"] = parse_size(values["max_shard_size"])
+    return values
+
+
+def add_pair_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "--base", metavar="B", help="pre-trained base model (directory, .gguf or hub id)"
+    )
+    s.add_argument("--post", metavar="P", help="post-trained model (directory, .gguf or hub id)")
+
+
+def add_output_args(s: argparse.ArgumentParser) -> None:
+    """Flags of every command that writes a model directory."""
+    s.add_argument(
+        "--out", required=True, metavar="DIR", help="output model directory (written atomically)"
+    )
+    s.add_argument(
+        "--force",
+        action="store_true",
+        help="replace DIR if it exists (only once the new one is complete)",
+    )
+    s.add_argument(
+        "--max-shard-size",
+        type=parse_size,
+        metavar="SIZE",
+        help="shard size, e.g. 5GB (default: like the input)",
+    )
+    s.add_argument(
+        "--hash-inputs",
+        action="store_true",
+        help="record full sha256 of input weight files (reads them all)",
+    )
+    s.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="accept pickle-only (.bin) checkpoints (runs code from the file)",
+    )
+    s.add_argument("--quiet", action="store_true", help="no progress bar")

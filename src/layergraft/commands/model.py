@@ -1,0 +1,65 @@
+"""``inspect`` and ``toy``: looking at checkpoints and the bundled toy pair."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from layergraft.commands.common import print_json
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from layergraft.inspect import format_inspect, inspect_model
+
+    info = inspect_model(args.model, allow_pickle=args.allow_pickle)
+    if args.json:
+        print_json(info)
+    else:
+        print(format_inspect(info))
+    return 0
+
+
+def _cmd_toy_path(args: argparse.Namespace) -> int:
+    from layergraft.toy import toy_paths
+
+    base, post = toy_paths()
+    print(base)
+    print(post)
+    return 0
+
+
+def _cmd_toy_build(args: argparse.Namespace) -> int:
+    from layergraft.toy import build_pair
+
+    result = build_pair(args.out, seed=args.seed, progress=not args.quiet)
+    print_json(result)
+    return 0
+
+
+def register(sub: Any) -> None:
+    s = sub.add_parser(
+        "inspect", help="describe a checkpoint: family, layers, sizes, shards, chat template"
+    )
+    s.add_argument("model", metavar="MODEL", help="model directory, .gguf file or hub id")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="accept pickle-only (.bin) checkpoints (runs code from the file)",
+    )
+    s.set_defaults(func=_cmd_inspect)
+
+    t = sub.add_parser("toy", help="the bundled toy base/post-trained pair")
+    tsub = t.add_subparsers(dest="toy_command", metavar="ACTION", parser_class=type(t))
+    tsub.required = True
+    tp = tsub.add_parser("path", help="print the shipped pair's directories (base, then post)")
+    tp.set_defaults(func=_cmd_toy_path)
+    tb = tsub.add_parser(
+        "build", help="rebuild the toy pair from scratch (about 15 minutes on 2 cores)"
+    )
+    tb.add_argument(
+        "--out", required=True, metavar="DIR", help="output directory (gets base/ and post/)"
+    )
+    tb.add_argument("--seed", type=int, default=0, help="random seed (default 0: the shipped pair)")
+    tb.add_argument("--quiet", action="store_true", help="no progress bars")
+    tb.set_defaults(func=_cmd_toy_build)
