@@ -174,3 +174,31 @@ def test_tied_embeddings_stay_tied(tmp_path):
     assert out.tensors.keys() == ck.tensors.keys()
     m = AutoModelForCausalLM.from_pretrained(tmp_path / "o")
     assert m.get_output_embeddings().weight.data_ptr() == m.get_input_embeddings().weight.data_ptr()
+
+
+def test_soup_on_disk_and_in_memory(pairs, tmp_path):
+    from layergraft.api import soup
+    from layergraft.surgery.soup import souped
+
+    base, post = pairs["qwen2"]
+    tb, tp = _all_tensors(base), _all_tensors(post)
+    soup(base, post, 0.25, tmp_path / "s", progress=False)
+    ts = _all_tensors(tmp_path / "s")
+    for name, t in ts.items():
+        expect = (0.75 * tp[name].float() + 0.25 * tb[name].float()).to(tp[name].dtype)
+        torch.testing.assert_close(t, expect, rtol=1e-6, atol=1e-7)
+    # alpha 0 and 1 are exact copies
+    soup(base, post, 1.0, tmp_path / "s1", progress=False)
+    assert all(torch.equal(t, tb[n]) for n, t in _all_tensors(tmp_path / "s1").items())
+    # the in-memory soup gives the same logits and is undone exactly
+    mb = AutoModelForCausalLM.from_pretrained(base).eval()
+    mp = AutoModelForCausalLM.from_pretrained(post).eval()
+    ms = AutoModelForCausalLM.from_pretrained(tmp_path / "s").eval()
+    before = {k: v.clone() for k, v in mp.state_dict().items()}
+    ids = torch.arange(2, 12).reshape(1, 10)
+    with torch.no_grad(), souped(mp, mb, 0.25):
+        torch.testing.assert_close(mp(ids).logits, ms(ids).logits, rtol=1e-5, atol=1e-5)
+    assert all(torch.equal(mp.state_dict()[k], v) for k, v in before.items())
+    with pytest.raises(Exception, match="alpha"):
+        soup(base, post, 1.5, tmp_path / "bad", progress=False)
+    assert not (tmp_path / "bad").exists()

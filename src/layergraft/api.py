@@ -28,7 +28,7 @@ from layergraft.ranges import Range, format_ranges, parse_ranges
 log = logging.getLogger(__name__)
 PathLike = str | os.PathLike[str]
 
-__all__ = ["inspect_model", "open_checkpoint", "restore"]
+__all__ = ["inspect_model", "open_checkpoint", "restore", "soup"]
 
 
 def _progress_bar(total: int, desc: str, enabled: bool):
@@ -47,6 +47,55 @@ def _progress_bar(total: int, desc: str, enabled: bool):
 
 def _as_checkpoint(x: PathLike | Checkpoint, allow_pickle: bool) -> Checkpoint:
     return x if isinstance(x, Checkpoint) else open_checkpoint(x, allow_pickle=allow_pickle)
+
+
+def _write_model_dir(
+    out: PathLike,
+    *,
+    operation: str,
+    inputs: dict[str, Checkpoint],
+    sidecars_from: Checkpoint,
+    tensors: list[Any],
+    recipe: dict[str, Any],
+    details: dict[str, Any],
+    title: str,
+    summary: str,
+    force: bool,
+    max_shard_bytes: int | None,
+    hash_inputs: bool,
+    progress: bool,
+    desc: str,
+    command: str | None,
+) -> dict[str, Any]:
+    """The shared tail of every command that writes a model: weights (streamed, hashed),
+    sidecars, recipe, provenance and model card, all inside one atomic directory."""
+    from layergraft.io.writer import write_checkpoint
+    from layergraft.recipe import dump_recipe
+    from layergraft.surgery.restore import copy_sidecars, default_shard_bytes
+
+    paths = [c.path for c in inputs.values()]
+    target = check_output_target(out, force=force, inputs=paths)
+    total = sum(t.nbytes for t in tensors)
+    with atomic_dir(target, force=force, inputs=paths) as tmp:
+        with _progress_bar(total, desc, progress) as bar:
+            res = write_checkpoint(
+                tmp,
+                tensors,
+                max_shard_bytes=max_shard_bytes or default_shard_bytes(sidecars_from),
+                progress=bar.update,
+            )
+        copy_sidecars(sidecars_from, tmp)
+        (tmp / RECIPE_NAME).write_text(dump_recipe(operation, recipe))
+        prov = build_provenance(
+            operation,
+            inputs={role: c.fingerprint(hash_inputs) for role, c in inputs.items()},
+            outputs=res.as_json(),
+            details=details,
+            command=command,
+        )
+        write_provenance(tmp, prov)
+        write_model_card(tmp, model_card(title, summary, prov))
+    return prov
 
 
 def restore(
@@ -71,13 +120,11 @@ def restore(
     Tensors are copied bit-identically; embeddings and lm_head come from the post model
     unless ``embed_from`` / ``head_from`` say ``"base"``. Returns the provenance record.
     """
-    from layergraft.recipe import dump_recipe
-    from layergraft.surgery.restore import mergekit_yaml, plan_restore, restore_to_dir
+    from layergraft.surgery.restore import mergekit_yaml, plan_restore
 
     b = _as_checkpoint(base, allow_pickle)
     p = _as_checkpoint(post, allow_pickle)
     ranges: list[Range] = parse_ranges(layers, p.adapter.num_layers)
-    target = check_output_target(out, force=force, inputs=[b.path, p.path])
     plan = plan_restore(b, p, ranges, embed_from=embed_from, head_from=head_from)  # type: ignore[arg-type]
     if embed_from != "post" or head_from != "post":
         log.warning(
@@ -85,50 +132,43 @@ def restore(
             embed_from,
             head_from,
         )
-    total = sum(t.nbytes for t in plan.tensors)
     rtext = format_ranges(ranges)
-    with atomic_dir(target, force=force, inputs=[b.path, p.path]) as tmp:
-        with _progress_bar(total, f"restore {rtext}", progress) as bar:
-            files = restore_to_dir(
-                plan, b, p, tmp, max_shard_bytes=max_shard_bytes, progress=bar.update
-            )
-        recipe = {
+    prov = _write_model_dir(
+        out,
+        operation="restore",
+        inputs={"base": b, "post": p},
+        sidecars_from=p,
+        tensors=plan.tensors,
+        recipe={
             "base": b.origin,
             "post": p.origin,
             "layers": rtext,
             "embed_from": embed_from,
             "head_from": head_from,
-        }
-        (tmp / RECIPE_NAME).write_text(dump_recipe("restore", recipe))
-        prov = build_provenance(
-            "restore",
-            inputs={"base": b.fingerprint(hash_inputs), "post": p.fingerprint(hash_inputs)},
-            outputs=files,
-            details={
-                "layers": rtext,
-                "ranges": [list(r) for r in ranges],
-                "layers_from_base": [i for s, e in ranges for i in range(s, e)],
-                "embed_from": embed_from,
-                "head_from": head_from,
-                "tensors_from": plan.counts(),
-                "family": p.adapter.family,
-                "num_layers": p.adapter.num_layers,
-            },
-            command=command,
-        )
-        write_provenance(tmp, prov)
-        write_model_card(
-            tmp,
-            model_card(
-                f"{Path(p.origin).name} with layers {rtext} restored from {Path(b.origin).name}",
-                f"Selective Layer Restoration: the post-trained model `{p.origin}` with decoder layers "
-                f"`{rtext}` (0-based, end excluded) copied bit-identically from the base model `{b.origin}`. "
-                f"Embeddings from **{embed_from}**, lm_head and final norm from **{head_from}**; config, tokenizer "
-                "and chat template from the post model. Same architecture and size as the post model; loads with "
-                "`AutoModelForCausalLM.from_pretrained`.",
-                prov,
-            ),
-        )
+        },
+        details={
+            "layers": rtext,
+            "ranges": [list(r) for r in ranges],
+            "layers_from_base": [i for s, e in ranges for i in range(s, e)],
+            "embed_from": embed_from,
+            "head_from": head_from,
+            "tensors_from": plan.counts(),
+            "family": p.adapter.family,
+            "num_layers": p.adapter.num_layers,
+        },
+        title=f"{Path(p.origin).name} with layers {rtext} restored from {Path(b.origin).name}",
+        summary=f"Selective Layer Restoration: the post-trained model `{p.origin}` with decoder layers "
+        f"`{rtext}` (0-based, end excluded) copied bit-identically from the base model `{b.origin}`. "
+        f"Embeddings from **{embed_from}**, lm_head and final norm from **{head_from}**; config, tokenizer "
+        "and chat template from the post model. Same architecture and size as the post model; loads with "
+        "`AutoModelForCausalLM.from_pretrained`.",
+        force=force,
+        max_shard_bytes=max_shard_bytes,
+        hash_inputs=hash_inputs,
+        progress=progress,
+        desc=f"restore {rtext}",
+        command=command,
+    )
     if export_mergekit is not None:  # after the model is in place: never a recipe without it
         dtype = next(iter(p.tensors.values())).dtype
         mk = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}.get(dtype)
@@ -136,3 +176,50 @@ def restore(
             mergekit_yaml(b.origin, p.origin, ranges, p.adapter.num_layers, mk)
         )
     return prov
+
+
+def soup(
+    base: PathLike | Checkpoint,
+    post: PathLike | Checkpoint,
+    alpha: float,
+    out: PathLike,
+    *,
+    force: bool = False,
+    max_shard_bytes: int | None = None,
+    hash_inputs: bool = False,
+    allow_pickle: bool = False,
+    progress: bool = True,
+    command: str | None = None,
+) -> dict[str, Any]:
+    """Write the weight interpolation ``(1 - alpha) * post + alpha * base`` (every floating
+    tensor, streamed one at a time). The proxy-soup baseline SLR is compared with."""
+    from layergraft.surgery.soup import check_alpha, plan_soup
+
+    a = check_alpha(alpha)
+    b = _as_checkpoint(base, allow_pickle)
+    p = _as_checkpoint(post, allow_pickle)
+    check_output_target(out, force=force, inputs=[b.path, p.path])
+    tensors = plan_soup(b, p, a)
+    return _write_model_dir(
+        out,
+        operation="soup",
+        inputs={"base": b, "post": p},
+        sidecars_from=p,
+        tensors=tensors,
+        recipe={"base": b.origin, "post": p.origin, "alpha": a},
+        details={
+            "alpha": a,
+            "formula": "(1 - alpha) * post + alpha * base",
+            "family": p.adapter.family,
+        },
+        title=f"soup of {Path(p.origin).name} and {Path(b.origin).name}, alpha={a:g}",
+        summary=f"Weight interpolation `(1 - {a:g}) * post + {a:g} * base` of every floating tensor "
+        f"(post `{p.origin}`, base `{b.origin}`), computed in float32 and stored in the input dtype. "
+        "Config, tokenizer and chat template from the post model.",
+        force=force,
+        max_shard_bytes=max_shard_bytes,
+        hash_inputs=hash_inputs,
+        progress=progress,
+        desc=f"soup {a:g}",
+        command=command,
+    )

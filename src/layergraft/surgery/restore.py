@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -158,26 +157,3 @@ def mergekit_yaml(
         "# (embeddings and lm_head from base_model = the post-trained model)\n"
     )
     return head + yaml.safe_dump(body, sort_keys=False)
-
-
-def restore_to_dir(
-    plan: RestorePlan,
-    base: Checkpoint,
-    post: Checkpoint,
-    out: Path,
-    *,
-    max_shard_bytes: int | None = None,
-    progress: Callable[[int], None] | None = None,
-) -> list[dict[str, Any]]:
-    """Write the planned hybrid's weights and sidecars into ``out`` (an existing, empty,
-    temporary directory); returns the written weight files with their sha256."""
-    from layergraft.io.writer import write_checkpoint
-
-    res = write_checkpoint(
-        out,
-        plan.tensors,
-        max_shard_bytes=max_shard_bytes or default_shard_bytes(post),
-        progress=progress,
-    )
-    copy_sidecars(post, out)
-    return res.as_json()
