@@ -66,6 +66,8 @@ def _write_model_dir(
     progress: bool,
     desc: str,
     command: str | None,
+    hash_outputs: bool = True,
+    fsync: bool = False,
 ) -> dict[str, Any]:
     """The shared tail of every command that writes a model: weights (streamed, hashed),
     sidecars, recipe, provenance and model card, all inside one atomic directory."""
@@ -83,6 +85,8 @@ def _write_model_dir(
                 tensors,
                 max_shard_bytes=max_shard_bytes or default_shard_bytes(sidecars_from),
                 progress=bar.update,
+                hash_outputs=hash_outputs,
+                fsync=fsync,
             )
         copy_sidecars(sidecars_from, tmp)
         (tmp / RECIPE_NAME).write_text(dump_recipe(operation, recipe))
@@ -113,6 +117,8 @@ def restore(
     allow_pickle: bool = False,
     progress: bool = True,
     command: str | None = None,
+    hash_outputs: bool = True,
+    fsync: bool = False,
 ) -> dict[str, Any]:
     """Write the post model with the decoder layers in ``layers`` copied from the base.
 
@@ -168,6 +174,8 @@ def restore(
         progress=progress,
         desc=f"restore {rtext}",
         command=command,
+        hash_outputs=hash_outputs,
+        fsync=fsync,
     )
     if export_mergekit is not None:  # after the model is in place: never a recipe without it
         dtype = next(iter(p.tensors.values())).dtype
@@ -190,6 +198,8 @@ def soup(
     allow_pickle: bool = False,
     progress: bool = True,
     command: str | None = None,
+    hash_outputs: bool = True,
+    fsync: bool = False,
 ) -> dict[str, Any]:
     """Write the weight interpolation ``(1 - alpha) * post + alpha * base`` (every floating
     tensor, streamed one at a time). The proxy-soup baseline SLR is compared with."""
@@ -222,4 +232,6 @@ def soup(
         progress=progress,
         desc=f"soup {a:g}",
         command=command,
+        hash_outputs=hash_outputs,
+        fsync=fsync,
     )

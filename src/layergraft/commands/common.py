@@ -55,6 +55,18 @@ def merge_recipe(
     return values
 
 
+def output_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The API keyword arguments that the flags of :func:`add_output_args` map to."""
+    return {
+        "force": args.force,
+        "hash_inputs": args.hash_inputs,
+        "hash_outputs": not args.no_hash,
+        "fsync": args.fsync,
+        "allow_pickle": args.allow_pickle,
+        "progress": not args.quiet,
+    }
+
+
 def add_pair_args(s: argparse.ArgumentParser) -> None:
     s.add_argument(
         "--base", metavar="B", help="pre-trained base model (directory, .gguf or hub id)"
@@ -82,6 +94,16 @@ def add_output_args(s: argparse.ArgumentParser) -> None:
         "--hash-inputs",
         action="store_true",
         help="record full sha256 of input weight files (reads them all)",
+    )
+    s.add_argument(
+        "--no-hash",
+        action="store_true",
+        help="skip the sha256 of written weights (raw kernel-copy speed; verify then checks sizes only)",
+    )
+    s.add_argument(
+        "--fsync",
+        action="store_true",
+        help="flush written files to the device before the final rename (power-loss durability)",
     )
     s.add_argument(
         "--allow-pickle",

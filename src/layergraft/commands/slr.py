@@ -1,11 +1,17 @@
-"""Selective Layer Restoration commands: ``restore`` (and, later, ``crc``, ``sweep``, ``soup``)."""
+"""Selective Layer Restoration commands: ``restore``, ``soup``, ``crc``, ``sweep``."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from layergraft.commands.common import add_output_args, add_pair_args, merge_recipe
+from layergraft.commands.common import (
+    add_output_args,
+    add_pair_args,
+    merge_recipe,
+    output_kwargs,
+    print_json,
+)
 
 
 def _cmd_restore(args: argparse.Namespace) -> int:
@@ -20,13 +26,10 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         args.out,
         embed_from=v.get("embed_from", "post"),
         head_from=v.get("head_from", "post"),
-        force=args.force,
         max_shard_bytes=v.get("max_shard_size"),
-        hash_inputs=args.hash_inputs,
         export_mergekit=args.export_mergekit,
-        allow_pickle=args.allow_pickle,
-        progress=not args.quiet,
         command=command_line(),
+        **output_kwargs(args),
     )
     d = prov["details"]
     print(
@@ -34,6 +37,116 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         f"{d['tensors_from']['post']} tensors from post; embeddings from {d['embed_from']}, head from {d['head_from']}"
     )
     return 0
+
+
+def _cmd_soup(args: argparse.Namespace) -> int:
+    from layergraft.api import soup
+    from layergraft.io.provenance import command_line
+
+    v = merge_recipe(args, "soup", ("base", "post", "alpha"))
+    soup(
+        v["base"],
+        v["post"],
+        v["alpha"],
+        args.out,
+        max_shard_bytes=v.get("max_shard_size"),
+        command=command_line(),
+        **output_kwargs(args),
+    )
+    print(f"wrote {args.out}: (1 - {v['alpha']:g}) * post + {v['alpha']:g} * base")
+    return 0
+
+
+def _crc_table(res: dict[str, Any]) -> str:
+    lines = [f"{'':<10} {'V':>7} {'H (nats)':>9} {'H_norm':>7} {'prompts':>8}"]
+    for name, row in [("all", res["mean"])] + sorted(res["by_category"].items()):
+        lines.append(
+            f"{name:<10} {row['V']:>7.3f} {row['H']:>9.3f} {row['H_norm']:>7.3f} {row['n']:>8}"
+        )
+    return "\n".join(lines)
+
+
+def _cmd_crc(args: argparse.Namespace) -> int:
+    from layergraft.slr_api import crc
+
+    res = crc(
+        args.model,
+        prompts=args.prompts,
+        estimator=args.estimator,
+        samples=args.samples,
+        temperature=args.temperature,
+        min_p=args.min_p,
+        seed=args.seed,
+        dtype=args.dtype,
+        device=args.device,
+    )
+    if args.json:
+        print_json(res)
+    else:
+        print(
+            f"CRC ({args.estimator} estimator): V = validity, H = entropy over valid characters, H_norm = H / log|S|"
+        )
+        print(_crc_table(res))
+    return 0
+
+
+def _parse_starts(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(
+            f"--starts {text!r} must be comma-separated layer indices, e.g. 0,2,4"
+        ) from e
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from layergraft.report import sweep_table
+    from layergraft.slr_api import sweep
+
+    if args.base is None or args.post is None:
+        from layergraft.errors import LayergraftError
+
+        raise LayergraftError("--base and --post are required")
+    res = sweep(
+        args.base,
+        args.post,
+        args.out,
+        prompts=args.prompts,
+        min_len=args.min_len,
+        max_len=args.max_len,
+        starts=_parse_starts(args.starts),
+        validity_ratio=args.validity_ratio,
+        method=args.method,
+        prefix_reuse=not args.no_prefix_reuse,
+        dtype=args.dtype,
+        device=args.device,
+        device_map=args.device_map,
+        restore_best=args.restore_best,
+        force=args.force,
+        progress=not args.quiet,
+    )
+    print(sweep_table(res))
+    sel = res["selection"]
+    print(
+        f"rule: {res['rule']['text']} -> threshold V >= {sel['validity_threshold']:.3f}; selected: {sel['interval'] or 'none'}"
+    )
+    if args.out:
+        print(f"wrote {args.out}/results.json, results.csv, heatmaps.png, pareto.png")
+    if res.get("restored_to"):
+        print(f"restored the selected interval into {res['restored_to']}")
+    return 0
+
+
+def _add_compute_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        help="compute dtype (default: the checkpoint's)",
+    )
+    s.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
 
 
 def register(sub: Any) -> None:
@@ -67,3 +180,84 @@ def register(sub: Any) -> None:
     )
     add_output_args(r)
     r.set_defaults(func=_cmd_restore)
+
+    so = sub.add_parser(
+        "soup", help="write the weight interpolation (1-alpha)*post + alpha*base (baseline)"
+    )
+    add_pair_args(so)
+    so.add_argument("--alpha", type=float, help="blend weight of the base model, in [0, 1]")
+    so.add_argument(
+        "--recipe",
+        metavar="FILE.yaml",
+        help="read base/post/alpha from a YAML recipe (flags override)",
+    )
+    add_output_args(so)
+    so.set_defaults(func=_cmd_soup)
+
+    c = sub.add_parser(
+        "crc", help="CRC proxy: validity and diversity of 'give a random character from this set'"
+    )
+    c.add_argument(
+        "model", metavar="MODEL", help="model directory, .gguf or hub id (needs a chat template)"
+    )
+    c.add_argument(
+        "--estimator",
+        choices=("exact", "sample"),
+        default="exact",
+        help="exact first-token distribution (default) or sampled answers",
+    )
+    c.add_argument(
+        "--prompts",
+        default="all",
+        help="bundled set (letters, digits, all) or a JSONL file of {prompt, valid}",
+    )
+    c.add_argument("--samples", type=int, default=32, help="samples per prompt (sample estimator)")
+    c.add_argument("--temperature", type=float, default=1.0)
+    c.add_argument("--min-p", type=float, default=0.1)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_compute_args(c)
+    c.set_defaults(func=_cmd_crc)
+
+    w = sub.add_parser(
+        "sweep",
+        help="score every restored interval [s, e) on the CRC proxy and select one (the paper's rule)",
+        description="Loads base and post once, scores both and every contiguous interval [start, end) of "
+        "base layers restored into the post model (in memory), selects the most diverse interval with "
+        "V >= ratio x V_post, and writes results.json/csv, heatmaps and a Pareto plot.",
+    )
+    add_pair_args(w)
+    w.add_argument(
+        "--out",
+        metavar="DIR",
+        help="write results.json, results.csv, heatmaps.png, pareto.png here",
+    )
+    w.add_argument(
+        "--force", action="store_true", help="replace --out / --restore-best if they exist"
+    )
+    w.add_argument("--prompts", default="all", help="CRC prompt set or JSONL file")
+    w.add_argument(
+        "--method",
+        choices=("slr", "soup", "both"),
+        default="slr",
+        help="intervals, 21 soup alphas, or both",
+    )
+    w.add_argument("--min-len", type=int, default=1, help="shortest interval (layers)")
+    w.add_argument("--max-len", type=int, help="longest interval (layers)")
+    w.add_argument("--starts", help="only intervals starting at these layers, e.g. 0,2,4")
+    w.add_argument(
+        "--validity-ratio",
+        type=float,
+        default=0.9,
+        help="keep intervals with V >= ratio x V_post (default 0.9)",
+    )
+    w.add_argument(
+        "--no-prefix-reuse",
+        action="store_true",
+        help="run every hybrid from the embeddings (slower; for checking)",
+    )
+    w.add_argument("--device-map", help="accelerate device map, e.g. auto")
+    w.add_argument("--restore-best", metavar="DIR", help="also write the selected hybrid to DIR")
+    w.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_compute_args(w)
+    w.set_defaults(func=_cmd_sweep)

@@ -9,6 +9,7 @@ sha256 recorded in provenance costs no second pass over the data.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -57,7 +58,7 @@ class OutTensor:
 class WrittenFile:
     name: str
     size: int
-    sha256: str
+    sha256: str | None
 
 
 @dataclass
@@ -89,49 +90,105 @@ def plan_shards(tensors: Sequence[OutTensor], max_shard_bytes: int) -> list[list
     return shards
 
 
-class _HashingWriter:
-    """Writes to a file and hashes the same bytes in a worker thread (hashlib releases the
-    GIL on large buffers), so hashing overlaps reading and writing."""
+class _ShardWriter:
+    """Writes one shard through a raw file descriptor.
 
-    def __init__(self, f: Any, pool: ThreadPoolExecutor) -> None:
-        self.f = f
-        self.h = hashlib.sha256()
+    Verbatim tensor copies go through the kernel (``os.copy_file_range``: no bytes pass
+    through Python, as with ``cp``). When hashing, a single worker thread reads the same
+    source ranges (from the page cache) and feeds sha256 in output order, so hashing runs
+    on the other core *while* the kernel copies instead of after it.
+    """
+
+    def __init__(self, path: Path, pool: ThreadPoolExecutor | None) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self.h = hashlib.sha256() if pool is not None else None
         self.pool = pool
-        self.pending: Future[None] | None = None
+        self.last: Future[None] | None = None
         self.size = 0
-        self.turn = 0  # which copy buffer is next; kept across tensors (see _copy_range)
+
+    def _hash(self, fn: Callable[[], None]) -> None:
+        if self.pool is not None:
+            self.last = self.pool.submit(fn)  # one worker: jobs run in submission order
 
     def write(self, data: Any) -> None:
         mv = memoryview(data).cast("B")
-        if self.pending is not None:
-            self.pending.result()
-        self.pending = self.pool.submit(self.h.update, mv)
-        self.f.write(mv)
+        pos = 0
+        while pos < mv.nbytes:
+            pos += os.write(self.fd, mv[pos:])
         self.size += mv.nbytes
+        if self.h is not None:
+            h = self.h
+            self._hash(lambda: h.update(mv))
 
-    def finish(self) -> str:
-        if self.pending is not None:
-            self.pending.result()
-            self.pending = None
-        return self.h.hexdigest()
+    def copy(self, run: list[TensorEntry]) -> None:
+        """Copy consecutive byte ranges of one source file with as few kernel calls as the
+        kernel allows (a restore's output mirrors the input layout, so runs are long)."""
+        first, last = run[0], run[-1]
+        span = TensorEntry(
+            first.name,
+            first.dtype,
+            (),
+            first.file,
+            first.offset,
+            last.offset + last.nbytes - first.offset,
+        )
+        with open(span.file, "rb", buffering=0) as f:
+            fd = f.fileno()
+            remaining, offset = span.nbytes, span.offset
+            try:
+                while remaining:
+                    n = os.copy_file_range(fd, self.fd, remaining, offset)
+                    if n == 0:
+                        raise OSError(
+                            f"{span.file}: unexpected end of file while copying {span.name!r}"
+                        )
+                    remaining -= n
+                    offset += n
+            except OSError as e:
+                if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+                self._copy_userspace(fd, offset, remaining, span)
+        self.size += span.nbytes
+        if self.h is not None:
+            self._hash(lambda: _hash_range(self.h, span))
+
+    def _copy_userspace(self, fd: int, offset: int, remaining: int, src: TensorEntry) -> None:
+        """Fallback where the kernel copy is not available (other filesystems, old kernels)."""
+        while remaining:
+            chunk = os.pread(fd, min(remaining, _CHUNK), offset)
+            if not chunk:
+                raise OSError(f"{src.file}: unexpected end of file while copying {src.name!r}")
+            pos = 0
+            while pos < len(chunk):
+                pos += os.write(self.fd, chunk[pos:])
+            remaining -= len(chunk)
+            offset += len(chunk)
+
+    def finish(self, fsync: bool) -> str | None:
+        if self.last is not None:
+            self.last.result()
+        if fsync:
+            os.fsync(self.fd)
+        os.close(self.fd)
+        return self.h.hexdigest() if self.h is not None else None
 
 
-def _copy_range(src: TensorEntry, out: _HashingWriter, bufs: list[bytearray]) -> None:
-    """Copy ``src``'s bytes into ``out`` through rotating buffers (one may still be hashed)."""
+def _continues(prev: TensorEntry, nxt: TensorEntry) -> bool:
+    return nxt.file == prev.file and nxt.offset == prev.offset + prev.nbytes
+
+
+def _hash_range(h: Any, src: TensorEntry) -> None:
     with open(src.file, "rb", buffering=0) as f:
         f.seek(src.offset)
         remaining = src.nbytes
+        buf = bytearray(_CHUNK)
+        view = memoryview(buf)
         while remaining:
-            buf = bufs[out.turn % len(bufs)]
-            out.turn += 1
-            want = min(remaining, len(buf))
-            # At most one hash is pending, and it is of the *other* buffer (write() waits
-            # for the previous hash before queueing the next), so this one is free.
-            view = memoryview(buf)[:want]
-            got = f.readinto(view)
+            got = f.readinto(view[: min(remaining, _CHUNK)])
             if not got:
-                raise OSError(f"{src.file}: unexpected end of file while copying {src.name!r}")
-            out.write(view[:got])
+                raise OSError(f"{src.file}: unexpected end of file while hashing {src.name!r}")
+            h.update(view[:got])
             remaining -= got
 
 
@@ -149,9 +206,16 @@ def write_checkpoint(
     metadata: dict[str, str] | None = None,
     stem: str = "model",
     progress: Callable[[int], None] | None = None,
+    hash_outputs: bool = True,
+    fsync: bool = False,
 ) -> WriteResult:
     """Write ``tensors`` as safetensors shards (plus ``{stem}.safetensors.index.json`` when
-    there is more than one) into ``out_dir``; ``progress`` is called with bytes written."""
+    there is more than one) into ``out_dir``; ``progress`` is called with bytes written.
+
+    ``hash_outputs`` records each file's sha256 (computed alongside the copy; off = the raw
+    speed of the kernel copy, and ``WrittenFile.sha256`` is None). ``fsync`` flushes each
+    shard to the device before returning: needed for durability across a power loss, not
+    for atomicity (the output directory is renamed into place only when complete)."""
     out_dir = Path(out_dir)
     tensors = list(tensors)
     names = [t.name for t in tensors]
@@ -162,35 +226,50 @@ def write_checkpoint(
     shards = plan_shards(tensors, max_shard_bytes)
     file_names = shard_file_names(len(shards), stem)
     result = WriteResult()
-    bufs = [bytearray(_CHUNK), bytearray(_CHUNK)]
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    pool = ThreadPoolExecutor(max_workers=1) if hash_outputs else None
+    try:
         for fname, shard in zip(file_names, shards, strict=True):
             header, _ = encode_header([(t.name, t.dtype, t.shape, t.nbytes) for t in shard], meta)
-            with open(out_dir / fname, "wb") as f:
-                w = _HashingWriter(f, pool)
+            w = _ShardWriter(out_dir / fname, pool)
+            try:
                 w.write(header)
+                run: list[TensorEntry] = []  # consecutive byte ranges of one source file
                 for t in shard:
-                    before = w.size
-                    if t.slice_of is not None:
-                        _copy_range(t.slice_of, w, bufs)
+                    src = t.slice_of
+                    if run and (src is None or not _continues(run[-1], src)):
+                        w.copy(run)
+                        run = []
+                    if src is not None:
+                        if src.nbytes != t.nbytes:
+                            raise ValueError(
+                                f"tensor {t.name!r}: source has {src.nbytes} bytes, expected {t.nbytes}"
+                            )
+                        run.append(src)
                     elif t.load is not None:
-                        data = t.load()
-                        w.write(data)
-                        w.finish()  # the buffer may be freed after this
-                    else:  # pragma: no cover - constructor guarantees one source
+                        before = w.size
+                        w.write(t.load())
+                        if w.size - before != t.nbytes:
+                            raise ValueError(
+                                f"tensor {t.name!r}: wrote {w.size - before} bytes, expected {t.nbytes}"
+                            )
+                    else:  # pragma: no cover - constructors guarantee one source
                         raise ValueError(f"tensor {t.name!r} has no source")
-                    if w.size - before != t.nbytes:
-                        raise ValueError(
-                            f"tensor {t.name!r}: wrote {w.size - before} bytes, expected {t.nbytes}"
-                        )
                     result.weight_map[t.name] = fname
                     result.total_size += t.nbytes
                     if progress is not None:
                         progress(t.nbytes)
-                digest = w.finish()
-                f.flush()
-                os.fsync(f.fileno())
+                if run:
+                    w.copy(run)
+            except BaseException:
+                if w.last is not None:
+                    w.last.cancel()
+                os.close(w.fd)
+                raise
+            digest = w.finish(fsync)
             result.files.append(WrittenFile(fname, w.size, digest))
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     if len(shards) > 1:
         index = {"metadata": {"total_size": result.total_size}, "weight_map": result.weight_map}
         (out_dir / f"{stem}.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")

@@ -1,0 +1,299 @@
+"""Selective Layer Restoration, end to end: CRC scoring, the all-interval sweep, selection.
+
+``sweep`` loads the base and post models once, scores the two references and every
+interval on the CRC proxy (hybrids made in memory, never written), applies the paper's rule,
+and writes results.json / results.csv / heatmaps / Pareto plot. ``crc`` scores one model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from layergraft.errors import InputError
+from layergraft.ranges import Range, format_range
+
+log = logging.getLogger(__name__)
+PathLike = str | os.PathLike[str]
+SOUP_ALPHAS = tuple(round(i * 0.05, 2) for i in range(21))
+
+
+def _result_row(r: Range, res: Any) -> dict[str, Any]:
+    return {
+        "interval": format_range(r),
+        "start": r[0],
+        "end": r[1],
+        **{k: res.mean[k] for k in ("V", "H", "H_norm")},
+        "by_category": res.by_category,
+    }
+
+
+def _ref_row(res: Any) -> dict[str, Any]:
+    return {**{k: res.mean[k] for k in ("V", "H", "H_norm")}, "by_category": res.by_category}
+
+
+def crc(
+    model: Any,
+    tokenizer: Any = None,
+    *,
+    prompts: str | Path | Iterable[str] = "all",
+    estimator: str = "exact",
+    samples: int = 32,
+    temperature: float = 1.0,
+    min_p: float = 0.1,
+    seed: int = 0,
+    batch_size: int = 64,
+    dtype: str | None = "auto",
+    device: str | None = None,
+) -> dict[str, Any]:
+    """CRC validity/diversity of one model (a path/hub id, or a loaded model + tokenizer)."""
+    from layergraft.proxy import crc as crcmod
+
+    if not hasattr(model, "forward"):
+        from layergraft.loading import load_causal_lm
+
+        model, tokenizer, _ = load_causal_lm(model, dtype=dtype, device=device)
+    items = crcmod.load_crc_prompts(prompts)
+    if estimator == "exact":
+        res = crcmod.crc_exact(model, tokenizer, items, batch_size=batch_size)
+    elif estimator == "sample":
+        res = crcmod.crc_sampled(
+            model, tokenizer, items, samples=samples, temperature=temperature, min_p=min_p, seed=seed, batch_size=batch_size
+        )
+    else:
+        raise InputError(f"--estimator {estimator!r} is not 'exact' or 'sample'")
+    out = res.to_dict()
+    out["estimator"] = estimator
+    if estimator == "sample":
+        out["settings"] = {"samples": samples, "temperature": temperature, "min_p": min_p, "seed": seed}
+    return out
+
+
+def sweep(
+    base: Any,
+    post: Any,
+    out: PathLike | None = None,
+    *,
+    prompts: str | Path | Iterable[str] = "all",
+    min_len: int = 1,
+    max_len: int | None = None,
+    starts: Sequence[int] | None = None,
+    validity_ratio: float = 0.9,
+    diversity_key: str = "H_norm",
+    method: str = "slr",
+    prefix_reuse: bool = True,
+    dtype: str | None = "auto",
+    device: str | None = None,
+    device_map: Any = None,
+    restore_best: PathLike | None = None,
+    force: bool = False,
+    progress: bool = True,
+    score_model: Callable[[Any], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Score every interval ``[s, e)`` on the CRC proxy (exact estimator) and select one.
+
+    ``method``: ``"slr"`` (intervals), ``"soup"`` (21 alphas) or ``"both"``. ``score_model``
+    replaces the CRC proxy with any function of a model returning ``{"V":..,"H":..,"H_norm":..}``
+    (scored through the in-memory swap). Returns the results dict (also written to ``out``).
+    """
+    from layergraft.loading import load_causal_lm
+    from layergraft.surgery.restore import check_compatible
+
+    if method not in ("slr", "soup", "both"):
+        raise InputError(f"--method {method!r} is not one of slr, soup, both")
+    if diversity_key not in ("H", "H_norm"):
+        raise InputError(f"diversity key {diversity_key!r} is not H or H_norm")
+    from layergraft.io.atomic import check_output_target
+
+    for target in (out, restore_best):
+        if target is not None:  # fail before minutes of scoring, not after
+            check_output_target(target, force=force)
+    t0 = time.perf_counter()
+    if hasattr(post, "forward"):
+        post_model, tokenizer = post, None
+        base_model = base
+        base_ck = post_ck = None
+    else:
+        from layergraft.io.checkpoint import open_checkpoint
+
+        base_ck, post_ck = open_checkpoint(base), open_checkpoint(post)
+        check_compatible(base_ck, post_ck)
+        post_model, tokenizer, _ = load_causal_lm(post_ck, dtype=dtype, device=device, device_map=device_map)
+        base_model, _, _ = load_causal_lm(base_ck, dtype=dtype, device=device, device_map=device_map, with_tokenizer=False)
+    if tokenizer is None:
+        raise InputError("sweep needs the post model's tokenizer; pass model paths, or use sweep_models()")
+    return sweep_models(
+        base_model,
+        post_model,
+        tokenizer,
+        out,
+        prompts=prompts,
+        min_len=min_len,
+        max_len=max_len,
+        starts=starts,
+        validity_ratio=validity_ratio,
+        diversity_key=diversity_key,
+        method=method,
+        prefix_reuse=prefix_reuse,
+        progress=progress,
+        score_model=score_model,
+        inputs={"base": str(base_ck.origin) if base_ck else "in-memory", "post": str(post_ck.origin) if post_ck else "in-memory"},
+        restore_best=restore_best,
+        force=force,
+        load_seconds=time.perf_counter() - t0,
+    )
+
+
+def sweep_models(
+    base_model: Any,
+    post_model: Any,
+    tokenizer: Any,
+    out: PathLike | None = None,
+    *,
+    prompts: str | Path | Iterable[str] = "all",
+    min_len: int = 1,
+    max_len: int | None = None,
+    starts: Sequence[int] | None = None,
+    validity_ratio: float = 0.9,
+    diversity_key: str = "H_norm",
+    method: str = "slr",
+    prefix_reuse: bool = True,
+    progress: bool = True,
+    score_model: Callable[[Any], dict[str, Any]] | None = None,
+    inputs: dict[str, str] | None = None,
+    restore_best: PathLike | None = None,
+    force: bool = False,
+    load_seconds: float = 0.0,
+) -> dict[str, Any]:
+    """:func:`sweep` on models already in memory (the post model's tokenizer given)."""
+    from tqdm.auto import tqdm
+
+    from layergraft.arch import adapter_for_model
+    from layergraft.proxy import crc as crcmod
+    from layergraft.proxy.sweep import (
+        enumerate_intervals,
+        pareto_front,
+        select_interval,
+        sweep_intervals_fast,
+        sweep_intervals_swap,
+    )
+    from layergraft.surgery.soup import souped
+
+    t0 = time.perf_counter()
+    adapter = adapter_for_model(post_model)
+    L = adapter.num_layers
+    intervals = enumerate_intervals(L, min_len=min_len, max_len=max_len, starts=starts)
+    items = crcmod.load_crc_prompts(prompts)
+    batch = crcmod.prepare_batch(tokenizer, items, device=next(post_model.parameters()).device)
+
+    def score_logits(logits: Any) -> Any:
+        return crcmod.score_logits(batch, logits)
+
+    def score_full(model: Any) -> Any:
+        if score_model is not None:
+            return _Scores(score_model(model))
+        return crcmod.score_logits(batch, crcmod.forward_last_logits(model, batch))
+
+    n_steps = 2 + (len(intervals) if method in ("slr", "both") else 0) + (len(SOUP_ALPHAS) if method in ("soup", "both") else 0)
+    bar = tqdm(total=n_steps, desc="CRC sweep", unit="model", disable=not progress)
+    refs = {"post": score_full(post_model)}
+    bar.update(1)
+    refs["base"] = score_full(base_model)
+    bar.update(1)
+    t_ref = time.perf_counter() - t0
+
+    results: dict[str, Any] = {
+        "proxy": "crc" if score_model is None else "custom",
+        "estimator": "exact",
+        "method": method,
+        "num_layers": L,
+        "family": adapter.family,
+        "inputs": inputs or {},
+        "prompts": {"source": str(prompts), "n": len(items), "categories": sorted({p.category for p in items})},
+        "references": {k: _ref_row(v) for k, v in refs.items()},
+        "rule": {
+            "validity_ratio": validity_ratio,
+            "diversity_key": diversity_key,
+            "text": f"max {diversity_key} s.t. V >= {validity_ratio:g}·V_post",
+        },
+        "range_convention": "0-based, half-open [start, end)",
+        "intervals": [],
+    }
+    timing: dict[str, float] = {"load_s": round(load_seconds, 3), "references_s": round(t_ref, 3)}
+    if method in ("slr", "both"):
+        t1 = time.perf_counter()
+        if prefix_reuse and score_model is None:
+            scores = sweep_intervals_fast(post_model, base_model, adapter, batch, score_logits, intervals, progress=bar.update)
+        else:
+            scores = sweep_intervals_swap(post_model, base_model, score_full, intervals, adapter=adapter, progress=bar.update)
+        timing["intervals_s"] = round(time.perf_counter() - t1, 3)
+        timing["engine"] = "prefix-reuse" if prefix_reuse and score_model is None else "swap"  # type: ignore[assignment]
+        results["intervals"] = [_result_row(r, scores[r]) for r in intervals]
+        flat = {r: scores[r].mean for r in intervals}
+        sel = select_interval(flat, refs["post"].mean["V"], validity_ratio=validity_ratio, diversity_key=diversity_key)
+        results["selection"] = sel.as_json()
+        results["selected"] = next((row for row in results["intervals"] if sel.interval and row["interval"] == format_range(sel.interval)), None)
+        front = pareto_front({format_range(r): (flat[r]["V"], flat[r][diversity_key]) for r in intervals})
+        results["pareto"] = front
+    if method in ("soup", "both"):
+        t2 = time.perf_counter()
+        rows = []
+        for a in SOUP_ALPHAS:
+            with souped(post_model, base_model, a):
+                res = score_full(post_model)
+            rows.append({"alpha": a, **_ref_row(res)})
+            bar.update(1)
+        timing["soup_s"] = round(time.perf_counter() - t2, 3)
+        flat_soup = {(i, i): r for i, r in enumerate(rows)}
+        ssel = select_interval(flat_soup, refs["post"].mean["V"], validity_ratio=validity_ratio, diversity_key=diversity_key)
+        results["soup"] = {
+            "alphas": rows,
+            "formula": "(1 - alpha) * post + alpha * base",
+            "selected": rows[ssel.interval[0]] if ssel.interval else None,
+        }
+        if method == "soup":
+            results["selection"] = {**ssel.as_json(), "interval": None}
+            results["pareto"] = []
+    bar.close()
+    results["timing"] = timing
+    if out is not None:
+        write_sweep_outputs(results, Path(out), force=force)
+    if restore_best is not None and results.get("selected"):
+        if inputs is None or "in-memory" in inputs.values():
+            raise InputError("--restore-best needs base/post given as paths, not in-memory models")
+        from layergraft.api import restore
+
+        restore(inputs["base"], inputs["post"], results["selected"]["interval"], restore_best, force=force, progress=progress)
+        results["restored_to"] = str(restore_best)
+    return results
+
+
+class _Scores:
+    """Adapts a user score dict to the ``.mean`` / ``.by_category`` shape of a CrcResult."""
+
+    def __init__(self, d: dict[str, Any]) -> None:
+        missing = [k for k in ("V", "H", "H_norm") if k not in d]
+        if missing:
+            raise InputError(f"custom score function must return V, H and H_norm; {missing[0]} is missing")
+        self.mean = {k: float(d[k]) for k in ("V", "H", "H_norm")}
+        self.by_category = d.get("by_category", {})
+
+
+def write_sweep_outputs(results: dict[str, Any], out: Path, *, force: bool = False) -> Path:
+    """results.json, results.csv, heatmaps.png, pareto.png and summary.md, atomically."""
+    from layergraft.io.atomic import atomic_dir
+    from layergraft.report import plot_pareto, plot_sweep_heatmaps, sweep_table, write_sweep_csv
+
+    with atomic_dir(out, force=force) as tmp:
+        (tmp / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        write_sweep_csv(results, tmp / "results.csv")
+        if results["intervals"]:
+            plot_sweep_heatmaps(results, tmp / "heatmaps.png")
+        plot_pareto(results, tmp / "pareto.png")
+        (tmp / "summary.md").write_text(sweep_table(results) + "\n")
+    return out
