@@ -36,6 +36,23 @@ def _cmd_toy_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from layergraft.verify import verify_model_dir
+
+    rep = verify_model_dir(args.dir, load=not args.no_load)
+    if args.json:
+        print_json(rep)
+    else:
+        for f in rep["files"]:
+            print(f"{f['name']}: {f['sha256']}")
+        if rep["loads"] is not None:
+            print(f"loads and runs: {'yes' if rep['loads'] else 'no'}")
+        for p in rep["problems"]:
+            print(f"PROBLEM: {p}")
+        print("OK" if rep["ok"] else "FAILED")
+    return 0 if rep["ok"] else 1
+
+
 def register(sub: Any) -> None:
     s = sub.add_parser(
         "inspect", help="describe a checkpoint: family, layers, sizes, shards, chat template"
@@ -63,3 +80,14 @@ def register(sub: Any) -> None:
     tb.add_argument("--seed", type=int, default=0, help="random seed (default 0: the shipped pair)")
     tb.add_argument("--quiet", action="store_true", help="no progress bars")
     tb.set_defaults(func=_cmd_toy_build)
+
+    v = sub.add_parser(
+        "verify",
+        help="recheck an output directory: weight sha256 against layergraft.json, then load it",
+    )
+    v.add_argument("dir", metavar="DIR", help="a model directory written by layergraft")
+    v.add_argument(
+        "--no-load", action="store_true", help="only check the files, do not load the model"
+    )
+    v.add_argument("--json", action="store_true", help="print one JSON object")
+    v.set_defaults(func=_cmd_verify)
