@@ -44,7 +44,9 @@ def load_causal_lm(
     """(model in eval mode, tokenizer or None, checkpoint). ``device_map`` (accelerate) wins
     over ``device``; without either the model goes to CUDA when present, else CPU."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # layergraft shows its own progress; one bar per step
     ck = spec if isinstance(spec, Checkpoint) else open_checkpoint(spec, allow_pickle=allow_pickle)
     kwargs: dict[str, Any] = {"dtype": resolve_dtype(dtype)}
     if device_map is not None:

@@ -72,7 +72,7 @@ def register(sub: Any) -> None:
     tp = tsub.add_parser("path", help="print the shipped pair's directories (base, then post)")
     tp.set_defaults(func=_cmd_toy_path)
     tb = tsub.add_parser(
-        "build", help="rebuild the toy pair from scratch (about 15 minutes on 2 cores)"
+        "build", help="rebuild the toy pair from scratch (15-25 minutes on 2 cores)"
     )
     tb.add_argument(
         "--out", required=True, metavar="DIR", help="output directory (gets base/ and post/)"
