@@ -72,10 +72,17 @@ def build_pair(root: Path, size_gb: float) -> tuple[Path, Path, int]:
             g = torch.Generator().manual_seed(seed)
 
             def make(shape, g=g):
-                return lambda: torch.randn(shape, generator=g).to(torch.bfloat16).view(-1).view(torch.uint8).numpy()
+                return lambda: (
+                    torch.randn(shape, generator=g)
+                    .to(torch.bfloat16)
+                    .view(-1)
+                    .view(torch.uint8)
+                    .numpy()
+                )
 
             tensors = [
-                OutTensor(n, "BF16", s, 2 * int(torch.Size(s).numel()), load=make(s)) for n, s in shapes.items()
+                OutTensor(n, "BF16", s, 2 * int(torch.Size(s).numel()), load=make(s))
+                for n, s in shapes.items()
             ]
             write_checkpoint(d, tensors, max_shard_bytes=500_000_000)
             (d / "config.json").write_text(json.dumps(cfg, indent=2))
@@ -96,10 +103,14 @@ def timed(cmd: list[str]) -> tuple[float, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--size-gb", type=float, default=1.0, help="size of each model (default 1.0)")
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--workdir", type=Path, help="where the pair is kept between runs (default: a temp dir)")
+    ap.add_argument(
+        "--workdir", type=Path, help="where the pair is kept between runs (default: a temp dir)"
+    )
     ap.add_argument("--mergekit-venv", type=Path, default=Path(".venv-mergekit"))
     ap.add_argument("--build-only", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -111,7 +122,14 @@ def main() -> None:
     # Build in a child: a parent holding torch would make every forked child *start* with
     # a large resident set, and ru_maxrss would report that instead of the tool's own peak.
     built = subprocess.run(
-        [sys.executable, __file__, "--build-only", str(work / "pair"), "--size-gb", str(args.size_gb)],
+        [
+            sys.executable,
+            __file__,
+            "--build-only",
+            str(work / "pair"),
+            "--size-gb",
+            str(args.size_gb),
+        ],
         check=True,
         capture_output=True,
         text=True,
@@ -121,7 +139,19 @@ def main() -> None:
     lo, hi = layers // 4, layers // 4 + max(1, layers // 4)
     ranges = f"{lo}:{hi}"
     size = sum(f.stat().st_size for f in post.iterdir())
-    lg = [sys.executable, "-m", "layergraft", "restore", "--base", str(base), "--post", str(post), "--layers", ranges, "--quiet"]
+    lg = [
+        sys.executable,
+        "-m",
+        "layergraft",
+        "restore",
+        "--base",
+        str(base),
+        "--post",
+        str(post),
+        "--layers",
+        ranges,
+        "--quiet",
+    ]
     mk_bin = shutil.which("mergekit-yaml") or str(args.mergekit_venv / "bin" / "mergekit-yaml")
     have_mk = Path(mk_bin).exists()
     mk_yaml = work / "passthrough.yaml"
@@ -138,13 +168,27 @@ def main() -> None:
         "mergekit passthrough": [],
     }
     # warm the page cache once, then alternate the tools so drift hits all of them alike
-    subprocess.run(["cat", *map(str, base.glob("*")), *map(str, post.glob("*"))], stdout=subprocess.DEVNULL, check=True)
+    subprocess.run(
+        ["cat", *map(str, base.glob("*")), *map(str, post.glob("*"))],
+        stdout=subprocess.DEVNULL,
+        check=True,
+    )
     for _ in range(args.repeat):
         for name, cmd in (
             ("cp -r", ["cp", "-r", str(post), str(out)]),
             ("layergraft restore", [*lg, "--out", str(out)]),
             ("restore --no-hash", [*lg, "--no-hash", "--out", str(out)]),
-            ("mergekit passthrough", [mk_bin, str(mk_yaml), str(out), "--no-copy-tokenizer", "--quiet", "--no-write-model-card"]),
+            (
+                "mergekit passthrough",
+                [
+                    mk_bin,
+                    str(mk_yaml),
+                    str(out),
+                    "--no-copy-tokenizer",
+                    "--quiet",
+                    "--no-write-model-card",
+                ],
+            ),
         ):
             if name.startswith("mergekit") and not have_mk:
                 continue
@@ -153,7 +197,9 @@ def main() -> None:
             results[name].append(timed(cmd))
     shutil.rmtree(out, ignore_errors=True)
 
-    print(f"pair: {layers}-layer Llama, {size / 1e9:.2f} GB per model (bf16), restoring layers {ranges}")
+    print(
+        f"pair: {layers}-layer Llama, {size / 1e9:.2f} GB per model (bf16), restoring layers {ranges}"
+    )
     print(f"{'tool':<22} {'median s':>9} {'peak RSS MiB':>13}")
     med = {}
     for name, runs in results.items():
@@ -164,7 +210,9 @@ def main() -> None:
         print(f"{name:<22} {med[name][0]:>9.2f} {med[name][1]:>13.0f}")
     r = med["layergraft restore"]
     cp = med["cp -r"][0]
-    print(f"restore / cp time           = {r[0] / cp:.2f}x   (goal <= 1.2x; includes sha256 of the output)")
+    print(
+        f"restore / cp time           = {r[0] / cp:.2f}x   (goal <= 1.2x; includes sha256 of the output)"
+    )
     print(f"restore --no-hash / cp time = {med['restore --no-hash'][0] / cp:.2f}x")
     if "mergekit passthrough" in med:
         m = med["mergekit passthrough"]

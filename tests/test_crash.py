@@ -28,7 +28,22 @@ def pair(tmp_path_factory):
 
 
 def _cmd(base, post, out):
-    return [sys.executable, "-m", "layergraft", "restore", "--base", str(base), "--post", str(post), "--layers", "1:3", "--out", str(out), "--quiet", "--force"]
+    return [
+        sys.executable,
+        "-m",
+        "layergraft",
+        "restore",
+        "--base",
+        str(base),
+        "--post",
+        str(post),
+        "--layers",
+        "1:3",
+        "--out",
+        str(out),
+        "--quiet",
+        "--force",
+    ]
 
 
 def _leftovers(parent, name):
@@ -47,7 +62,9 @@ def test_sigkill_restore_never_leaves_a_partial_model(pair, tmp_path, request):
     for i in range(n):
         if i % 2 == 0 and out.exists():  # even runs write afresh, odd ones replace (--force)
             shutil.rmtree(out)
-        proc = subprocess.Popen(_cmd(base, post, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            _cmd(base, post, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         time.sleep(rng.uniform(0.3, 1.0) * full)
         proc.send_signal(signal.SIGKILL)
         proc.wait()

@@ -63,14 +63,26 @@ def crc(
         res = crcmod.crc_exact(model, tokenizer, items, batch_size=batch_size)
     elif estimator == "sample":
         res = crcmod.crc_sampled(
-            model, tokenizer, items, samples=samples, temperature=temperature, min_p=min_p, seed=seed, batch_size=batch_size
+            model,
+            tokenizer,
+            items,
+            samples=samples,
+            temperature=temperature,
+            min_p=min_p,
+            seed=seed,
+            batch_size=batch_size,
         )
     else:
         raise InputError(f"--estimator {estimator!r} is not 'exact' or 'sample'")
     out = res.to_dict()
     out["estimator"] = estimator
     if estimator == "sample":
-        out["settings"] = {"samples": samples, "temperature": temperature, "min_p": min_p, "seed": seed}
+        out["settings"] = {
+            "samples": samples,
+            "temperature": temperature,
+            "min_p": min_p,
+            "seed": seed,
+        }
     return out
 
 
@@ -123,10 +135,16 @@ def sweep(
 
         base_ck, post_ck = open_checkpoint(base), open_checkpoint(post)
         check_compatible(base_ck, post_ck)
-        post_model, tokenizer, _ = load_causal_lm(post_ck, dtype=dtype, device=device, device_map=device_map)
-        base_model, _, _ = load_causal_lm(base_ck, dtype=dtype, device=device, device_map=device_map, with_tokenizer=False)
+        post_model, tokenizer, _ = load_causal_lm(
+            post_ck, dtype=dtype, device=device, device_map=device_map
+        )
+        base_model, _, _ = load_causal_lm(
+            base_ck, dtype=dtype, device=device, device_map=device_map, with_tokenizer=False
+        )
     if tokenizer is None:
-        raise InputError("sweep needs the post model's tokenizer; pass model paths, or use sweep_models()")
+        raise InputError(
+            "sweep needs the post model's tokenizer; pass model paths, or use sweep_models()"
+        )
     return sweep_models(
         base_model,
         post_model,
@@ -142,7 +160,10 @@ def sweep(
         prefix_reuse=prefix_reuse,
         progress=progress,
         score_model=score_model,
-        inputs={"base": str(base_ck.origin) if base_ck else "in-memory", "post": str(post_ck.origin) if post_ck else "in-memory"},
+        inputs={
+            "base": str(base_ck.origin) if base_ck else "in-memory",
+            "post": str(post_ck.origin) if post_ck else "in-memory",
+        },
         restore_best=restore_best,
         force=force,
         load_seconds=time.perf_counter() - t0,
@@ -199,7 +220,11 @@ def sweep_models(
             return _Scores(score_model(model))
         return crcmod.score_logits(batch, crcmod.forward_last_logits(model, batch))
 
-    n_steps = 2 + (len(intervals) if method in ("slr", "both") else 0) + (len(SOUP_ALPHAS) if method in ("soup", "both") else 0)
+    n_steps = (
+        2
+        + (len(intervals) if method in ("slr", "both") else 0)
+        + (len(SOUP_ALPHAS) if method in ("soup", "both") else 0)
+    )
     bar = tqdm(total=n_steps, desc="CRC sweep", unit="model", disable=not progress)
     refs = {"post": score_full(post_model)}
     bar.update(1)
@@ -214,7 +239,11 @@ def sweep_models(
         "num_layers": L,
         "family": adapter.family,
         "inputs": inputs or {},
-        "prompts": {"source": str(prompts), "n": len(items), "categories": sorted({p.category for p in items})},
+        "prompts": {
+            "source": str(prompts),
+            "n": len(items),
+            "categories": sorted({p.category for p in items}),
+        },
         "references": {k: _ref_row(v) for k, v in refs.items()},
         "rule": {
             "validity_ratio": validity_ratio,
@@ -228,17 +257,32 @@ def sweep_models(
     if method in ("slr", "both"):
         t1 = time.perf_counter()
         if prefix_reuse and score_model is None:
-            scores = sweep_intervals_fast(post_model, base_model, adapter, batch, score_logits, intervals, progress=bar.update)
+            scores = sweep_intervals_fast(
+                post_model, base_model, adapter, batch, score_logits, intervals, progress=bar.update
+            )
         else:
-            scores = sweep_intervals_swap(post_model, base_model, score_full, intervals, adapter=adapter, progress=bar.update)
+            scores = sweep_intervals_swap(
+                post_model, base_model, score_full, intervals, adapter=adapter, progress=bar.update
+            )
         timing["intervals_s"] = round(time.perf_counter() - t1, 3)
         timing["engine"] = "prefix-reuse" if prefix_reuse and score_model is None else "swap"  # type: ignore[assignment]
         results["intervals"] = [_result_row(r, scores[r]) for r in intervals]
         flat = {r: scores[r].mean for r in intervals}
-        sel = select_interval(flat, refs["post"].mean["V"], validity_ratio=validity_ratio, diversity_key=diversity_key)
+        sel = select_interval(
+            flat, refs["post"].mean["V"], validity_ratio=validity_ratio, diversity_key=diversity_key
+        )
         results["selection"] = sel.as_json()
-        results["selected"] = next((row for row in results["intervals"] if sel.interval and row["interval"] == format_range(sel.interval)), None)
-        front = pareto_front({format_range(r): (flat[r]["V"], flat[r][diversity_key]) for r in intervals})
+        results["selected"] = next(
+            (
+                row
+                for row in results["intervals"]
+                if sel.interval and row["interval"] == format_range(sel.interval)
+            ),
+            None,
+        )
+        front = pareto_front(
+            {format_range(r): (flat[r]["V"], flat[r][diversity_key]) for r in intervals}
+        )
         results["pareto"] = front
     if method in ("soup", "both"):
         t2 = time.perf_counter()
@@ -250,7 +294,12 @@ def sweep_models(
             bar.update(1)
         timing["soup_s"] = round(time.perf_counter() - t2, 3)
         flat_soup = {(i, i): r for i, r in enumerate(rows)}
-        ssel = select_interval(flat_soup, refs["post"].mean["V"], validity_ratio=validity_ratio, diversity_key=diversity_key)
+        ssel = select_interval(
+            flat_soup,
+            refs["post"].mean["V"],
+            validity_ratio=validity_ratio,
+            diversity_key=diversity_key,
+        )
         results["soup"] = {
             "alphas": rows,
             "formula": "(1 - alpha) * post + alpha * base",
@@ -261,15 +310,22 @@ def sweep_models(
             results["pareto"] = []
     bar.close()
     results["timing"] = timing
-    if out is not None:
-        write_sweep_outputs(results, Path(out), force=force)
     if restore_best is not None and results.get("selected"):
         if inputs is None or "in-memory" in inputs.values():
             raise InputError("--restore-best needs base/post given as paths, not in-memory models")
         from layergraft.api import restore
 
-        restore(inputs["base"], inputs["post"], results["selected"]["interval"], restore_best, force=force, progress=progress)
+        restore(
+            inputs["base"],
+            inputs["post"],
+            results["selected"]["interval"],
+            restore_best,
+            force=force,
+            progress=progress,
+        )
         results["restored_to"] = str(restore_best)
+    if out is not None:
+        write_sweep_outputs(results, Path(out), force=force)
     return results
 
 
@@ -279,7 +335,9 @@ class _Scores:
     def __init__(self, d: dict[str, Any]) -> None:
         missing = [k for k in ("V", "H", "H_norm") if k not in d]
         if missing:
-            raise InputError(f"custom score function must return V, H and H_norm; {missing[0]} is missing")
+            raise InputError(
+                f"custom score function must return V, H and H_norm; {missing[0]} is missing"
+            )
         self.mean = {k: float(d[k]) for k in ("V", "H", "H_norm")}
         self.by_category = d.get("by_category", {})
 
