@@ -15,7 +15,7 @@ def _add_data_args(s: argparse.ArgumentParser, flag: str, default_help: str) -> 
         help=f"local .txt or .jsonl ('text' field) file (default: {default_help})",
     )
     s.add_argument(
-        "--calib-tokens" if flag == "--calib" else "--tokens-max",
+        "--calib-tokens" if flag == "--calib" else "--max-tokens",
         type=int,
         default=8192,
         metavar="N",
@@ -76,7 +76,9 @@ def _cmd_scores(args: argparse.Namespace) -> int:
         print_json(res)
         return 0
     way = "lower" if res["removable"] == "lowest" else "higher"
-    print(f"{res['metric']} scores, blocks of {res['block']} ({way} = more removable), {res['n_tokens']} tokens ({res['tokens']})")
+    print(
+        f"{res['metric']} scores, blocks of {res['block']} ({way} = more removable), {res['n_tokens']} tokens ({res['tokens']})"
+    )
     print(f"{'block':>8}  {'score':>10}")
     for row in res["blocks"]:
         mark = "  <- best" if row["range"] == res["best"] else ""
@@ -140,7 +142,11 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         print_json(prov)
         return 0
     d = prov["details"]
-    how = "layergraft.load_model or trust_remote_code=True" if d["needs_remote_code"] else "plain transformers"
+    how = (
+        "layergraft.load_model or trust_remote_code=True"
+        if d["needs_remote_code"]
+        else "plain transformers"
+    )
     print(
         f"wrote {args.out}: removed {d['removed']} ({d['num_layers']['before']} -> {d['num_layers']['after']} layers), "
         f"recovery {d['recover']} ({d['fit']} fit, {d['calibration']['tokens']} calibration tokens); loads with {how}"
@@ -152,15 +158,19 @@ def _print_compare(res: dict[str, Any], as_json: bool) -> int:
     if as_json:
         print_json(res)
         return 0
-    print(f"removed {res['removed']} ({res['fit']} fit), calibration {res['calibration']['tokens']} tokens, held-out {res['heldout']['tokens']} tokens")
+    print(
+        f"removed {res['removed']} ({res['fit']} fit), calibration {res['calibration']['tokens']} tokens, held-out {res['heldout']['tokens']} tokens"
+    )
     tasks = sorted({t for r in res["rows"] for t in r.get("lm_eval", {})})
-    head = f"{'method':<10} {'params':>12} {'PPL':>10}" + "".join(f" {t[:14]:>14}" for t in tasks)
-    print(head)
+    width = {t: max(len(t), 8) for t in tasks}
+    print(
+        f"{'method':<10} {'params':>12} {'PPL':>10}" + "".join(f" {t:>{width[t]}}" for t in tasks)
+    )
     for r in res["rows"]:
-        acc = "".join(
-            f" {r['lm_eval'][t]:14.4f}" if r.get("lm_eval", {}).get(t) is not None else f" {'-':>14}"
-            for t in tasks
-        )
+        acc = ""
+        for t in tasks:
+            v = r.get("lm_eval", {}).get(t)
+            acc += f" {v:{width[t]}.4f}" if v is not None else f" {'-':>{width[t]}}"
         print(f"{r['method']:<10} {r['params']:>12,} {r['ppl']:10.3f}{acc}")
     print(f"PPL: {res['ppl_definition']}")
     return 0
@@ -184,7 +194,9 @@ def _cmd_ppl(args: argparse.Namespace) -> int:
     if args.json:
         print_json(res)
         return 0
-    print(f"PPL {res['ppl']:.4f} ({res['tokens_scored']} tokens scored in {res['windows']} windows)")
+    print(
+        f"PPL {res['ppl']:.4f} ({res['tokens_scored']} tokens scored in {res['windows']} windows)"
+    )
     print(f"definition: {res['definition']}")
     return 0
 
@@ -298,7 +310,9 @@ def register(sub: Any) -> None:
         help="run lm-evaluation-harness on the model in memory (bundled offline tasks included)",
     )
     e.add_argument("model", help="model directory (ghosted outputs too), .gguf file or hub id")
-    e.add_argument("--tasks", required=True, help="comma-separated task names, e.g. layergraft_cloze")
+    e.add_argument(
+        "--tasks", required=True, help="comma-separated task names, e.g. layergraft_cloze"
+    )
     e.add_argument("--limit", type=float, help="items per task (int) or fraction")
     e.add_argument("--num-fewshot", type=int)
     e.add_argument("--batch-size", type=int, default=8)

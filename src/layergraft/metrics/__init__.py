@@ -1,0 +1,1 @@
+"""Metrics (perplexity, ...). Import-light: submodules import torch only when called."""
