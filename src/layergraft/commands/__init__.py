@@ -1,3 +1,3 @@
 """Command modules. Each has ``register(sub)``; ``layergraft.cli`` calls them in this order."""
 
-MODULES = ("model", "slr", "generate", "prune")
+MODULES = ("demo", "model", "slr", "generate", "prune")
