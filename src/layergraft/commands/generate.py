@@ -7,7 +7,6 @@ inside the handlers so ``layergraft --help`` stays fast.
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 from layergraft.commands.common import print_json
@@ -176,9 +175,20 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     summary = {name: r["mean"] for name, r in res["runs"].items()}
     if args.json:
         print_json(summary)
-    else:
-        print(f"wrote {args.out}/results.json, report.md, {', '.join(res.get('plots', []))}")
-        print(json.dumps(summary, indent=1)[:4000])
+        return 0
+    from layergraft.compare import headline_metrics
+
+    quality, div = headline_metrics(res)
+    cols = list(
+        dict.fromkeys([quality, "format_validity", div, "vendi", "distinct_2", "self_bleu"])
+    )
+    width = max(len(n) for n in summary)
+    print(f"{'run':<{width}}  " + "  ".join(f"{c:>19}" for c in cols))
+    for name, mean in summary.items():
+        cells = [f"{mean[c]:>19.4f}" if c in mean else f"{'-':>19}" for c in cols]
+        print(f"{name:<{width}}  " + "  ".join(cells))
+    files = ", ".join(["results.json", "report.md", *res.get("plots", [])])
+    print(f"wrote {args.out}: {files}")
     return 0
 
 

@@ -1,0 +1,202 @@
+"""Comparison runs: results.json, the Markdown table with bootstrap CIs, plots, reuse."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from layergraft.cli import main
+from layergraft.compare import aggregate, bootstrap_ci, render_markdown, score_records
+from layergraft.generate import SamplingSettings
+from layergraft.generation_api import compare
+from layergraft.tasks.loaders import TaskPrompt
+from tiny import make_tiny, save_tiny
+
+
+@pytest.fixture(scope="module")
+def tok():
+    from layergraft.toy.tokenizer import build_tokenizer
+
+    return build_tokenizer()
+
+
+SHORT = SamplingSettings(max_new_tokens=6)
+PROMPTS = [
+    TaskPrompt("q1", "qa", "Name a color.", valid=("red", "blue")),
+    TaskPrompt("q2", "qa", "Name a fruit.", valid=("apple",)),
+    TaskPrompt("q3", "qa", "Name a state.", valid=("ohio",)),
+]
+
+
+def test_bootstrap_ci_seeded_and_degenerate():
+    assert bootstrap_ci([1.0, 1.0, 1.0]) == (1.0, 1.0)
+    assert bootstrap_ci([0.5]) == (0.5, 0.5)
+    assert bootstrap_ci([]) is None
+    vals = [0.0, 1.0, 0.5, 0.25, 0.75]
+    a = bootstrap_ci(vals, seed=3)
+    assert a == bootstrap_ci(vals, seed=3)
+    assert a[0] < 0.5 < a[1] and a[0] >= 0.0 and a[1] <= 1.0
+    mean, ci = aggregate({"p": {"x": 1.0, "y": None}, "q": {"x": 3.0}})
+    assert mean == {"x": 2.0} and set(ci) == {"x"}
+
+
+def _rec(pid, s, text, task="qa", **ref):
+    return {"prompt_id": pid, "sample": s, "task": task, "prompt": "p", "text": text,
+            "num_tokens": 3, "finished": True, "reference": ref}  # fmt: skip
+
+
+def test_score_records_hand_computed():
+    recs = [_rec("a", 0, "Blue."), _rec("a", 1, "blue"), _rec("b", 0, "Red"), _rec("b", 1, "green")]
+    for r in recs:
+        r["reference"] = {"valid": ["red", "blue"]}
+    res = score_records(recs, bootstrap=50)
+    pa, pb = res["per_prompt"]["a"], res["per_prompt"]["b"]
+    assert pa["valid_rate"] == 1.0 and pa["distinct_valid_answers"] == 1
+    assert pb["valid_rate"] == 0.5 and pb["distinct_valid_answers"] == 1
+    # words: [blue, .] + [blue] -> 2 unique of 3; [red] + [green] -> 2 of 2
+    assert pa["distinct_1"] == pytest.approx(2 / 3) and pb["distinct_1"] == 1.0
+    assert res["mean"]["valid_rate"] == pytest.approx(0.75)
+    r2 = [_rec("m", i, t, "reasoning", answer="5") for i, t in enumerate(["#### 5", "#### 4", "5"])]
+    m = score_records(r2, bootstrap=10)["per_prompt"]["m"]
+    assert m["accuracy"] == pytest.approx(2 / 3) and m["pass@1"] == pytest.approx(2 / 3)
+    assert m["pass@3"] == 1.0 and m["distinct_final_answers"] == 2
+    assert m["format_validity"] == pytest.approx(2 / 3)
+
+
+def test_compare_in_memory_models(tok, tmp_path):
+    post = make_tiny("llama", num_layers=2, seed=1)
+    base = make_tiny("llama", num_layers=2, seed=2)
+    out = tmp_path / "cmp"
+    res = compare(
+        {"post": (post, tok), "base": (base, tok)}, PROMPTS, out, n=3, settings=SHORT,
+        embedder="none", bootstrap=200, progress=False, batch_size=8,
+    )  # fmt: skip
+    runs = res["runs"]
+    assert list(runs) == ["post", "post@T1.5", "post@no-min-p", "base"]
+    assert runs["post@T1.5"]["settings"]["temperature"] == 1.5
+    assert runs["post@no-min-p"]["settings"]["min_p"] == 0.0
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["runs"]["base"]["mean"] == runs["base"]["mean"]
+    md = (out / "report.md").read_text()
+    assert "| run |" in md and "post@T1.5" in md and "valid_rate" in md and "[" in md
+    for png in ("metrics_bars.png", "quality_vs_diversity.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in runs:
+        assert (out / "gens" / f"{name}.jsonl").is_file()
+    # a second run reuses every generations file: no model is needed at all
+    before = {p.name: p.read_bytes() for p in (out / "gens").iterdir()}
+    res2 = compare(
+        {"post": (None, tok), "base": (None, tok)}, PROMPTS, out, n=3, settings=SHORT,
+        embedder="none", bootstrap=200, progress=False,
+    )  # fmt: skip
+    assert {p.name: p.read_bytes() for p in (out / "gens").iterdir()} == before
+    assert res2["runs"]["base"]["mean"] == runs["base"]["mean"]
+    assert render_markdown(res2) == md
+
+
+def test_cli_compare_paths_with_embedder(tok, tmp_path, capsys):
+    dirs = {}
+    for name, seed in (("post", 1), ("slr", 2)):
+        d = save_tiny("llama", tmp_path / name, num_layers=2, seed=seed)
+        tok.save_pretrained(str(d))
+        dirs[name] = d
+    task = tmp_path / "t.jsonl"
+    task.write_text("".join(json.dumps(p.to_json()) + "\n" for p in PROMPTS[:2]))
+    out = tmp_path / "cmp"
+    argv = ["compare", "--models", f"post={dirs['post']}", f"slr={dirs['slr']}", "--task",
+            str(task), "--out", str(out), "--n", "2", "--max-new-tokens", "4", "--quiet",
+            "--no-baselines", "--json", "--bootstrap", "50", "--backend", "transformers"]  # fmt: skip
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert set(summary) == {"post", "slr"}
+    assert {"embedding_diversity", "vendi", "self_bleu", "valid_rate"} <= set(summary["slr"])
+    assert 1.0 <= summary["slr"]["vendi"] <= 2.0 + 1e-9
+
+
+def test_compare_greedy_failed_borrowed_template_and_stale_files(tok, tmp_path):
+    from layergraft.errors import InputError
+    from layergraft.toy.tokenizer import build_tokenizer
+
+    plain = build_tokenizer()
+    plain.chat_template = None  # a base model's tokenizer: borrows the post model's template
+    post = make_tiny("llama", num_layers=2, seed=1)
+    base = make_tiny("llama", num_layers=2, seed=2)
+    rs = [TaskPrompt(f"r{i}", "reasoning", f"Ann has {i} pens. How many?", answer=str(i + 50))
+          for i in range(3)]  # fmt: skip
+    out = tmp_path / "cmp"
+    kw = dict(n=2, settings=SHORT, embedder="none", bootstrap=20, progress=False,
+              subset="greedy-failed", baselines=False)  # fmt: skip
+    res = compare({"post": (post, tok), "base": (base, plain)}, rs, out, **kw)
+    assert res["prompt_ids"] == ["r0", "r1", "r2"]  # a random model fails them all
+    assert (out / "gens" / "post@greedy.jsonl").is_file()
+    # everything cached: no model needed
+    again = compare({"post": (None, tok), "base": (None, plain)}, rs, out, **kw)
+    assert again["runs"]["base"]["mean"] == res["runs"]["base"]["mean"]
+    # other settings on the same DIR: refused, not mixed
+    with pytest.raises(InputError, match="other settings"):
+        compare({"post": (post, tok), "base": (base, plain)}, rs, out,
+                 **{**kw, "settings": SamplingSettings(max_new_tokens=7)})  # fmt: skip
+
+
+def test_pluggable_judge_enters_the_scores():
+    class LengthJudge:
+        name = "length"
+
+        def score(self, prompts, replies):
+            return [min(1.0, len(r) / 10) for r in replies]
+
+    recs = [_rec("a", 0, "12345"), _rec("a", 1, "1234567890")]
+    res = score_records(recs, judge=LengthJudge(), bootstrap=10)
+    assert res["per_prompt"]["a"]["judge"] == pytest.approx(0.75)
+    assert res["judge"] == "length"
+
+
+def test_compare_in_memory_swap_hybrid(tok, tmp_path):
+    """The SLR hybrid from the in-memory swap is evaluated without saving it, and equals the
+    same hybrid run on its own; the post model is untouched afterwards."""
+    import torch
+
+    from layergraft.ranges import parse_ranges
+    from layergraft.surgery.swap import swapped_layers
+
+    post = make_tiny("llama", num_layers=2, seed=1)
+    base = make_tiny("llama", num_layers=2, seed=2)
+    before = {k: v.clone() for k, v in post.state_dict().items()}
+    hybrid = (post, tok, lambda: swapped_layers(post, base, parse_ranges("0:1")))
+    kw = dict(n=2, settings=SHORT, embedder="none", bootstrap=20, progress=False)
+    res = compare({"post": (post, tok), "slr": hybrid}, PROMPTS[:2], tmp_path / "a", **kw)
+    alone = compare({"post": (post, tok), "slr": hybrid}, PROMPTS[:2], tmp_path / "b",
+                    baselines=False, **kw)  # fmt: skip
+    a = (tmp_path / "a" / "gens" / "slr.jsonl").read_text()
+    assert a == (tmp_path / "b" / "gens" / "slr.jsonl").read_text()
+    assert a != (tmp_path / "a" / "gens" / "post.jsonl").read_text().replace('"post:', '"slr:')
+    assert res["runs"]["slr"]["mean"] == alone["runs"]["slr"]["mean"]
+    assert all(torch.equal(v, before[k]) for k, v in post.state_dict().items())
+
+
+def _toy():
+    from layergraft.errors import InputError
+    from layergraft.toy import toy_paths
+
+    try:
+        return toy_paths()
+    except InputError:
+        return None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_toy() is None, reason="toy pair not built into the package yet")
+@pytest.mark.parametrize("task", ["creative", "qa", "reasoning"])
+def test_toy_compare_end_to_end(task, tmp_path, capsys):
+    """The shipped pair through the CLI: base is more diverse than the collapsed post."""
+    base, post = _toy()
+    out = tmp_path / task
+    argv = ["compare", "--models", f"post={post}", f"base={base}", "--task", task,
+            "--limit", "6", "--n", "8", "--max-new-tokens", "64", "--out", str(out),
+            "--quiet", "--json", "--backend", "transformers"]  # fmt: skip
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert set(summary) == {"post", "post@T1.5", "post@no-min-p", "base"}
+    assert summary["base"]["vendi"] > summary["post"]["vendi"]
+    assert summary["post"]["format_validity"] > summary["base"]["format_validity"]
