@@ -1,7 +1,7 @@
 """Regenerate docs/cli.md from the CLI's own --help texts (so the reference cannot drift).
 
-    python tools/gen_cli_reference.py          # rewrite docs/cli.md
-    python tools/gen_cli_reference.py --check  # exit 1 if docs/cli.md is out of date
+python tools/gen_cli_reference.py          # rewrite docs/cli.md
+python tools/gen_cli_reference.py --check  # exit 1 if docs/cli.md is out of date
 """
 
 from __future__ import annotations
@@ -40,7 +40,9 @@ def render() -> str:
 
     def walk(prefix: str, parser: argparse.ArgumentParser) -> None:
         for name, sub in _subparsers(parser):
-            parts.extend(["", f"## `{prefix} {name}`", "", "```text", sub.format_help().rstrip(), "```"])
+            parts.extend(
+                ["", f"## `{prefix} {name}`", "", "```text", sub.format_help().rstrip(), "```"]
+            )
             walk(f"{prefix} {name}", sub)
 
     walk("layergraft", root)

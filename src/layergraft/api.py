@@ -28,7 +28,50 @@ from layergraft.ranges import Range, format_ranges, parse_ranges
 log = logging.getLogger(__name__)
 PathLike = str | os.PathLike[str]
 
-__all__ = ["inspect_model", "open_checkpoint", "restore", "soup"]
+__all__ = [
+    "compare",
+    "compare_recovery",
+    "crc",
+    "diversity",
+    "generate",
+    "inspect_model",
+    "lm_eval",
+    "load_model",
+    "open_checkpoint",
+    "ppl",
+    "prune",
+    "restore",
+    "run_demo",
+    "scores",
+    "soup",
+    "sweep",
+    "verify_model_dir",
+]
+
+
+def __getattr__(name: str) -> Any:
+    """The other areas' API functions, imported on first use so ``import layergraft.api``
+    stays light (restore must start fast; generation and pruning pull in more)."""
+    homes = {
+        "crc": "layergraft.slr_api",
+        "sweep": "layergraft.slr_api",
+        "generate": "layergraft.generation_api",
+        "diversity": "layergraft.generation_api",
+        "compare": "layergraft.generation_api",
+        "scores": "layergraft.pruning_api",
+        "prune": "layergraft.pruning_api",
+        "ppl": "layergraft.pruning_api",
+        "lm_eval": "layergraft.pruning_api",
+        "compare_recovery": "layergraft.pruning_api",
+        "load_model": "layergraft.pruning_api",
+        "run_demo": "layergraft.demo",
+        "verify_model_dir": "layergraft.verify",
+    }
+    if name in homes:
+        import importlib
+
+        return getattr(importlib.import_module(homes[name]), name)
+    raise AttributeError(f"module 'layergraft.api' has no attribute {name!r}")
 
 
 def _progress_bar(total: int, desc: str, enabled: bool):

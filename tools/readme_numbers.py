@@ -1,0 +1,144 @@
+"""Keep the README's numbers equal to a demo run's results.json.
+
+The README holds tables between markers ``<!-- demo:NAME -->`` and ``<!-- /demo:NAME -->``.
+This script renders each table from ``docs/demo/results.json`` (the committed output of a
+full ``layergraft demo`` run) and either rewrites the README or, with ``--check``, fails if
+any table differs — so no number in the README can drift from a measured run.
+
+    python tools/readme_numbers.py --from demo-out   # copy a fresh run's results + plots, rewrite README
+    python tools/readme_numbers.py --check           # used by the test suite
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+DEMO = ROOT / "docs" / "demo"
+
+
+def _f(x: float, nd: int = 3) -> str:
+    return f"{x:.{nd}f}"
+
+
+def table_sweep(res: dict) -> str:
+    sw = res["sweep"]
+    rows = [("post-trained", sw["references"]["post"]), ("base", sw["references"]["base"])]
+    if sw.get("selected"):
+        rows.append((f"SLR `{sw['selected']['interval']}` (selected)", sw["selected"]))
+    soup = (sw.get("soup") or {}).get("selected")
+    if soup:
+        rows.append((f"soup α = {soup['alpha']:g} (selected)", soup))
+    out = ["| model (CRC, all prompts) | validity V | H (nats) | H_norm |", "|---|---:|---:|---:|"]
+    out += [f"| {n} | {_f(r['V'])} | {_f(r['H'])} | {_f(r['H_norm'])} |" for n, r in rows]
+    out.append("")
+    out.append(
+        f"Rule: max H_norm among intervals with V ≥ {sw['rule']['validity_ratio']:g} × V_post = "
+        f"{_f(sw['selection']['validity_threshold'])}; {sw['selection']['eligible_intervals']} of "
+        f"{len(sw['intervals'])} intervals qualify."
+    )
+    return "\n".join(out)
+
+
+def table_compare(res: dict) -> str:
+    keys = (
+        "valid_rate",
+        "accuracy",
+        "format_validity",
+        "distinct_2",
+        "self_bleu",
+        "embedding_diversity",
+        "vendi",
+        "distinct_answers",
+    )
+    out = []
+    for task, cr in (res.get("compare") or {}).items():
+        present = [k for k in keys if any(k in r["mean"] for r in cr["runs"].values())]
+        out.append(f"**{task}** ({len(cr['prompt_ids'])} prompts × {cr['n']} samples)")
+        out.append("")
+        out.append("| run | " + " | ".join(present) + " |")
+        out.append("|---|" + "---:|" * len(present))
+        for name, r in cr["runs"].items():
+            cells = [_f(r["mean"][k]) if k in r["mean"] else "–" for k in present]
+            out.append(f"| {name} | " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out).rstrip()
+
+
+def table_prune(res: dict) -> str:
+    out = []
+    for pr in (res.get("pruning") or {}).values():
+        out.append(
+            f"removed `{pr['removed']}` ({pr['calibration']['tokens']:,} calibration tokens, {pr['heldout']['tokens']:,} held-out tokens):"
+        )
+        out.append("")
+        out.append("| recovery | PPL | parameters |")
+        out.append("|---|---:|---:|")
+        out += [f"| {r['method']} | {r['ppl']:.2f} | {r['params']:,} |" for r in pr["rows"]]
+        out.append("")
+    return "\n".join(out).rstrip()
+
+
+def table_timing(res: dict) -> str:
+    t = res["timing_s"]
+    out = ["| step | seconds |", "|---|---:|"] + [f"| {k} | {v:.1f} |" for k, v in t.items()]
+    out.append(f"| **total** | {sum(t.values()):.1f} |")
+    return "\n".join(out)
+
+
+TABLES = {
+    "sweep": table_sweep,
+    "compare": table_compare,
+    "prune": table_prune,
+    "timing": table_timing,
+}
+
+
+def render(readme: str, res: dict) -> str:
+    for name, fn in TABLES.items():
+        pat = re.compile(rf"(<!-- demo:{name} -->\n)(.*?)(\n<!-- /demo:{name} -->)", re.S)
+        if not pat.search(readme):
+            raise SystemExit(f"README.md has no <!-- demo:{name} --> block")
+        readme = pat.sub(lambda m, fn=fn: m.group(1) + fn(res) + m.group(3), readme)
+    return readme
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--check", action="store_true")
+    ap.add_argument(
+        "--from",
+        dest="src",
+        type=Path,
+        help="a demo output dir to copy results.json and plots from",
+    )
+    args = ap.parse_args()
+    if args.src:
+        DEMO.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(args.src / "results.json", DEMO / "results.json")
+        for name in ("heatmaps.png", "pareto.png"):
+            shutil.copyfile(args.src / name, DEMO / name)
+    res = json.loads((DEMO / "results.json").read_text())
+    text = README.read_text()
+    new = render(text, res)
+    if args.check:
+        if new != text:
+            print(
+                "README.md tables differ from docs/demo/results.json: run python tools/readme_numbers.py",
+                file=sys.stderr,
+            )
+            return 1
+        return 0
+    README.write_text(new)
+    print("README.md tables rendered from docs/demo/results.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
