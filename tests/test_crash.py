@@ -3,7 +3,6 @@ absent or complete, and the next run must clean up what the killed one left behi
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import signal
@@ -12,9 +11,9 @@ import sys
 import time
 
 import pytest
-from tiny import save_tiny
 
 from layergraft.verify import verify_model_dir
+from tiny import save_tiny
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import make_tiny
 
 from layergraft.arch import adapter_for_model
 from layergraft.errors import RangeError
@@ -16,6 +15,7 @@ from layergraft.proxy.sweep import (
     sweep_intervals_fast,
     sweep_intervals_swap,
 )
+from tiny import make_tiny
 
 FAMILIES = ["llama", "qwen2", "gemma2", "gemma3_text", "gpt2", "gpt_neox", "phi3"]
 

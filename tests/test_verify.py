@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from tiny import save_tiny
 
 from layergraft.api import restore
 from layergraft.cli import main
+from tiny import save_tiny
 
 
 @pytest.fixture()

@@ -52,7 +52,9 @@ def plot_sweep_heatmaps(results: dict[str, Any], path: Path) -> Path:
         for s in range(n):
             for e in range(n):
                 if not math.isnan(m[s, e]) and n <= 16:
-                    ax.text(e, s, f"{m[s, e]:.2f}", ha="center", va="center", fontsize=7, color="white")
+                    ax.text(
+                        e, s, f"{m[s, e]:.2f}", ha="center", va="center", fontsize=7, color="white"
+                    )
         if sel:
             s, e = (int(x) for x in sel.split(":"))
             ax.add_patch(plt.Rectangle((e - 1 - 0.5, s - 0.5), 1, 1, fill=False, ec="cyan", lw=2.5))
@@ -81,9 +83,18 @@ def plot_pareto(results: dict[str, Any], path: Path) -> Path:
     fig.colorbar(sc, ax=ax, label="interval length (layers restored)")
     front = [r for r in results["intervals"] if r["interval"] in set(results["pareto"])]
     front.sort(key=lambda r: r["V"])
-    ax.plot([r["V"] for r in front], [r[dkey] for r in front], "-", color="tab:red", lw=1.2, label="Pareto front")
+    ax.plot(
+        [r["V"] for r in front],
+        [r[dkey] for r in front],
+        "-",
+        color="tab:red",
+        lw=1.2,
+        label="Pareto front",
+    )
     for r in front:
-        ax.annotate(r["interval"], (r["V"], r[dkey]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.annotate(
+            r["interval"], (r["V"], r[dkey]), fontsize=7, xytext=(3, 3), textcoords="offset points"
+        )
     if results.get("soup"):
         ax.plot(
             [r["V"] for r in results["soup"]["alphas"]],
@@ -96,12 +107,30 @@ def plot_pareto(results: dict[str, Any], path: Path) -> Path:
         )
     for name, marker, color in (("post", "*", "tab:blue"), ("base", "P", "tab:orange")):
         ref = results["references"][name]
-        ax.scatter([ref["V"]], [ref[dkey]], marker=marker, s=160, color=color, edgecolor="k", label=f"{name} model", zorder=5)
+        ax.scatter(
+            [ref["V"]],
+            [ref[dkey]],
+            marker=marker,
+            s=160,
+            color=color,
+            edgecolor="k",
+            label=f"{name} model",
+            zorder=5,
+        )
     thr = results["selection"]["validity_threshold"]
     ax.axvline(thr, color="k", ls=":", lw=1, label=f"V threshold {thr:.3f}")
     sel = results.get("selected")
     if sel:
-        ax.scatter([sel["V"]], [sel[dkey]], s=220, facecolor="none", edgecolor="cyan", lw=2.5, label=f"selected {sel['interval']}", zorder=6)
+        ax.scatter(
+            [sel["V"]],
+            [sel[dkey]],
+            s=220,
+            facecolor="none",
+            edgecolor="cyan",
+            lw=2.5,
+            label=f"selected {sel['interval']}",
+            zorder=6,
+        )
     ax.set_xlabel("validity V")
     ax.set_ylabel(f"diversity {dkey}")
     ax.set_title("CRC proxy: validity vs diversity", fontsize=10)
@@ -118,11 +147,20 @@ def write_sweep_csv(results: dict[str, Any], path: Path) -> Path:
         w.writerow(["kind"] + keys)
         for name in ("post", "base"):
             ref = results["references"][name]
-            w.writerow([name, "", "", "", f"{ref['V']:.6f}", f"{ref['H']:.6f}", f"{ref['H_norm']:.6f}"])
+            w.writerow(
+                [name, "", "", "", f"{ref['V']:.6f}", f"{ref['H']:.6f}", f"{ref['H_norm']:.6f}"]
+            )
         for r in results["intervals"]:
-            w.writerow(["interval"] + [r["interval"], r["start"], r["end"]] + [f"{r[k]:.6f}" for k in ("V", "H", "H_norm")])
+            w.writerow(
+                ["interval"]
+                + [r["interval"], r["start"], r["end"]]
+                + [f"{r[k]:.6f}" for k in ("V", "H", "H_norm")]
+            )
         for r in (results.get("soup") or {}).get("alphas", []):
-            w.writerow(["soup", f"alpha={r['alpha']:g}", "", ""] + [f"{r[k]:.6f}" for k in ("V", "H", "H_norm")])
+            w.writerow(
+                ["soup", f"alpha={r['alpha']:g}", "", ""]
+                + [f"{r[k]:.6f}" for k in ("V", "H", "H_norm")]
+            )
     return path
 
 
@@ -135,7 +173,9 @@ def sweep_table(results: dict[str, Any], top: int = 5) -> str:
     soup = results.get("soup")
     if soup and soup.get("selected"):
         rows.append((f"soup α={soup['selected']['alpha']:g} (selected)", soup["selected"]))
-    eligible = [r for r in results["intervals"] if r["V"] >= results["selection"]["validity_threshold"]]
+    eligible = [
+        r for r in results["intervals"] if r["V"] >= results["selection"]["validity_threshold"]
+    ]
     eligible.sort(key=lambda r: -r[dkey])
     for r in eligible[:top]:
         if not results.get("selected") or r["interval"] != results["selected"]["interval"]:
