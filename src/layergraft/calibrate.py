@@ -100,7 +100,9 @@ def read_text(path: str | Path, what: str = "calibration") -> str:
 
 def tokenize(tokenizer: Any, text: str) -> list[int]:
     """Token ids of ``text`` as the tokenizer encodes a document (its BOS once, if it adds one)."""
-    return list(tokenizer(text, add_special_tokens=True)["input_ids"])
+    # verbose=False: a whole document is longer than model_max_length by design (it is cut
+    # into rows afterwards), so transformers' "sequence too long" warning is noise here
+    return list(tokenizer(text, add_special_tokens=True, verbose=False)["input_ids"])
 
 
 def text_batches(

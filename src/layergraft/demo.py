@@ -40,7 +40,7 @@ class DemoSettings:
     def make(quick: bool) -> DemoSettings:
         if quick:
             return DemoSettings(12, ("qa",), 6, 4, 24, (2,), 2048, 4096)
-        return DemoSettings(None, ("qa", "creative", "reasoning"), 12, 8, 48, (2, 4), 8192, 16384)
+        return DemoSettings(None, ("qa", "creative", "reasoning"), 12, 16, 48, (2, 4), 8192, 16384)
 
 
 class _Steps:

@@ -478,7 +478,10 @@ def run_generation(
                 fh = stack.enter_context(open(path, "a", encoding="utf-8"))
             bar = stack.enter_context(
                 tqdm(
-                    total=len(jobs), desc=f"generate {model_name}", unit="gen", disable=not progress
+                    total=len(jobs),
+                    desc=f"generate {_short_name(model_name)}",
+                    unit="gen",
+                    disable=not progress,
                 )
             )
             for batch in _batches(jobs, batch_size):
@@ -511,3 +514,10 @@ def group_by_prompt(records: Iterable[dict[str, Any]]) -> dict[str, list[dict[st
     for g in groups.values():
         g.sort(key=lambda r: int(r.get("sample", 0)))
     return groups
+
+
+def _short_name(model_name: str) -> str:
+    """A progress-bar label: the run label of ``label:path`` names, else the path's last part."""
+    if ":" in model_name and not model_name.startswith("/"):
+        return model_name.split(":", 1)[0]
+    return Path(model_name).name or model_name
