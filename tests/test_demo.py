@@ -1,16 +1,27 @@
-"""`layergraft demo --quick` end to end (the README's first command, in its short form)."""
+"""`layergraft demo --quick` end to end (the README's first command, in its short form), and
+its HTML report checked in a real headless browser."""
 
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+
+import pytest
 
 from layergraft.cli import main
 
 
-def test_quick_demo_writes_a_complete_report(tmp_path, capsys):
-    out = tmp_path / "demo"
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    out = root / "demo"
     assert main(["demo", "--quick", "--out", str(out), "--quiet"]) == 0
-    assert "report.html" in capsys.readouterr().out
+    return root, out
+
+
+def test_quick_demo_writes_a_complete_report(demo, capsys):
+    root, out = demo
     res = json.loads((out / "results.json").read_text())
     for key in ("inspect", "sweep", "restore", "compare", "pruning", "timing_s"):
         assert key in res
@@ -26,7 +37,46 @@ def test_quick_demo_writes_a_complete_report(tmp_path, capsys):
         assert methods >= {"dense", "none", "ghost", "scale", "diag"}
         assert f"{next(x['ppl'] for x in r['rows'] if x['method'] == 'ghost'):.2f}" in md
     # nothing half-written beside the output
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]
+    assert sorted(p.name for p in root.iterdir()) == ["demo"]
     # a second run refuses to overwrite without --force, with one line and exit 2
+    capsys.readouterr()
     assert main(["demo", "--quick", "--out", str(out), "--quiet"]) == 2
     assert "--force" in capsys.readouterr().err
+
+
+_PROBE = """
+<script>
+window.__errors = [];
+window.addEventListener('error', e => window.__errors.push(String(e.message || e.target.src)), true);
+window.addEventListener('load', () => {
+  const imgs = Array.from(document.images).map(i => i.naturalWidth);
+  document.title = 'PROBE' + JSON.stringify({imgs, errors: window.__errors});
+});
+</script>
+"""
+
+
+@pytest.mark.skipif(
+    shutil.which("chromium") is None, reason="Debian chromium not installed (.ci/run installs it)"
+)
+def test_html_report_renders_in_headless_chromium(demo, tmp_path):
+    _, out = demo
+    probe = tmp_path / "probe.html"
+    probe.write_text((out / "report.html").read_text().replace("<head>", "<head>" + _PROBE, 1))
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000"]  # fmt: skip
+    dom = subprocess.run(
+        ["chromium", *flags, "--dump-dom", probe.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    title = dom.stdout.split("<title>PROBE", 1)[1].split("</title>", 1)[0]
+    state = json.loads(title.replace("&quot;", '"'))
+    assert state["errors"] == []
+    assert len(state["imgs"]) >= 3 and all(w > 0 for w in state["imgs"])
+    shot = out / "screenshot.png"
+    subprocess.run(["chromium", *flags, "--window-size=1100,2400", f"--screenshot={shot}", (out / "report.html").as_uri()],
+                   capture_output=True, timeout=120, check=True)  # fmt: skip
+    assert shot.stat().st_size > 10_000

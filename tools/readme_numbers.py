@@ -102,10 +102,10 @@ TABLES = {
 
 def render(readme: str, res: dict) -> str:
     for name, fn in TABLES.items():
-        pat = re.compile(rf"(<!-- demo:{name} -->\n)(.*?)(\n<!-- /demo:{name} -->)", re.S)
+        pat = re.compile(rf"(<!-- demo:{name} -->)(.*?)(<!-- /demo:{name} -->)", re.S)
         if not pat.search(readme):
             raise SystemExit(f"README.md has no <!-- demo:{name} --> block")
-        readme = pat.sub(lambda m, fn=fn: m.group(1) + fn(res) + m.group(3), readme)
+        readme = pat.sub(lambda m, fn=fn: m.group(1) + "\n" + fn(res) + "\n" + m.group(3), readme)
     return readme
 
 
