@@ -49,18 +49,7 @@ def _device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_tokenizer(spec: PathLike | Any) -> Any:
-    """A tokenizer object as is, or ``AutoTokenizer`` from a local directory."""
-    if not isinstance(spec, (str, os.PathLike)):
-        return spec
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(str(spec))
-    except (OSError, ValueError) as exc:
-        raise InputError(
-            f"cannot load a tokenizer from {spec} ({type(exc).__name__}); give --tokenizer DIR with tokenizer files"
-        ) from exc
+from layergraft.loading import load_tokenizer  # noqa: E402  (the package's one tokenizer loader)
 
 
 def resolve_model_path(spec: PathLike, allow_pickle: bool = False) -> Path:
@@ -86,21 +75,13 @@ def load_model(
     """
     if isinstance(model, (str, os.PathLike)):
         import torch
-        from transformers import AutoModelForCausalLM
 
         path = resolve_model_path(model, allow_pickle)
         dev = _device(device)
         dt = dtype if dtype is not None else (torch.float32 if dev == "cpu" else "auto")
-        from transformers.utils import logging as hf_logging
+        from layergraft.loading import load_model as _load
 
-        was = hf_logging.is_progress_bar_enabled()
-        if not progress:
-            hf_logging.disable_progress_bar()
-        try:
-            m = AutoModelForCausalLM.from_pretrained(str(path), dtype=dt).to(dev).eval()
-        finally:
-            if was and not progress:
-                hf_logging.enable_progress_bar()
+        m = _load(path, dtype=dt).to(dev)
         tok = load_tokenizer(tokenizer if tokenizer is not None else path)
         return m, tok
     if tokenizer is None:

@@ -7,7 +7,10 @@ same way, and fail with one line rather than a transformers traceback.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from layergraft.errors import InputError
@@ -32,6 +35,74 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' load report and progress bars (layergraft shows its own
+    progress; ghost keys in a pruned model's load report are expected)."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def load_model(
+    path: str | os.PathLike[str],
+    *,
+    dtype: Any = None,
+    device_map: Any = None,
+    allow_pickle: bool = False,
+) -> Any:
+    """A causal LM in eval mode, including a ghosted layergraft output, **without** running
+    its shipped remote code: the family's own class is built from the recorded base config and
+    layergraft's copy of the ghost module is attached (the same code the directory ships for
+    ``trust_remote_code``). ``dtype``: a torch dtype, a name, or None for float32."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    dt = resolve_dtype(dtype) if isinstance(dtype, str) else (dtype or torch.float32)
+    p = Path(path)
+    from layergraft.surgery import ghost as G
+
+    if p.is_dir() and G.is_ghosted(p):
+        return G.load_ghosted(p, dtype=dt, device_map=device_map)
+    ck = open_checkpoint(path, allow_pickle=allow_pickle)
+    try:
+        with quiet_transformers():
+            model = AutoModelForCausalLM.from_pretrained(
+                str(ck.path), dtype=dt, device_map=device_map
+            )
+    except (OSError, ValueError) as e:
+        raise InputError(
+            f"{ck.origin}: transformers cannot load this model ({type(e).__name__}: {str(e).splitlines()[0]})"
+        ) from e
+    return model.eval()
+
+
+def load_tokenizer(spec: Any) -> Any:
+    """A tokenizer object as is, or ``AutoTokenizer`` from a model directory / hub id / gguf."""
+    if not isinstance(spec, (str, os.PathLike)):
+        return spec
+    from transformers import AutoTokenizer
+
+    p = Path(spec)
+    if not p.is_dir():
+        p = open_checkpoint(spec, validate_arch=False).path
+    try:
+        return AutoTokenizer.from_pretrained(str(p))
+    except (OSError, ValueError) as e:
+        raise InputError(
+            f"no usable tokenizer in {p} ({type(e).__name__}); copy the tokenizer files next to the weights"
+        ) from e
+
+
 def load_causal_lm(
     spec: str | os.PathLike[str] | Checkpoint,
     *,
@@ -40,32 +111,25 @@ def load_causal_lm(
     device_map: str | dict[str, Any] | None = None,
     allow_pickle: bool = False,
     with_tokenizer: bool = True,
-) -> tuple[Any, Any, Checkpoint]:
-    """(model in eval mode, tokenizer or None, checkpoint). ``device_map`` (accelerate) wins
-    over ``device``; without either the model goes to CUDA when present, else CPU."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
+) -> tuple[Any, Any, Checkpoint | None]:
+    """(model in eval mode, tokenizer or None, checkpoint or None for a ghosted dir).
+    ``device_map`` (accelerate) wins over ``device``; without either the model goes to CUDA
+    when present, else CPU. ``dtype="auto"`` keeps the checkpoint's dtype."""
+    from layergraft.surgery import ghost as G
 
-    hf_logging.disable_progress_bar()  # layergraft shows its own progress; one bar per step
-    ck = spec if isinstance(spec, Checkpoint) else open_checkpoint(spec, allow_pickle=allow_pickle)
-    kwargs: dict[str, Any] = {"dtype": resolve_dtype(dtype)}
-    if device_map is not None:
-        kwargs["device_map"] = device_map
-    try:
-        model = AutoModelForCausalLM.from_pretrained(str(ck.path), **kwargs)
-    except (OSError, ValueError) as e:
-        raise InputError(
-            f"{ck.origin}: transformers cannot load this model ({type(e).__name__}: {str(e).splitlines()[0]})"
-        ) from e
+    if not isinstance(spec, Checkpoint) and Path(spec).is_dir() and G.is_ghosted(Path(spec)):
+        ck = None
+        model = load_model(spec, dtype=None if dtype == "auto" else dtype, device_map=device_map)
+        path: Any = spec
+    else:
+        ck = (
+            spec
+            if isinstance(spec, Checkpoint)
+            else open_checkpoint(spec, allow_pickle=allow_pickle)
+        )
+        path = ck.path
+        model = load_model(ck.path, dtype=resolve_dtype(dtype), device_map=device_map)
     if device_map is None:
         model.to(device or default_device())
-    model.eval()
-    tok = None
-    if with_tokenizer:
-        try:
-            tok = AutoTokenizer.from_pretrained(str(ck.path))
-        except (OSError, ValueError) as e:
-            raise InputError(
-                f"{ck.origin}: no usable tokenizer ({type(e).__name__}); copy the tokenizer files next to the weights"
-            ) from e
+    tok = load_tokenizer(path) if with_tokenizer else None
     return model, tok, ck

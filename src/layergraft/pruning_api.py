@@ -12,9 +12,7 @@ otherwise (calibration statistics are float64 either way).
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -35,86 +33,8 @@ DEFAULT_HELDOUT = DATA_DIR / "heldout.txt"
 
 
 # ---- loading ---------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _quiet_transformers() -> Any:
-    """Silence transformers' load report / progress bars (ghost keys are expected there)."""
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
-def load_model(
-    path: PathLike,
-    *,
-    dtype: Any = None,
-    device_map: Any = None,
-    allow_pickle: bool = False,
-) -> Any:
-    """Load a causal LM, including a ghosted layergraft output, **without** running its
-    shipped remote code: the family's own class is built from the recorded base config and
-    layergraft's copy of the ghost module is attached (the same code the directory ships for
-    ``trust_remote_code``). ``dtype`` defaults to float32."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from layergraft.surgery import ghost as G
-
-    dtype = dtype or torch.float32
-    p = Path(path)
-    if p.is_dir() and G.is_ghosted(p):
-        from safetensors.torch import load_file
-
-        cfg = json.loads((p / "config.json").read_text())
-        spec = cfg["layergraft_ghost"]
-        base = G.base_config_of(cfg)
-        config = AutoConfig.for_model(**base)
-        with _quiet_transformers():
-            model = AutoModelForCausalLM.from_pretrained(
-                p, config=config, dtype=dtype, device_map=device_map
-            )
-        ghosts = G.build_ghosts(spec)
-        state = load_file(str(p / G.GHOST_FILE))
-        prefix = G.ATTR + "."
-        ghosts.load_state_dict({k[len(prefix) :]: v for k, v in state.items()})
-        layers = model.get_submodule(spec["layers_path"])
-        for key, g in ghosts.items():
-            pos = int(key)
-            g.to(next(layers[min(pos, len(layers) - 1)].parameters()).device)
-        model.layergraft_ghosts = ghosts
-        G.install_ghosts(model, ghosts, spec["layers_path"], spec["norm_module"])
-        return model.eval()
-    from layergraft.io.checkpoint import open_checkpoint
-
-    ck = open_checkpoint(path, allow_pickle=allow_pickle)
-    with _quiet_transformers():
-        model = AutoModelForCausalLM.from_pretrained(ck.path, dtype=dtype, device_map=device_map)
-    return model.eval()
-
-
-def load_tokenizer(path: PathLike) -> Any:
-    from transformers import AutoTokenizer
-
-    p = Path(path)
-    if not p.is_dir():
-        from layergraft.io.checkpoint import open_checkpoint
-
-        p = open_checkpoint(path).path
-    try:
-        tok = AutoTokenizer.from_pretrained(p)
-    except (OSError, ValueError) as e:
-        raise InputError(
-            f"no usable tokenizer in {p} ({type(e).__name__}); add the tokenizer files to the model directory"
-        ) from e
-    return tok
+# One loader for the whole package (layergraft.loading); these names are this module's API.
+from layergraft.loading import load_model, load_tokenizer  # noqa: E402
 
 
 def _model_and_tokenizer(model: ModelLike, device_map: Any = None) -> tuple[Any, Any, str]:

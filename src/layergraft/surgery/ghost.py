@@ -153,3 +153,31 @@ def is_ghosted(model_dir: Path) -> bool:
 
 def copy_remote_file(src_dir: Path, dst_dir: Path) -> None:
     shutil.copy2(Path(src_dir) / REMOTE_FILE, Path(dst_dir) / REMOTE_FILE)
+
+
+def load_ghosted(model_dir: Path, *, dtype: Any, device_map: Any = None) -> Any:
+    """Load a ghosted output without executing its shipped file: build the family's own
+    model from the recorded base config, then attach layergraft's copy of the ghost module."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from layergraft.loading import quiet_transformers
+
+    p = Path(model_dir)
+    cfg = json.loads((p / "config.json").read_text())
+    spec = cfg["layergraft_ghost"]
+    config = AutoConfig.for_model(**base_config_of(cfg))
+    with quiet_transformers():
+        model = AutoModelForCausalLM.from_pretrained(
+            p, config=config, dtype=dtype, device_map=device_map
+        )
+    ghosts = build_ghosts(spec)
+    state = load_file(str(p / GHOST_FILE))
+    prefix = ATTR + "."
+    ghosts.load_state_dict({k[len(prefix) :]: v for k, v in state.items()})
+    layers = model.get_submodule(spec["layers_path"])
+    for key, g in ghosts.items():
+        g.to(next(layers[min(int(key), len(layers) - 1)].parameters()).device)
+    model.layergraft_ghosts = ghosts
+    install_ghosts(model, ghosts, spec["layers_path"], spec["norm_module"])
+    return model.eval()
