@@ -10,12 +10,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_cli_reference_is_current():
-    r = subprocess.run([sys.executable, str(ROOT / "tools" / "gen_cli_reference.py"), "--check"], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "gen_cli_reference.py"), "--check"],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
 
 
 def test_readme_numbers_are_the_demo_numbers():
-    r = subprocess.run([sys.executable, str(ROOT / "tools" / "readme_numbers.py"), "--check"], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "readme_numbers.py"), "--check"],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr + r.stdout
 
 

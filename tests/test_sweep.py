@@ -132,3 +132,28 @@ def test_sweep_bad_input(tmp_path, capsys):
     assert main(["crc", str(post), "--prompts", str(tmp_path / "missing.jsonl")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 2 and "Traceback" not in err
+
+
+def test_ppl_proxy_sweep(tmp_path, capsys):
+    import torch
+
+    from layergraft.slr_api import ppl_batch, ppl_from_logits, sweep_ppl
+
+    base, post = toy_paths()
+    text = tmp_path / "t.txt"
+    text.write_text(
+        "The Congress shall have power to lay and collect taxes, duties, imposts and excises. " * 30
+    )
+    res = sweep_ppl(base, post, text, tmp_path / "out", seqlen=64, max_tokens=512, progress=False)
+    assert len(res["intervals"]) == 36 and (tmp_path / "out" / "heatmap.png").is_file()
+    assert res["selected"]["ppl"] == min(r["ppl"] for r in res["intervals"])
+    # the fast engine's PPL of an interval equals the swapped model's full-forward PPL
+    mp, tok, _ = load_causal_lm(post, device="cpu")
+    mb, _, _ = load_causal_lm(base, device="cpu", with_tokenizer=False)
+    b = ppl_batch(tok, text, seqlen=64, max_tokens=512)
+    with torch.no_grad(), swapped_layers(mp, mb, [(2, 5)]):
+        direct = ppl_from_logits(b, mp(**b).logits).mean["ppl"]
+    row = next(r for r in res["intervals"] if r["interval"] == "2:5")
+    assert direct == pytest.approx(row["ppl"], rel=1e-5)
+    assert main(["sweep", "--base", str(base), "--post", str(post), "--proxy", "ppl"]) == 2
+    assert "--data" in capsys.readouterr().err

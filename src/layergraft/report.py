@@ -183,3 +183,30 @@ def sweep_table(results: dict[str, Any], top: int = 5) -> str:
     lines = ["| model | V | H (nats) | H_norm |", "|---|---:|---:|---:|"]
     lines += [f"| {name} | {r['V']:.3f} | {r['H']:.3f} | {r['H_norm']:.3f} |" for name, r in rows]
     return "\n".join(lines)
+
+
+def plot_ppl_heatmap(results: dict[str, Any], path: Path) -> Path:
+    """Perplexity of every restored interval (log colour scale), the lowest boxed."""
+    plt = _plt()
+    import numpy as np
+    from matplotlib.colors import LogNorm
+
+    n = results["num_layers"]
+    m = np.array(_interval_matrix(results, "ppl"), dtype=float)
+    fig, ax = plt.subplots(figsize=(6.4, 4.8), constrained_layout=True)
+    im = ax.imshow(np.ma.masked_invalid(m), cmap="viridis_r", norm=LogNorm(), aspect="auto")
+    ax.set_xticks(range(n), [str(e) for e in range(1, n + 1)])
+    ax.set_yticks(range(n), [str(s) for s in range(n)])
+    ax.set_xlabel("end (exclusive)")
+    ax.set_ylabel("start")
+    s, e = (int(x) for x in results["selection"]["interval"].split(":"))
+    ax.add_patch(plt.Rectangle((e - 1 - 0.5, s - 0.5), 1, 1, fill=False, ec="red", lw=2.5))
+    fig.colorbar(im, ax=ax, label="perplexity")
+    post = results["references"]["post"]["ppl"]
+    ax.set_title(
+        f"PPL of restored intervals (post model {post:.2f}); lowest {results['selection']['interval']}",
+        fontsize=10,
+    )
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

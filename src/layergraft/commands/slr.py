@@ -102,13 +102,30 @@ def _parse_starts(text: str | None) -> list[int] | None:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
+    from layergraft.errors import LayergraftError
     from layergraft.report import sweep_table
     from layergraft.slr_api import sweep
 
     if args.base is None or args.post is None:
-        from layergraft.errors import LayergraftError
-
         raise LayergraftError("--base and --post are required")
+    if args.proxy == "ppl":
+        from layergraft.slr_api import sweep_ppl
+
+        if not args.data:
+            raise LayergraftError("--proxy ppl needs --data FILE (text or JSONL with a text field)")
+        res = sweep_ppl(
+            args.base, args.post, args.data, args.out, min_len=args.min_len, max_len=args.max_len,
+            starts=_parse_starts(args.starts), dtype=args.dtype, device=args.device, force=args.force,
+            progress=not args.quiet,
+        )  # fmt: skip
+        print(
+            f"post PPL {res['references']['post']['ppl']:.3f}, base PPL {res['references']['base']['ppl']:.3f}"
+        )
+        best = res["selected"]
+        print(
+            f"lowest PPL: interval {best['interval']} with PPL {best['ppl']:.3f} ({res['definition']})"
+        )
+        return 0
     res = sweep(
         args.base,
         args.post,
@@ -236,6 +253,13 @@ def register(sub: Any) -> None:
         "--force", action="store_true", help="replace --out / --restore-best if they exist"
     )
     w.add_argument("--prompts", default="all", help="CRC prompt set or JSONL file")
+    w.add_argument(
+        "--proxy",
+        choices=("crc", "ppl"),
+        default="crc",
+        help="score by CRC (default) or by perplexity on --data",
+    )
+    w.add_argument("--data", metavar="FILE", help="text for --proxy ppl")
     w.add_argument(
         "--method",
         choices=("slr", "soup", "both"),

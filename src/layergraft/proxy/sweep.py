@@ -58,8 +58,10 @@ def sweep_intervals_fast(
     intervals: Sequence[Range],
     *,
     progress: Callable[[int], None] | None = None,
+    last_only: bool = True,
 ) -> dict[Range, dict[str, Any]]:
-    """Score each interval from last-position logits, reusing prefixes (see module doc)."""
+    """Score each interval from its logits (last position only, or every position with
+    ``last_only=False``), reusing prefixes (see module doc)."""
     from layergraft.proxy.runner import LayerRunner
 
     run = LayerRunner(post_model, adapter, batch["input_ids"], batch.get("attention_mask"))
@@ -74,7 +76,7 @@ def sweep_intervals_fast(
             h = run.layer(base_layers[e - 1], e - 1, h)  # base chain grows by one layer
             if e in wanted[s]:
                 final = run.run_from(e, h, post_layers)
-                out[(s, e)] = score_logits(run.logits(final))
+                out[(s, e)] = score_logits(run.logits(final, last_only=last_only))
                 if progress is not None:
                     progress(1)
     return out
