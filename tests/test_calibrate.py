@@ -140,3 +140,13 @@ def test_read_text_jsonl(tmp_path):
     p = tmp_path / "d.jsonl"
     p.write_text('{"text": "one"}\n\n{"text": "two"}\n')
     assert read_text(p) == "one\n\ntwo"
+
+
+def test_hf_dataset_source_offline_is_a_clear_error(monkeypatch, tmp_path):
+    from layergraft.calibrate import read_text
+    from layergraft.errors import InputError
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(InputError, match="local .txt or .jsonl"):
+        read_text("hf:some-org/not-cached-corpus@train")

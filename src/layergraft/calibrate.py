@@ -58,10 +58,14 @@ class Batch:
 
 # ---- text ------------------------------------------------------------------------------------
 def read_text(path: str | Path, what: str = "calibration") -> str:
-    """Text of a ``.txt`` file, or the ``text`` fields of a ``.jsonl`` file, validated.
+    """Text of a ``.txt`` file, or the ``text`` fields of a ``.jsonl`` file, validated;
+    or, for ``hf:NAME[:CONFIG][@SPLIT]``, the ``text`` column of a Hugging Face dataset (when
+    the hub or its cache is reachable).
 
     Refuses missing, empty and binary files with a one-line :class:`InputError`.
     """
+    if str(path).startswith("hf:"):
+        return _read_hf_dataset(str(path)[3:], what)
     p = Path(path)
     if not p.is_file():
         raise InputError(
@@ -95,6 +99,33 @@ def read_text(path: str | Path, what: str = "calibration") -> str:
         text = "\n\n".join(parts)
     if not text.strip():
         raise InputError(f"{what} data {p} is empty; give a file with some text in it")
+    return text
+
+
+def _read_hf_dataset(spec: str, what: str) -> str:
+    """``NAME[:CONFIG][@SPLIT]`` (split default ``train``) via ``datasets.load_dataset``."""
+    name, _, split = spec.partition("@")
+    name, _, config = name.partition(":")
+    try:
+        import datasets
+    except ImportError as e:
+        raise InputError(
+            f"{what} data hf:{spec} needs the datasets package; pip install datasets"
+        ) from e
+    try:
+        ds = datasets.load_dataset(name, config or None, split=split or "train")
+    except Exception as e:  # offline, missing, gated: all mean "not reachable from here"
+        raise InputError(
+            f"{what} data hf:{spec} could not be loaded ({type(e).__name__}); the hub may be unreachable - "
+            "give a local .txt or .jsonl file instead"
+        ) from e
+    if "text" not in ds.column_names:
+        raise InputError(
+            f"{what} data hf:{spec} has no 'text' column (columns: {', '.join(ds.column_names)})"
+        )
+    text = "\n\n".join(t for t in ds["text"] if isinstance(t, str))
+    if not text.strip():
+        raise InputError(f"{what} data hf:{spec} is empty")
     return text
 
 

@@ -12,7 +12,7 @@ def _add_data_args(s: argparse.ArgumentParser, flag: str, default_help: str) -> 
     s.add_argument(
         flag,
         metavar="FILE",
-        help=f"local .txt or .jsonl ('text' field) file (default: {default_help})",
+        help=f"local .txt or .jsonl ('text' field) file, or hf:NAME[:CONFIG][@SPLIT] when the hub is reachable (default: {default_help})",
     )
     s.add_argument(
         "--calib-tokens" if flag == "--calib" else "--max-tokens",
