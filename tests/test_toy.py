@@ -159,3 +159,24 @@ def test_toy_paths_missing(monkeypatch, tmp_path) -> None:
     monkeypatch.setattr(build.resources, "files", lambda _pkg: tmp_path)
     with pytest.raises(InputError, match="toy build"):
         toy_paths()
+
+
+def test_cli_toy_path_and_inspect(capsys) -> None:
+    """`layergraft toy path` prints base then post; `inspect --json` describes both right."""
+    import json
+
+    from layergraft.cli import main
+
+    assert main(["toy", "path"]) == 0
+    base, post = capsys.readouterr().out.split()
+    for d in (base, post):
+        assert main(["inspect", d, "--json"]) == 0
+        info = json.loads(capsys.readouterr().out)
+        assert (info["family"], info["num_layers"], info["hidden_size"], info["vocab_size"]) == (
+            "llama",
+            8,
+            128,
+            104,
+        )
+        assert info["sharded"] and info["chat_template"] and not info["tied_embeddings"]
+        assert info["dtype"] == "F32" and info["params_total"] == 1_732_736
