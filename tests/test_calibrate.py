@@ -124,7 +124,7 @@ def test_text_batches_pad_last_row_and_validate(tmp_path):
         (b"   \n\n", ".txt", "empty"),
         (b"\x00\x01\x02binary", ".txt", "binary"),
         (b"\xff\xfe\xfa", ".txt", "UTF-8"),
-        (b'{"text": "ok"}\nnot json\n', ".jsonl", "not JSON"),
+        (b'{"text": "ok"}\nnot json\n', ".jsonl", "not valid JSON"),
         (b'{"txt": "ok"}\n', ".jsonl", "'text' field"),
     ],
 )

@@ -21,7 +21,6 @@ layer, before the final norm. A removed block ``[s, e)`` has ``X_pre`` = boundar
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from layergraft.errors import InputError
+from layergraft.jsonl import json_lines
 
 log = logging.getLogger(__name__)
 
@@ -82,15 +82,9 @@ def read_text(path: str | Path, what: str = "calibration") -> str:
         ) from e
     if p.suffix.lower() in (".jsonl", ".json"):
         parts = []
-        for k, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(
-                    f"{what} data {p} line {k} is not JSON; write one object with a 'text' field per line"
-                ) from e
+        for k, obj in json_lines(
+            text, f"{what} data {p}", "write one object with a 'text' field per line"
+        ):
             if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
                 raise InputError(
                     f"{what} data {p} line {k} has no string 'text' field; add one per line"

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from layergraft.errors import InputError
+from layergraft.jsonl import json_lines
 from layergraft.tasks.loaders import TaskPrompt
 
 log = logging.getLogger(__name__)
@@ -227,15 +228,8 @@ def read_records(path: str | os.PathLike[str], *, repair: bool = False) -> list[
             with open(p, "r+b") as f:
                 f.truncate(cut)
     records = []
-    for n, line in enumerate(data[:cut].decode("utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(
-                f"{p}: line {n} is not valid JSON ({exc.msg}); it is not a generations file, or it is corrupt — remove the line or the file"
-            ) from exc
+    hint = "it is not a generations file, or it is corrupt — remove the line or the file"
+    for n, rec in json_lines(data[:cut].decode("utf-8"), str(p), hint):
         if not isinstance(rec, dict) or "prompt_id" not in rec or "text" not in rec:
             raise InputError(
                 f"{p}: line {n} is not a generation record (no prompt_id/text); give a file written by layergraft generate"

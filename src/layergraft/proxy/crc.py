@@ -17,7 +17,6 @@ the bundled sets live in ``layergraft/data/crc/``. :func:`crc_exact` is a pure f
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from layergraft.errors import InputError
+from layergraft.jsonl import json_lines
 
 
 @dataclass(frozen=True)
@@ -125,17 +125,7 @@ def load_crc_prompts(source: str | Path | Iterable[str] = "all") -> list[CrcProm
                 f"bundled sets: {', '.join(bundled + ['all'])}"
             )
         text, where = path.read_text(encoding="utf-8"), str(path)
-    prompts = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(
-                f"{where}: line {n} is not valid JSON ({exc.msg}); fix or remove it"
-            ) from exc
-        prompts.append(_parse_line(obj, where, n))
+    prompts = [_parse_line(obj, where, n) for n, obj in json_lines(text, where)]
     if not prompts:
         raise InputError(f"{where} holds no CRC prompts; add one JSON object per line")
     return prompts

@@ -14,13 +14,13 @@ File format (one JSON object per line)::
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from layergraft.errors import InputError
+from layergraft.jsonl import json_lines
 from layergraft.tasks.answers import extract_final_answer
 
 TASK_KINDS = ("creative", "qa", "reasoning")
@@ -104,17 +104,7 @@ def _parse(obj: Any, where: str, n: int, kind: str | None) -> TaskPrompt:
 
 def parse_jsonl(text: str, where: str, kind: str | None = None) -> list[TaskPrompt]:
     """Parse prompt lines; ids must be unique (generation records are keyed by them)."""
-    out: list[TaskPrompt] = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(
-                f"{where}: line {n} is not valid JSON ({exc.msg}); fix or remove it"
-            ) from exc
-        out.append(_parse(obj, where, n, kind))
+    out: list[TaskPrompt] = [_parse(obj, where, n, kind) for n, obj in json_lines(text, where)]
     if not out:
         raise InputError(f"{where} holds no prompts; add one JSON object per line")
     seen: set[str] = set()
