@@ -180,3 +180,19 @@ def test_cli_toy_path_and_inspect(capsys) -> None:
         )
         assert info["sharded"] and info["chat_template"] and not info["tied_embeddings"]
         assert info["dtype"] == "F32" and info["params_total"] == 1_732_736
+
+
+def test_toy_path_into_a_closed_pipe_is_quiet() -> None:
+    """`layergraft toy path | head -1`: a reader that leaves early gets no traceback."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "layergraft", "toy", "path"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    proc.stdout.close()  # the reader is gone before the first write: EPIPE for sure
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 141
+    assert "Traceback" not in err and err == ""

@@ -54,6 +54,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LayergraftError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:
+        # `layergraft toy path | head -1`: the reader left early; like `cat`, stop quietly.
+        # stdout is pointed at devnull so the interpreter's final flush cannot fail again.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except OSError as e:
         if e.errno in _ENV_ERRNOS:
             where = f" ({e.filename})" if e.filename else ""
