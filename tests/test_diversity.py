@@ -49,6 +49,9 @@ def test_embedding_diversity_and_vendi_hand_computed():
     # scale does not matter (cosine kernel)
     assert D.vendi_score(two * 7.0) == pytest.approx(math.exp(h))
     assert D.embedding_diversity(eye[:1]) is None
+    # identical float32 unit vectors: cos rounds a hair above 1, the distance must not go below 0
+    v = np.random.default_rng(0).standard_normal((1, 384)).astype(np.float32)
+    assert D.embedding_diversity(np.repeat(v, 8, axis=0)) == 0.0
 
 
 def test_answer_counts():

@@ -214,7 +214,7 @@ def to_html(blocks: list[Block], root: Path) -> str:
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>layergraft demo report</title>",
         "<style>body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;line-height:1.45}"
-        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
+        ".scroll{overflow-x:auto}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
         "td:first-child,th:first-child{text-align:left}img{max-width:100%;border:1px solid #eee}"
         "figcaption{color:#555;font-size:90%}code{background:#f4f4f4;padding:0 3px}</style></head><body>",
     ]
@@ -226,13 +226,13 @@ def to_html(blocks: list[Block], root: Path) -> str:
             parts.append(f"<p>{_inline_md(b[1])}</p>")
         elif kind == "table":
             parts.append(
-                "<table><tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in b[1]) + "</tr>"
+                "<div class='scroll'><table><tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in b[1]) + "</tr>"
             )
             parts += [
                 "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>"
                 for row in b[2]
             ]
-            parts.append("</table>")
+            parts.append("</table></div>")
         elif kind == "img":
             data = base64.b64encode((root / b[1]).read_bytes()).decode()
             parts.append(

@@ -97,7 +97,8 @@ def embedding_diversity(emb: Any) -> float | None:
         return None
     sim = e @ e.T
     iu = np.triu_indices(k, 1)
-    return float(np.mean(1.0 - sim[iu]))
+    # clipped: rounding makes 1 - cos of identical unit vectors a hair below 0
+    return float(np.mean(np.clip(1.0 - sim[iu], 0.0, 2.0)))
 
 
 def vendi_score(emb: Any) -> float:
