@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import struct
 
 import pytest
@@ -145,3 +146,35 @@ def test_stale_temp_dirs_are_cleaned(tmp_path):
     alive.mkdir()
     removed = clean_stale_temps(tmp_path, "out")
     assert removed == [dead] and alive.exists() and not dead.exists()
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2-exchange", "two-renames"])
+def test_force_replace_never_loses_the_old_output(tmp_path, monkeypatch, exchange):
+    """--force swaps the new output in atomically where the OS can (renameat2), else with two
+    renames; a kill between those two renames leaves the old output aside, and the next run
+    beside it puts it back before deciding anything."""
+    from layergraft.io import atomic
+
+    if not exchange:
+        monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)
+    else:
+        probe_a, probe_b = tmp_path / "a", tmp_path / "b"
+        probe_a.mkdir(), probe_b.mkdir()
+        (probe_a / "x").touch()
+        if not atomic._exchange(probe_a, probe_b):
+            pytest.skip("renameat2(RENAME_EXCHANGE) not available here")
+        assert (probe_b / "x").exists() and not (probe_a / "x").exists()
+        shutil.rmtree(probe_a), shutil.rmtree(probe_b)
+    target = tmp_path / "out"
+    with atomic_dir(target) as tmp:
+        (tmp / "f").write_text("old")
+    with atomic_dir(target, force=True) as tmp:
+        (tmp / "f").write_text("new")
+    assert (target / "f").read_text() == "new" and os.listdir(tmp_path) == ["out"]
+    # the state a SIGKILL between "old aside" and "new in" leaves (dead pid, no target)
+    aside = tmp_path / ".out.layergraft-old-999999999-abcd"
+    os.rename(target, aside)
+    (tmp_path / ".out.layergraft-tmp-999999999-ef01").mkdir()
+    with pytest.raises(OutputError, match="--force"), atomic_dir(target):
+        pass  # the previous output is back, so a run without --force must not replace it
+    assert (target / "f").read_text() == "new" and os.listdir(tmp_path) == ["out"]

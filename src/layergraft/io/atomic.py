@@ -10,6 +10,7 @@ time something is written beside them.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import shutil
@@ -49,11 +50,64 @@ def clean_stale_temps(parent: Path, name: str) -> list[Path]:
                 pid = int(p.name[len(prefix) :].split("-", 1)[0])
             except ValueError:
                 continue
-            if not _pid_alive(pid):
+            if _pid_alive(pid):
+                continue
+            target = parent / name
+            if tag == _OLD_TAG and not target.exists() and not target.is_symlink():
+                # killed between "old aside" and "new in" (the fallback path of
+                # _replace_dir): this is the complete previous output; put it back
+                os.rename(p, target)
+                log.warning("restored %s, moved aside by an interrupted run (pid %d)", target, pid)
+            else:
                 shutil.rmtree(p, ignore_errors=True)
                 log.warning("removed %s left behind by an interrupted run (pid %d)", p, pid)
-                removed.append(p)
+            removed.append(p)
     return removed
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths with Linux ``renameat2(RENAME_EXCHANGE)``; False where the
+    platform, libc or filesystem does not offer it (the caller then falls back)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    rc = fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Put the complete directory ``new`` in place of the existing ``target``.
+
+    Why an exchange: with two renames (old aside, new in) a kill between them leaves no
+    target at all. ``renameat2(RENAME_EXCHANGE)`` swaps both names in one step, so the target
+    is the old or the new output at every instant; the old one, now under the temp name, is
+    deleted afterwards. Elsewhere the two renames are used, the first undone if the second
+    fails, and a kill between them is repaired by :func:`clean_stale_temps` on the next run.
+    """
+    if _exchange(new, target):
+        shutil.rmtree(new, ignore_errors=True)
+        return
+    old = target.parent / f".{target.name}{_OLD_TAG}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    os.rename(target, old)
+    try:
+        os.rename(new, target)
+    except BaseException:
+        os.rename(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def check_output_target(
@@ -82,7 +136,9 @@ def check_output_target(
             raise OutputError(f"output {target} already exists; pass --force to replace it")
     parent = target.parent
     if parent.exists() and not parent.is_dir():
-        raise OutputError(f"cannot create {target}: {parent} is not a directory")
+        raise OutputError(
+            f"cannot create {target}: {parent} is not a directory; choose another output path"
+        )
     return target
 
 
@@ -92,9 +148,16 @@ def atomic_dir(
 ) -> Iterator[Path]:
     """Yield a fresh temp dir beside ``target``; on success it becomes ``target``.
 
-    With ``force`` an existing target is replaced only after the new one is complete
-    (rename old aside, rename new in, delete old), so a failure never loses the old output.
+    With ``force`` an existing target is replaced only after the new one is complete, in one
+    atomic exchange where the OS offers it (:func:`_replace_dir`), so a failure or a kill
+    never loses the old output.
+
+    A full disk (``ENOSPC``/``EDQUOT``) anywhere inside becomes an :class:`OutputError`
+    naming the target, once the temp dir is removed: the kernel's error names no file, and
+    the user needs to know which location to free or change.
     """
+    t = Path(target).absolute()
+    clean_stale_temps(t.parent, t.name)  # first: it may put back a previous output
     target = check_output_target(target, force=force, inputs=inputs)
     parent = target.parent
     try:
@@ -103,7 +166,6 @@ def atomic_dir(
         raise OutputError(
             f"cannot create {parent}: {e.strerror}; choose a writable location"
         ) from e
-    clean_stale_temps(parent, target.name)
     tmp = parent / f".{target.name}{_TMP_TAG}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         tmp.mkdir()
@@ -115,13 +177,19 @@ def atomic_dir(
         yield tmp
         _fsync_dir(tmp)
         if target.exists():
-            old = parent / f".{target.name}{_OLD_TAG}{os.getpid()}-{uuid.uuid4().hex[:8]}"
-            os.rename(target, old)
-            os.rename(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
+            _replace_dir(tmp, target)
         else:
             os.rename(tmp, target)
         _fsync_dir(parent)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            # the kernel's error names no file; say which output, and that nothing is left
+            raise OutputError(
+                f"no space left on the device of {parent} while writing {target.name} (nothing was kept); "
+                "free space there or choose another output location, then run again"
+            ) from e
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
