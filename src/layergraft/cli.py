@@ -14,6 +14,7 @@ import errno
 import importlib
 import logging
 import sys
+import warnings
 from collections.abc import Sequence
 
 from layergraft import __version__
@@ -39,6 +40,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    line: str | None = None,
+) -> str:
+    """Warnings as one line ("DiscoveryWarning: ..."), like errors: the default format adds
+    our source file, line number and a line of code, which are noise to a user."""
+    return f"{category.__name__}: {message}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -48,6 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     logging.captureWarnings(True)
+    warnings.formatwarning = _one_line_warning
     prog = f"layergraft {args.command}"
     try:
         return args.func(args)

@@ -33,3 +33,7 @@ class OutputError(LayergraftError):
 
 class ArchitectureError(LayergraftError):
     """An architecture we cannot map onto pre / layers / post."""
+
+
+class NonFiniteError(InputError):
+    """A weight that would be used or written holds NaN or Inf."""

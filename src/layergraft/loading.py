@@ -53,6 +53,36 @@ def quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+def require_transformers_family(ck: Checkpoint) -> None:
+    """Refuse, before any work, a checkpoint transformers cannot build from its config.
+
+    Why here and not at load time: an unknown ``model_type`` would first go through
+    architecture discovery (a warning) and then fail inside ``from_pretrained`` after the
+    expensive steps; a command that must *run* the model should say so up front, in one line.
+    Pure-IO commands (restore, soup, inspect) do not call this: they work on tensor names.
+    """
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    mt = ck.config.get("model_type")
+    if mt not in CONFIG_MAPPING_NAMES:
+        import transformers
+
+        raise InputError(
+            f"{ck.origin}: model_type {mt!r} is not an architecture transformers {transformers.__version__} can build "
+            "(and layergraft runs no remote code); use a model of a transformers-native family or upgrade transformers"
+        )
+
+
+def open_loadable(spec: str | os.PathLike[str], *, allow_pickle: bool = False) -> Checkpoint:
+    """:func:`open_checkpoint` for commands that will load the model with transformers:
+    the family is checked (:func:`require_transformers_family`) before the architecture
+    adapter is resolved, so an unloadable model gives one error line and no discovery warning."""
+    ck = open_checkpoint(spec, allow_pickle=allow_pickle, validate_arch=False)
+    require_transformers_family(ck)
+    _ = ck.adapter
+    return ck
+
+
 def load_model(
     path: str | os.PathLike[str],
     *,
@@ -73,7 +103,7 @@ def load_model(
 
     if p.is_dir() and G.is_ghosted(p):
         return G.load_ghosted(p, dtype=dt, device_map=device_map)
-    ck = open_checkpoint(path, allow_pickle=allow_pickle)
+    ck = open_loadable(path, allow_pickle=allow_pickle)
     try:
         with quiet_transformers():
             model = AutoModelForCausalLM.from_pretrained(
@@ -123,9 +153,7 @@ def load_causal_lm(
         path: Any = spec
     else:
         ck = (
-            spec
-            if isinstance(spec, Checkpoint)
-            else open_checkpoint(spec, allow_pickle=allow_pickle)
+            spec if isinstance(spec, Checkpoint) else open_loadable(spec, allow_pickle=allow_pickle)
         )
         path = ck.path
         model = load_model(ck.path, dtype=resolve_dtype(dtype), device_map=device_map)

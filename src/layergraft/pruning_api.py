@@ -137,7 +137,6 @@ def prune(
     """
     from layergraft.arch import adapter_for_model
     from layergraft.io.atomic import atomic_dir, check_output_target
-    from layergraft.io.checkpoint import open_checkpoint
     from layergraft.io.provenance import (
         RECIPE_NAME,
         build_provenance,
@@ -154,7 +153,9 @@ def prune(
     damp = R.DEFAULT_DAMP if damp is None else float(damp)
     if damp < 0:
         raise InputError(f"--damp must be >= 0 (got {damp})")
-    ck = open_checkpoint(model, allow_pickle=allow_pickle)
+    from layergraft.loading import open_loadable
+
+    ck = open_loadable(model, allow_pickle=allow_pickle)
     n = ck.adapter.num_layers
     if remove is not None:
         parse_removal(remove, n)  # fail fast, before loading anything
@@ -162,6 +163,9 @@ def prune(
     from layergraft.calibrate import read_text
 
     read_text(calib, "calibration")  # validate before loading the model
+    # NaN/Inf weights would poison the calibration statistics (or crash the solve) long
+    # before the writer's own scan could name them: refuse them here, by tensor and file
+    ck.check_finite()
     m = load_model(ck.path, device_map=device_map)
     tok = load_tokenizer(ck.path)
     batches = _batches(tok, calib, calib_tokens, seqlen, batch_size, "calibration")
@@ -325,6 +329,13 @@ def compare_recovery(
         raise InputError(f"unknown recovery method {bad[0]!r}; choose from {', '.join(R.METHODS)}")
     damp = R.DEFAULT_DAMP if damp is None else float(damp)
     held = read_text(data, "evaluation")
+    read_text(calib, "calibration")
+    if not isinstance(model, tuple):  # as in prune: no fit on NaN/Inf weights
+        from layergraft.loading import open_loadable
+        from layergraft.surgery import ghost as G
+
+        if not (Path(model).is_dir() and G.is_ghosted(Path(model))):
+            open_loadable(model).check_finite()
     dense, tok, origin = _model_and_tokenizer(model, device_map)
     adapter = adapter_for_model(dense)
     batches = _batches(tok, calib, calib_tokens, seqlen, batch_size, "calibration")

@@ -21,7 +21,7 @@ def parse_range(text: str, num_layers: int | None = None) -> Range:
     m = _ONE.match(text)
     if not m:
         raise RangeError(
-            f"layer range {text!r} is not of the form start:end (0-based, end excluded), e.g. 2:5 for layers 2,3,4"
+            f"layer range {text!r} is not of the form start:end; write it as two 0-based indices, end excluded, e.g. 2:5 for layers 2,3,4"
         )
     return check_range((int(m.group(1)), int(m.group(2))), num_layers)
 
@@ -30,7 +30,9 @@ def check_range(r: Sequence[int], num_layers: int | None = None) -> Range:
     s, e = int(r[0]), int(r[1])
     txt = f"{s}:{e}"
     if s < 0 or e < 0:
-        raise RangeError(f"layer range {txt} has a negative index; layers are numbered from 0")
+        raise RangeError(
+            f"layer range {txt} has a negative index; layers are numbered from 0, so write e.g. 0:{max(e, 1)}"
+        )
     if e < s:
         raise RangeError(
             f"layer range {txt} is reversed; write it as {e}:{s} (start:end, end excluded)"
@@ -41,7 +43,7 @@ def check_range(r: Sequence[int], num_layers: int | None = None) -> Range:
         )
     if num_layers is not None and e > num_layers:
         raise RangeError(
-            f"layer range {txt} is out of bounds: the model has {num_layers} layers (0:{num_layers} is all of them)"
+            f"layer range {txt} is out of bounds: the model has {num_layers} layers; use ranges within 0:{num_layers}"
         )
     return (s, e)
 
@@ -69,7 +71,9 @@ def parse_ranges(spec: str | Iterable[Any], num_layers: int | None = None) -> li
             ):
                 ranges.append(check_range(item, num_layers))
             else:
-                raise RangeError(f"layer range {item!r} is neither 'start:end' nor [start, end]")
+                raise RangeError(
+                    f"layer range {item!r} is neither 'start:end' nor [start, end]; write e.g. '2:5' or [2, 5]"
+                )
         if not ranges:
             raise RangeError("no layer ranges given; write e.g. 2:5")
     ranges.sort()

@@ -45,7 +45,11 @@ def load_recipe(path: str | os.PathLike[str], operation: str) -> dict[str, Any]:
     for key in data:
         if key not in allowed:
             close = difflib.get_close_matches(str(key), allowed, n=1)
-            hint = f"did you mean '{close[0]}'?" if close else f"allowed keys: {', '.join(allowed)}"
+            hint = (
+                f"did you mean '{close[0]}'? rename it"
+                if close
+                else f"remove it (allowed keys: {', '.join(allowed)})"
+            )
             raise InputError(f"recipe {p}: unknown key '{key}'; {hint}")
     return data
 

@@ -54,14 +54,18 @@ def crc(
     """CRC validity/diversity of one model (a path/hub id, or a loaded model + tokenizer)."""
     from layergraft.proxy import crc as crcmod
 
+    if estimator not in ("exact", "sample"):
+        raise InputError(
+            f"--estimator {estimator!r} is not 'exact' or 'sample'; choose one of them"
+        )
+    items = crcmod.load_crc_prompts(prompts)  # a bad prompt file fails before the model loads
     if not hasattr(model, "forward"):
         from layergraft.loading import load_causal_lm
 
         model, tokenizer, _ = load_causal_lm(model, dtype=dtype, device=device)
-    items = crcmod.load_crc_prompts(prompts)
     if estimator == "exact":
         res = crcmod.crc_exact(model, tokenizer, items, batch_size=batch_size)
-    elif estimator == "sample":
+    else:  # "sample" (checked above)
         res = crcmod.crc_sampled(
             model,
             tokenizer,
@@ -72,8 +76,6 @@ def crc(
             seed=seed,
             batch_size=batch_size,
         )
-    else:
-        raise InputError(f"--estimator {estimator!r} is not 'exact' or 'sample'")
     out = res.to_dict()
     out["estimator"] = estimator
     if estimator == "sample":
@@ -125,15 +127,19 @@ def sweep(
     for target in (out, restore_best):
         if target is not None:  # fail before minutes of scoring, not after
             check_output_target(target, force=force)
+    if score_model is None:
+        from layergraft.proxy import crc as crcmod
+
+        crcmod.load_crc_prompts(prompts)  # likewise a bad prompt file, before loading models
     t0 = time.perf_counter()
     if hasattr(post, "forward"):
         post_model, tokenizer = post, None
         base_model = base
         base_ck = post_ck = None
     else:
-        from layergraft.io.checkpoint import open_checkpoint
+        from layergraft.loading import open_loadable
 
-        base_ck, post_ck = open_checkpoint(base), open_checkpoint(post)
+        base_ck, post_ck = open_loadable(base), open_loadable(post)
         check_compatible(base_ck, post_ck)
         post_model, tokenizer, _ = load_causal_lm(
             post_ck, dtype=dtype, device=device, device_map=device_map

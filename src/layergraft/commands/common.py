@@ -16,6 +16,11 @@ class Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (problem + where to look) and exit 2."""
 
     def error(self, message: str) -> NoReturn:
+        m = re.fullmatch(r"argument (--[\w-]+)(?:/\S+)?: expected one argument", message)
+        if m:
+            # argparse takes a value starting with '-' (--layers -1:2) for an option and
+            # reports a missing value; the fix is the = form, which passes it through
+            message += f"; if the value starts with '-', write {m.group(1)}=VALUE"
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
@@ -98,7 +103,8 @@ def add_output_args(s: argparse.ArgumentParser) -> None:
     s.add_argument(
         "--no-hash",
         action="store_true",
-        help="skip the sha256 of written weights (raw kernel-copy speed; verify then checks sizes only)",
+        help="skip the sha256 of written weights, and with it the NaN/Inf scan of copied ones "
+        "(raw kernel-copy speed; verify then checks sizes only)",
     )
     s.add_argument(
         "--fsync",

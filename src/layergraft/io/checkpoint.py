@@ -111,6 +111,23 @@ class Checkpoint:
         with safe_open(str(entry.file), framework="pt") as f:
             return f.get_tensor(name)
 
+    def check_finite(self) -> None:
+        """Refuse a checkpoint holding NaN or Inf in any floating tensor
+        (:class:`~layergraft.errors.NonFiniteError`, naming tensor and file).
+
+        Why: commands that compute on the weights (prune fits operators on activations) would
+        otherwise fail deep inside a linear solve, or silently fit to NaN. This reads every
+        floating tensor once, in blocks, with the same exponent-bit scan the writer uses;
+        commands that only copy bytes (restore) scan in their hashing pass instead.
+        """
+        from layergraft.io.finite import SCANNED_DTYPES, has_nonfinite, nonfinite_error
+        from layergraft.io.safetensors_format import iter_blocks
+
+        floats = (e for e in self.tensors.values() if e.dtype in SCANNED_DTYPES)
+        for entry, block in iter_blocks(sorted(floats, key=lambda e: (str(e.file), e.offset))):
+            if has_nonfinite(block, entry.dtype):
+                raise nonfinite_error(entry.name, entry.dtype, block, entry.file)
+
     def fingerprint(self, full_hash: bool = False) -> dict[str, Any]:
         """Identify the input weights for provenance.
 
@@ -173,7 +190,7 @@ def open_checkpoint(
     elif p.exists():
         if not p.is_dir():
             raise InputError(
-                f"{p} is a file; expected a model directory (with config.json and *.safetensors) or a .gguf file"
+                f"{p} is a file, not a model; give a model directory (with config.json and *.safetensors) or a .gguf file"
             )
         ck = _open_dir(p, allow_pickle=allow_pickle)
     elif _HUB_ID.match(text) and not text.startswith((".", "/", "~")):
@@ -197,15 +214,40 @@ def _read_config(path: Path) -> dict[str, Any]:
         )
     try:
         obj = json.loads(cfg.read_text())
+    except PermissionError as e:
+        raise InputError(f"{cfg}: cannot read ({e.strerror}); fix the file permissions") from e
     except (OSError, ValueError) as e:
         raise InputError(f"{cfg}: unreadable or invalid JSON ({e}); re-save the model") from e
     if not isinstance(obj, dict):
         raise InputError(f"{cfg}: not a JSON object; re-save the model")
-    if obj.get("auto_map") and not obj.get("model_type"):
-        raise InputError(
-            f"{path}: model needs remote code (auto_map) and has no model_type; layergraft supports transformers-native architectures"
-        )
+    _refuse_remote_code(path, obj)
     return obj
+
+
+def _refuse_remote_code(path: Path, config: dict[str, Any]) -> None:
+    """Refuse a model whose architecture exists only as code shipped with the checkpoint.
+
+    Why: layergraft never runs a checkpoint's own Python (``trust_remote_code`` stays off),
+    and neither can whoever loads the output. A config with ``auto_map`` whose model_type is
+    not a family layergraft knows is such a model; layergraft's own ghosted outputs carry an
+    ``auto_map`` too but are loaded without running it, so they pass. (An unknown model_type
+    *without* ``auto_map`` may be a transformers-native family newer than our table: pure-IO
+    commands handle it by discovery, loading commands ask transformers, see
+    :func:`layergraft.loading.require_transformers_family`.)
+    """
+    auto_map = config.get("auto_map")
+    if not auto_map or "layergraft_ghost" in config:
+        return
+    from layergraft.arch.spec import spec_for
+
+    mt = config.get("model_type")
+    if mt and spec_for(mt) is not None:
+        return  # a known family with a leftover auto_map: the native code is used
+    what = f"model_type {mt!r}" if mt else "no model_type"
+    raise InputError(
+        f"{path}: {what} with auto_map in config.json, so the model needs its own remote code, "
+        "which layergraft never runs; use a checkpoint of a transformers-native architecture"
+    )
 
 
 def _open_dir(path: Path, *, allow_pickle: bool) -> Checkpoint:

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import struct
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,6 +99,37 @@ class SafetensorsHeader:
 
     def header_sha256(self) -> str:
         return hashlib.sha256(self.raw).hexdigest()
+
+
+def iter_blocks(
+    entries: Iterable[TensorEntry], chunk: int = 8 * 1024 * 1024
+) -> Iterator[tuple[TensorEntry, memoryview]]:
+    """The bytes of each tensor in ``entries``, as ``(entry, block)`` pairs of at most
+    ``chunk`` bytes (a multiple of 8, so every block starts on an element boundary of its
+    tensor). Entries that follow each other in one file are read sequentially from one open
+    file; the buffer is reused, so consume a block before asking for the next."""
+    buf = bytearray(chunk)
+    view = memoryview(buf)
+    f = None
+    try:
+        for e in entries:
+            if f is None or Path(f.name) != e.file:
+                if f is not None:
+                    f.close()
+                f = open(e.file, "rb", buffering=0)  # noqa: SIM115 - kept open across entries
+                f.seek(e.offset)
+            elif f.tell() != e.offset:
+                f.seek(e.offset)
+            remaining = e.nbytes
+            while remaining:
+                got = f.readinto(view[: min(remaining, chunk)])
+                if not got:
+                    raise OSError(f"{e.file}: unexpected end of file while reading {e.name!r}")
+                yield e, view[:got]
+                remaining -= got
+    finally:
+        if f is not None:
+            f.close()
 
 
 def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:

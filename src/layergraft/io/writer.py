@@ -5,6 +5,12 @@ come from), so shards are *planned* first and each file is written once, front t
 header, then tensor bytes copied from a byte range of an input file (no torch, no decode)
 or taken from an in-memory tensor. Output bytes are hashed while they are written, so the
 sha256 recorded in provenance costs no second pass over the data.
+
+Every floating tensor written is also scanned for NaN/Inf (:mod:`layergraft.io.finite`), on the
+bytes already in hand: a copied tensor in the hashing pass (so the scan costs no extra read;
+with ``hash_outputs=False`` there is no such pass and copied bytes are not scanned), an
+in-memory tensor right before it is written. A non-finite weight raises
+:class:`~layergraft.errors.NonFiniteError`, so the output directory is never completed.
 """
 
 from __future__ import annotations
@@ -19,7 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from layergraft.io.safetensors_format import DTYPE_SIZES, TensorEntry, encode_header
+from layergraft.io.finite import has_nonfinite, nonfinite_error
+from layergraft.io.safetensors_format import (
+    DTYPE_SIZES,
+    TensorEntry,
+    encode_header,
+    iter_blocks,
+)
 
 DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3  # the Hugging Face default of "5GB"
 _CHUNK = 8 * 1024 * 1024
@@ -96,22 +108,38 @@ class _ShardWriter:
     Verbatim tensor copies go through the kernel (``os.copy_file_range``: no bytes pass
     through Python, as with ``cp``). When hashing, a single worker thread reads the same
     source ranges (from the page cache) and feeds sha256 in output order, so hashing runs
-    on the other core *while* the kernel copies instead of after it.
+    on the other core *while* the kernel copies instead of after it; the worker also scans
+    those bytes for NaN/Inf. A failure in the worker (a non-finite weight, a read error) is
+    kept and raised in the writing thread at its next step, so writing stops early.
     """
 
     def __init__(self, path: Path, pool: ThreadPoolExecutor | None) -> None:
         self.path = path
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self.fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         self.h = hashlib.sha256() if pool is not None else None
         self.pool = pool
         self.last: Future[None] | None = None
         self.size = 0
+        self.error: BaseException | None = None
 
     def _hash(self, fn: Callable[[], None]) -> None:
         if self.pool is not None:
-            self.last = self.pool.submit(fn)  # one worker: jobs run in submission order
+            self.last = self.pool.submit(self._guarded, fn)  # one worker: jobs run in order
+
+    def _guarded(self, fn: Callable[[], None]) -> None:
+        if self.error is not None:
+            return  # the shard is lost anyway; skip the remaining reads
+        try:
+            fn()
+        except BaseException as e:  # handed to the writing thread by _raise_pending
+            self.error = e
+
+    def _raise_pending(self) -> None:
+        if self.error is not None:
+            raise self.error
 
     def write(self, data: Any) -> None:
+        self._raise_pending()
         mv = memoryview(data).cast("B")
         pos = 0
         while pos < mv.nbytes:
@@ -124,6 +152,7 @@ class _ShardWriter:
     def copy(self, run: list[TensorEntry]) -> None:
         """Copy consecutive byte ranges of one source file with as few kernel calls as the
         kernel allows (a restore's output mirrors the input layout, so runs are long)."""
+        self._raise_pending()
         first, last = run[0], run[-1]
         span = TensorEntry(
             first.name,
@@ -151,7 +180,8 @@ class _ShardWriter:
                 self._copy_userspace(fd, offset, remaining, span)
         self.size += span.nbytes
         if self.h is not None:
-            self._hash(lambda: _hash_range(self.h, span))
+            h, entries = self.h, list(run)
+            self._hash(lambda: _hash_and_scan(h, entries))
 
     def _copy_userspace(self, fd: int, offset: int, remaining: int, src: TensorEntry) -> None:
         """Fallback where the kernel copy is not available (other filesystems, old kernels)."""
@@ -168,28 +198,37 @@ class _ShardWriter:
     def finish(self, fsync: bool) -> str | None:
         if self.last is not None:
             self.last.result()
+        self._raise_pending()
         if fsync:
             os.fsync(self.fd)
-        os.close(self.fd)
+        self.close()
         return self.h.hexdigest() if self.h is not None else None
+
+    def abort(self) -> None:
+        """Stop after a failure: cancel pending hash jobs, close the file."""
+        if self.last is not None:
+            self.last.cancel()
+        self.close()
+
+    def close(self) -> None:
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            os.close(fd)
 
 
 def _continues(prev: TensorEntry, nxt: TensorEntry) -> bool:
     return nxt.file == prev.file and nxt.offset == prev.offset + prev.nbytes
 
 
-def _hash_range(h: Any, src: TensorEntry) -> None:
-    with open(src.file, "rb", buffering=0) as f:
-        f.seek(src.offset)
-        remaining = src.nbytes
-        buf = bytearray(_CHUNK)
-        view = memoryview(buf)
-        while remaining:
-            got = f.readinto(view[: min(remaining, _CHUNK)])
-            if not got:
-                raise OSError(f"{src.file}: unexpected end of file while hashing {src.name!r}")
-            h.update(view[:got])
-            remaining -= got
+def _hash_and_scan(h: Any, entries: list[TensorEntry]) -> None:
+    """Feed the bytes of consecutive ``entries`` (one file) to ``h`` and scan each floating
+    tensor for NaN/Inf on the same block: the scan costs no read of its own."""
+    largest = max(e.nbytes for e in entries)
+    chunk = min(_CHUNK, max(8, (largest + 7) // 8 * 8))  # no 8 MiB buffer for small tensors
+    for src, block in iter_blocks(entries, chunk):
+        h.update(block)
+        if has_nonfinite(block, src.dtype):
+            raise nonfinite_error(src.name, src.dtype, block, src.file)
 
 
 def shard_file_names(n: int, stem: str = "model") -> list[str]:
@@ -213,7 +252,9 @@ def write_checkpoint(
     there is more than one) into ``out_dir``; ``progress`` is called with bytes written.
 
     ``hash_outputs`` records each file's sha256 (computed alongside the copy; off = the raw
-    speed of the kernel copy, and ``WrittenFile.sha256`` is None). ``fsync`` flushes each
+    speed of the kernel copy, and ``WrittenFile.sha256`` is None). The NaN/Inf scan of copied
+    tensors rides on that hashing pass, so it is off with it; in-memory tensors are always
+    scanned (:class:`~layergraft.errors.NonFiniteError`). ``fsync`` flushes each
     shard to the device before returning: needed for durability across a power loss, not
     for atomicity (the output directory is renamed into place only when complete)."""
     out_dir = Path(out_dir)
@@ -247,7 +288,10 @@ def write_checkpoint(
                         run.append(src)
                     elif t.load is not None:
                         before = w.size
-                        w.write(t.load())
+                        data = t.load()
+                        if has_nonfinite(data, t.dtype):
+                            raise nonfinite_error(t.name, t.dtype, data, None)
+                        w.write(data)
                         if w.size - before != t.nbytes:
                             raise ValueError(
                                 f"tensor {t.name!r}: wrote {w.size - before} bytes, expected {t.nbytes}"
@@ -260,12 +304,10 @@ def write_checkpoint(
                         progress(t.nbytes)
                 if run:
                     w.copy(run)
+                digest = w.finish(fsync)
             except BaseException:
-                if w.last is not None:
-                    w.last.cancel()
-                os.close(w.fd)
+                w.abort()
                 raise
-            digest = w.finish(fsync)
             result.files.append(WrittenFile(fname, w.size, digest))
     finally:
         if pool is not None:

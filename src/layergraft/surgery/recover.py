@@ -113,12 +113,22 @@ def damping(xtx: Any, damp: float) -> float:
     return float(damp) * float(xtx.diagonal().sum()) / xtx.shape[0]
 
 
-def check_tokens(stats: GapStats, what: str) -> None:
-    """Refuse gaps with (almost) no data; warn when tokens < hidden size (rank-deficient Gram)."""
+def check_tokens(stats: GapStats, what: str, damp: float | None = None) -> None:
+    """Refuse gaps with (almost) no data; warn when tokens < hidden size (rank-deficient Gram).
+
+    With ``damp == 0`` (a d×d solve without ridge) fewer tokens than channels is refused
+    instead: the Gram is singular, so the fit would be an arbitrary point of a solution space
+    (lstsq's minimum-norm one), not an estimate — the user must give data or damping.
+    """
     if stats.n < MIN_TOKENS:
         raise InputError(
             f"only {stats.n} calibration tokens reached gap {stats.start}:{stats.end}; "
             f"{what} needs at least {MIN_TOKENS} — raise --calib-tokens or give a longer --calib file"
+        )
+    if stats.n < stats.d and damp == 0:
+        raise InputError(
+            f"only {stats.n} calibration tokens at gap {stats.start}:{stats.end}, fewer than the hidden size {stats.d}, "
+            f"and --damp 0: the {what} fit is underdetermined; raise --calib-tokens (give more text) or pass --damp > 0, e.g. 1e-4"
         )
     if stats.n < stats.d:
         warnings.warn(
@@ -134,7 +144,7 @@ def fit_ghost(stats: GapStats, damp: float = DEFAULT_DAMP, bias: bool = False) -
     """``M* = argmin ‖X M (+ 1 bᵀ) − Δ‖² + λ‖M‖²`` (the bias is not damped)."""
     import torch
 
-    check_tokens(stats, "ghost")
+    check_tokens(stats, "ghost", damp)
     d = stats.d
     lam = damping(stats.xtx, damp)
     if bias:
@@ -187,7 +197,7 @@ def fit_replaceme(stats: GapStats, damp: float = DEFAULT_DAMP) -> Operator:
             f"replaceme folds into the MLP of the layer before the gap, and gap {stats.start}:{stats.end} "
             "has none; keep layer 0 or use --recover ghost"
         )
-    check_tokens(stats, "replaceme")
+    check_tokens(stats, "replaceme", damp)
     d = stats.d
     lam = damping(stats.mtm, damp)
     eye = torch.eye(d, dtype=torch.float64, device=stats.mtm.device)

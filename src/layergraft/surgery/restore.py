@@ -28,7 +28,7 @@ def check_compatible(base: Checkpoint, post: Checkpoint) -> None:
     if ab.family != ap.family or base.config.get("model_type") != post.config.get("model_type"):
         raise MismatchError(
             f"base is {base.config.get('model_type')} ({ab.family}) but post is {post.config.get('model_type')} ({ap.family}); "
-            "both models must share one architecture"
+            "give a base/post pair of one architecture"
         )
     if ab.num_layers != ap.num_layers:
         raise MismatchError(
@@ -48,13 +48,13 @@ def check_compatible(base: Checkpoint, post: Checkpoint) -> None:
         name = (only_b or only_p)[0]
         side = "base" if only_b else "post"
         raise MismatchError(
-            f"tensor {name!r} exists only in the {side} model; the two checkpoints differ in structure"
+            f"tensor {name!r} exists only in the {side} model; the two checkpoints differ in structure — give a base/post pair of one model"
         )
     for name, e in post.tensors.items():
         b = base.tensors[name]
         if b.shape != e.shape:
             raise MismatchError(
-                f"tensor {name!r} is {list(b.shape)} in base but {list(e.shape)} in post; shapes must match"
+                f"tensor {name!r} is {list(b.shape)} in base but {list(e.shape)} in post; give a base/post pair of one model size"
             )
         if b.dtype != e.dtype:
             raise MismatchError(

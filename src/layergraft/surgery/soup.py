@@ -23,7 +23,7 @@ def check_alpha(alpha: float) -> float:
     a = float(alpha)
     if not 0.0 <= a <= 1.0:
         raise InputError(
-            f"--alpha {alpha} is outside [0, 1]; 0 gives the post model, 1 the base model"
+            f"--alpha {alpha} is outside [0, 1]; give a value between 0 (the post model) and 1 (the base model)"
         )
     return a
 
@@ -55,10 +55,25 @@ def plan_soup(base: Checkpoint, post: Checkpoint, alpha: float) -> list[OutTenso
             def load(n: str = name) -> Any:
                 from layergraft.io.torch_util import tensor_bytes
 
-                return tensor_bytes(blend(post.get_tensor(n), base.get_tensor(n), alpha))
+                pt, bt = post.get_tensor(n), base.get_tensor(n)
+                _refuse_nonfinite(n, ((post, pt), (base, bt)))
+                return tensor_bytes(blend(pt, bt, alpha))
 
             out.append(OutTensor(name, e.dtype, e.shape, e.nbytes, load=load))
     return out
+
+
+def _refuse_nonfinite(name: str, inputs: tuple[tuple[Checkpoint, Any], ...]) -> None:
+    """A blend with a NaN/Inf input is NaN/Inf: name the input tensor and its file, which the
+    writer's scan of the blended bytes could not (it only sees the result)."""
+    from layergraft.io.finite import has_nonfinite, nonfinite_error
+    from layergraft.io.torch_util import tensor_bytes
+
+    for ck, t in inputs:
+        entry = ck.tensors[name]
+        data = tensor_bytes(t)
+        if has_nonfinite(data, entry.dtype):
+            raise nonfinite_error(name, entry.dtype, data, entry.file)
 
 
 @contextlib.contextmanager

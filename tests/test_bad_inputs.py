@@ -1,0 +1,734 @@
+"""Bad input, catalogued: every way a user can hand layergraft something unusable, run through
+the real CLI, and every one refused the same way (:func:`assert_refused`):
+
+1. exit code 2;
+2. stderr is exactly one non-empty line naming the problem *and* the fix (a case-specific
+   pattern for each, plus a fix verb);
+3. no ``Traceback`` anywhere in the output;
+4. nothing left in the output's parent: no output directory, no ``.NAME.layergraft-tmp-*``;
+5. every file under every input path byte-identical (sha256 and mode) before and after.
+
+How they run: cases that fail before torch is imported (checkpoint IO, ranges, outputs,
+recipes, restore's NaN scan) run as ``python -m layergraft`` subprocesses, the honest check for
+"no traceback". Cases that must import torch (prune, soup, crc) run in-process through
+:func:`layergraft.cli.main` — the same code path, minus a 2-second interpreter start each —
+with Python warnings and log records of level WARNING counted as stderr lines, as the CLI
+would print them. Models are built once per module.
+
+Unreadable files: tests run as root here, and root reads through ``chmod 000`` because of its
+CAP_DAC_OVERRIDE / CAP_DAC_READ_SEARCH capabilities. Those cases run the subprocess with the
+two capabilities dropped from its bounding set (``prctl(PR_CAPBSET_DROP)``), so the kernel
+applies the ordinary permission bits to it — a real denial, not a mocked one. (Dropping to
+``nobody`` instead does not work: the venv's interpreter lives under ``/root``.)
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import traceback
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+
+from layergraft.cli import main
+from tiny import make_tiny, save_tiny
+
+PR_CAPBSET_DROP, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 24, 1, 2
+LAYER1 = "model.layers.1.mlp.down_proj.weight"
+FIX_VERB = re.compile(
+    r"\b(give|use|add|remove|pass|choose|run|write|merge|point|copy|re-download|re-save|"
+    r"convert|rename|repair|fix|make|free|raise|upgrade)\b",
+    re.IGNORECASE,
+)
+
+
+# ---- the five assertions ---------------------------------------------------------------------
+@dataclass
+class Case:
+    """One bad invocation: ``argv`` must be refused with a line matching ``problem`` and
+    ``fix`` (regexes), leaving ``inputs`` untouched and nothing at or beside ``out``."""
+
+    argv: list[str]
+    problem: str
+    fix: str
+    inputs: list[Path] = field(default_factory=list)
+    out: Path | None = None
+    inproc: bool = False
+    unprivileged: bool = False  # run the subprocess without root's permission override
+
+
+def _sha(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def snapshot(paths: list[Path]) -> dict[str, object]:
+    """sha256 and mode of every file (and the mode of every dir) under each path."""
+    snap: dict[str, object] = {}
+    for root in paths:
+        if not root.exists():
+            snap[str(root)] = None
+            continue
+        for p in [root, *sorted(root.rglob("*"))] if root.is_dir() else [root]:
+            mode = stat.S_IMODE(p.lstat().st_mode)
+            snap[str(p)] = (mode, _sha(p)) if p.is_file() else (mode, "dir")
+    return snap
+
+
+def assert_refused(c: Case, rc: int | None, out: str, err: str) -> None:
+    """Assertions 1-3 (4 and 5 need the before-state: see :func:`check`)."""
+    assert "Traceback" not in out + err, f"traceback:\n{err}"
+    lines = err.splitlines()
+    assert rc == 2, f"exit code {rc}, stderr: {err!r}"
+    assert len(lines) == 1 and lines[0].strip(), f"stderr must be one line, got: {err!r}"
+    line = lines[0]
+    assert re.search(c.problem, line, re.IGNORECASE), f"problem /{c.problem}/ not named: {line}"
+    assert re.search(c.fix, line, re.IGNORECASE), f"fix /{c.fix}/ not named: {line}"
+    assert FIX_VERB.search(line), f"no fix verb in: {line}"
+
+
+def _drop_dac_override() -> None:
+    """In the child, before exec: lose the capabilities that let root ignore permissions."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH):
+        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+
+
+def run_subprocess(argv: list[str], unprivileged: bool = False) -> tuple[int, str, str]:
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    kw = {}
+    if unprivileged and os.geteuid() == 0:
+        kw["preexec_fn"] = _drop_dac_override
+    p = subprocess.run(
+        [sys.executable, "-m", "layergraft", *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        **kw,
+    )
+    return p.returncode, p.stdout, p.stderr
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(f"layergraft: {record.levelname}: {record.getMessage()}")
+
+
+def run_inproc(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """``main(argv)`` with what the CLI would print on stderr: captured stderr, plus one line
+    per warning or log record (pytest's own handlers keep them off the captured stream), plus
+    a traceback when an exception escapes (the real CLI would crash with one)."""
+    capsys.readouterr()
+    rec = _Records()
+    logging.getLogger().addHandler(rec)
+    tb = ""
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                rc = main(argv)
+            except SystemExit as e:
+                rc = e.code
+            except Exception as e:  # noqa: BLE001 - a crash is what this reports
+                rc, tb = 1, "".join(traceback.format_exception(e))
+    finally:
+        logging.getLogger().removeHandler(rec)
+    out, err = capsys.readouterr()
+    extra = [f"layergraft: WARNING: {w.message}" for w in caught] + rec.lines
+    return rc, out, "".join(x + "\n" for x in extra) + err + tb
+
+
+def check(c: Case, capsys: pytest.CaptureFixture[str]) -> str:
+    """Run ``c`` and make all five assertions; returns the error line."""
+    before = snapshot(c.inputs)
+    parent = c.out.parent if c.out is not None else None
+    listing = sorted(os.listdir(parent)) if parent is not None and parent.is_dir() else None
+    out_existed = c.out is not None and c.out.exists()
+    if c.inproc:
+        rc, out, err = run_inproc(c.argv, capsys)
+    else:
+        rc, out, err = run_subprocess(c.argv, c.unprivileged)
+    assert_refused(c, rc, out, err)
+    if c.out is not None:
+        assert c.out.exists() == out_existed, f"{c.out} was created"
+        if parent is not None and parent.is_dir():
+            left = [n for n in os.listdir(parent) if n.startswith(f".{c.out.name}.layergraft-")]
+            assert not left, f"temp dirs left behind: {left}"
+            assert sorted(os.listdir(parent)) == listing, f"{parent} changed"
+    assert snapshot(c.inputs) == before, "an input was modified"
+    return err.strip()
+
+
+# ---- models, built once ----------------------------------------------------------------------
+def _save(model: torch.nn.Module, path: Path) -> Path:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    model.save_pretrained(path, safe_serialization=True)
+    return path
+
+
+def poison(path: Path, tensor: str, value: float) -> Path:
+    """Write ``value`` over one element in the middle of ``tensor``, in place (the file keeps
+    its layout and header: only the value is bad)."""
+    from layergraft.io.checkpoint import open_checkpoint
+    from layergraft.io.torch_util import torch_dtype
+
+    e = open_checkpoint(path).tensors[tensor]
+    raw = torch.tensor([value], dtype=torch_dtype(e.dtype)).view(torch.uint8).numpy().tobytes()
+    with open(e.file, "r+b") as f:
+        f.seek(e.offset + (e.numel // 2) * len(raw))
+        f.write(raw)
+    return path
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    from layergraft.pruning_api import DEFAULT_CALIB
+    from layergraft.toy.tokenizer import save_tokenizer
+
+    root = tmp_path_factory.mktemp("models")
+    m: dict[str, Path] = {}
+    m["base"] = save_tiny("llama", root / "base", num_layers=4, seed=1)
+    save_tokenizer(m["base"])
+    m["post"] = save_tiny("llama", root / "post", num_layers=4, seed=2, max_shard_size="20KB")
+    m["qwen"] = save_tiny("qwen2", root / "qwen", num_layers=4, seed=3)
+    m["wide"] = save_tiny("llama", root / "wide", num_layers=4, seed=1, hidden_size=64)
+    m["vocab"] = save_tiny("llama", root / "vocab", num_layers=4, seed=1, vocab_size=256)
+    m["deep3"] = save_tiny("llama", root / "deep3", num_layers=3, seed=1)
+    m["nan_base"] = poison(shutil.copytree(m["base"], root / "nan_base"), LAYER1, float("nan"))
+    m["inf_model"] = poison(
+        shutil.copytree(m["base"], root / "inf_model"),
+        "model.layers.2.self_attn.q_proj.weight",
+        float("inf"),
+    )
+    for dt, name, value in ((torch.bfloat16, "bf16", float("nan")), (torch.float16, "f16", -float("inf"))):  # fmt: skip
+        m[f"{name}_post"] = _save(make_tiny("llama", 4, seed=2).to(dt), root / f"{name}_post")
+        m[f"{name}_base"] = poison(
+            _save(make_tiny("llama", 4, seed=1).to(dt), root / f"{name}_base"), LAYER1, value
+        )
+    calib = root / "calib.txt"
+    calib.write_text(DEFAULT_CALIB.read_text()[:4000])
+    m["calib"] = calib
+    return m
+
+
+@dataclass
+class Env:
+    m: dict[str, Path]
+    tmp: Path
+
+    def copy(self, key: str) -> Path:
+        return Path(shutil.copytree(self.m[key], self.tmp / key))
+
+    def file(self, name: str, content: str | bytes) -> Path:
+        p = self.tmp / name
+        if isinstance(content, bytes):
+            p.write_bytes(content)
+        else:
+            p.write_text(content)
+        return p
+
+    @property
+    def out(self) -> Path:
+        return self.tmp / "out"
+
+
+@pytest.fixture
+def env(models, tmp_path):
+    return Env(models, tmp_path)
+
+
+# ---- the catalogue ---------------------------------------------------------------------------
+CASES: dict[str, Callable[[Env], Case]] = {}
+
+
+def case(name: str) -> Callable[[Callable[[Env], Case]], Callable[[Env], Case]]:
+    def deco(fn: Callable[[Env], Case]) -> Callable[[Env], Case]:
+        CASES[name] = fn
+        return fn
+
+    return deco
+
+
+def restore(e: Env, problem: str, fix: str, *, base=None, post=None, layers="1:2", out=None, extra=(), **kw) -> Case:  # fmt: skip
+    base = base or e.m["base"]
+    post = post or e.m["post"]
+    out = out or e.out
+    argv = ["restore", "--base", str(base), "--post", str(post), "--out", str(out), "--quiet"]
+    argv += [f"--layers={layers}"] if layers is not None else []
+    return Case([*argv, *extra], problem, fix, inputs=[base, post], out=out, **kw)
+
+
+def prune(e: Env, problem: str, fix: str, *, model=None, remove="1:2", calib=None, extra=()) -> Case:  # fmt: skip
+    model = model or e.m["base"]
+    calib = calib or e.m["calib"]
+    argv = ["prune", str(model), f"--remove={remove}", "--calib", str(calib)]
+    argv += ["--calib-tokens", "256", "--seqlen", "64", "--out", str(e.out), *extra]
+    return Case(argv, problem, fix, inputs=[model, calib], out=e.out, inproc=True)
+
+
+# -- paths and checkpoint files
+@case("path-missing")
+def _(e):
+    return restore(e, r"nope: no such file", r"give a model directory", base=e.tmp / "nope")
+
+
+def _unreadable(e: Env, what: str) -> Path:
+    d = e.copy("base")
+    target = {"dir": d, "weights": d / "model.safetensors", "config": d / "config.json"}[what]
+    target.chmod(0)
+    if os.geteuid() == 0:  # is the denial real for the unprivileged child? (else: skip, why)
+        probe = (
+            f"import os, sys\nt = {str(target)!r}\n"
+            "try:\n    os.listdir(t) if os.path.isdir(t) else open(t).close()\n"
+            "except PermissionError:\n    sys.exit(3)"
+        )
+        try:
+            rc = subprocess.run([sys.executable, "-c", probe], preexec_fn=_drop_dac_override).returncode  # fmt: skip
+        except (OSError, subprocess.SubprocessError) as exc:
+            pytest.skip(f"running as root and cannot drop CAP_DAC_OVERRIDE ({exc}): chmod 000 does not deny root")  # fmt: skip
+        if rc != 3:
+            pytest.skip("running as root and chmod 000 does not deny reading even without CAP_DAC_OVERRIDE")  # fmt: skip
+    return d
+
+
+@case("path-unreadable-dir")
+def _(e):
+    d = _unreadable(e, "dir")
+    return restore(
+        e, r"permission denied", r"make the directory readable", base=d, unprivileged=True
+    )
+
+
+@case("path-unreadable-weights")
+def _(e):
+    d = _unreadable(e, "weights")
+    return restore(e, r"model\.safetensors: cannot read", r"fix the file permissions", base=d, unprivileged=True)  # fmt: skip
+
+
+@case("path-unreadable-config")
+def _(e):
+    d = _unreadable(e, "config")
+    return restore(e, r"config\.json: cannot read", r"fix the file permissions", base=d, unprivileged=True)  # fmt: skip
+
+
+@case("path-is-a-file")
+def _(e):
+    return restore(e, r"config\.json is a file", r"give a model directory", post=e.m["post"] / "config.json")  # fmt: skip
+
+
+@case("dir-empty")
+def _(e):
+    (e.tmp / "empty").mkdir()
+    return restore(e, r"looks empty", r"point to a directory", base=e.tmp / "empty")
+
+
+@case("config-without-weights")
+def _(e):
+    d = e.tmp / "cfg"
+    d.mkdir()
+    shutil.copy(e.m["base"] / "config.json", d)
+    return restore(e, r"config\.json but no weights", r"copy the weight files", base=d)
+
+
+@case("shard-truncated")
+def _(e):
+    d = e.copy("post")
+    shard = sorted(d.glob("model-*.safetensors"))[-1]
+    shard.write_bytes(shard.read_bytes()[:-64])
+    return restore(e, r"truncated", r"re-download", post=d)
+
+
+@case("header-corrupted")
+def _(e):
+    d = e.copy("base")
+    w = d / "model.safetensors"
+    data = bytearray(w.read_bytes())
+    data[8:16] = b"\x00garbage"
+    w.write_bytes(bytes(data))
+    return restore(e, r"corrupted safetensors header", r"re-download", base=d)
+
+
+@case("index-names-missing-shard")
+def _(e):
+    d = e.copy("post")
+    sorted(d.glob("model-*.safetensors"))[0].unlink()
+    return restore(e, r"names model-00001-of-\d+\.safetensors, which is missing", r"re-download", post=d)  # fmt: skip
+
+
+@case("pickle-only-without-allow-pickle")
+def _(e):
+    d = e.tmp / "pickled"
+    d.mkdir()
+    shutil.copy(e.m["base"] / "config.json", d)
+    torch.save({"x": torch.zeros(2)}, d / "pytorch_model.bin")
+    return restore(e, r"only pickle weights \(pytorch_model\.bin\)", r"pass --allow-pickle", base=d)  # fmt: skip
+
+
+def _retype(e: Env, **config: object) -> Path:
+    d = e.copy("base")
+    cfg = json.loads((d / "config.json").read_text())
+    cfg.update(config)
+    (d / "config.json").write_text(json.dumps(cfg))
+    return d
+
+
+@case("remote-code-auto-map")
+def _(e):
+    d = _retype(
+        e,
+        model_type="acme_lm",
+        architectures=["AcmeForCausalLM"],
+        auto_map={"AutoModelForCausalLM": "modeling_acme.AcmeForCausalLM"},
+    )
+    return restore(e, r"'acme_lm' with auto_map.*remote code", r"use a checkpoint of a transformers-native", base=d)  # fmt: skip
+
+
+@case("unknown-model-type-prune")
+def _(e):
+    d = _retype(e, model_type="acme_lm", architectures=["AcmeForCausalLM"])
+    return prune(e, r"model_type 'acme_lm' is not an architecture transformers", r"use a model of a transformers-native family", model=d)  # fmt: skip
+
+
+# -- non-finite weights that would be written (or computed on)
+@case("nan-restored-base-layer-f32")
+def _(e):
+    return restore(e, rf"tensor '{re.escape(LAYER1)}' in .*nan_base/model\.safetensors holds NaN", r"repair or re-download", base=e.m["nan_base"])  # fmt: skip
+
+
+@case("nan-restored-base-layer-bf16")
+def _(e):
+    return restore(e, rf"'{re.escape(LAYER1)}' in .*bf16_base/model\.safetensors holds NaN", r"re-download", base=e.m["bf16_base"], post=e.m["bf16_post"])  # fmt: skip
+
+
+@case("inf-restored-base-layer-f16")
+def _(e):
+    return restore(e, rf"'{re.escape(LAYER1)}' in .*f16_base/model\.safetensors holds Inf", r"re-download", base=e.m["f16_base"], post=e.m["f16_post"])  # fmt: skip
+
+
+@case("inf-prune-model")
+def _(e):
+    return prune(e, r"'model\.layers\.2\.self_attn\.q_proj\.weight' in .*inf_model/model\.safetensors holds Inf", r"repair or re-download", model=e.m["inf_model"])  # fmt: skip
+
+
+@case("inf-compare-recovery-model")
+def _(e):
+    model, calib = e.m["inf_model"], e.m["calib"]
+    argv = ["compare-recovery", str(model), "--remove", "1:2", "--calib", str(calib), "--calib-tokens", "256", "--seqlen", "64"]  # fmt: skip
+    return Case(argv, r"'model\.layers\.2\.self_attn\.q_proj\.weight' in .*inf_model/model\.safetensors holds Inf", r"repair or re-download", inputs=[model, calib], inproc=True)  # fmt: skip
+
+
+@case("nan-soup-base")
+def _(e):
+    base, post = e.m["nan_base"], e.m["post"]
+    argv = ["soup", "--base", str(base), "--post", str(post), "--alpha", "0.5", "--out", str(e.out), "--quiet"]  # fmt: skip
+    return Case(argv, rf"'{re.escape(LAYER1)}' in .*nan_base/model\.safetensors holds NaN", r"re-download", inputs=[base, post], out=e.out, inproc=True)  # fmt: skip
+
+
+# -- base/post pairs that do not match
+@case("mismatch-family")
+def _(e):
+    return restore(e, r"base is qwen2 .* but post is llama", r"give a base/post pair of one architecture", base=e.m["qwen"])  # fmt: skip
+
+
+@case("mismatch-hidden-size")
+def _(e):
+    return restore(e, r"base hidden size is 64 but post hidden size is 32", r"give a base/post pair", base=e.m["wide"])  # fmt: skip
+
+
+@case("mismatch-vocab-size")
+def _(e):
+    return restore(e, r"base vocab size is 256 but post vocab size is 128", r"give a base/post pair", base=e.m["vocab"])  # fmt: skip
+
+
+@case("mismatch-layer-count")
+def _(e):
+    return restore(e, r"base has 3 layers but post has 4", r"give a pair with equal layer counts", base=e.m["deep3"])  # fmt: skip
+
+
+# -- malformed ranges, for restore --layers and prune --remove alike
+RANGES = {
+    "reversed-5:2": ("5:2", r"5:2 is reversed", r"write it as 2:5"),
+    "empty-3:3": ("3:3", r"3:3 is empty", r"write 3:4"),
+    "negative--1:2": ("-1:2", r"-1:2 has a negative index", r"write e\.g\. 0:2"),
+    "unparsable-a:b": ("a:b", r"'a:b' is not of the form start:end", r"write it as"),
+    "out-of-bounds-0:99": (
+        "0:99",
+        r"0:99 is out of bounds: the model has 4 layers",
+        r"use ranges within 0:4",
+    ),  # fmt: skip
+    "overlapping-0:3,2:4": ("0:3,2:4", r"0:3 and 2:4 overlap", r"merge them into 0:4"),
+}
+for _key, (_spec, _problem, _fix) in RANGES.items():
+    case(f"restore-range-{_key}")(lambda e, s=_spec, p=_problem, f=_fix: restore(e, p, f, layers=s))
+    case(f"prune-range-{_key}")(lambda e, s=_spec, p=_problem, f=_fix: prune(e, p, f, remove=s))
+
+
+@case("restore-range-negative-without-equals")
+def _(e):
+    c = restore(e, r"argument --layers: expected one argument", r"write --layers=VALUE", layers=None)  # fmt: skip
+    c.argv += ["--layers", "-1:2"]
+    return c
+
+
+# -- where the output goes
+@case("out-exists-without-force")
+def _(e):
+    e.out.mkdir()
+    (e.out / "keep.txt").write_text("mine")
+    c = restore(e, r"out already exists", r"pass --force")
+    c.inputs.append(e.out)
+    return c
+
+
+@case("out-is-the-input")
+def _(e):
+    post = e.copy("post")
+    return restore(e, r"is the input model itself", r"choose a new directory", post=post, out=post)
+
+
+@case("out-inside-the-input")
+def _(e):
+    post = e.copy("post")
+    return restore(e, r"is inside the input", r"choose a directory outside it", post=post, out=post / "sub")  # fmt: skip
+
+
+@case("out-contains-the-input")
+def _(e):
+    post = e.copy("post")
+    return restore(e, r"contains the input", r"choose another directory", post=post, out=e.tmp, extra=["--force"])  # fmt: skip
+
+
+@case("out-parent-is-a-file")
+def _(e):
+    f = e.file("afile", "x")
+    c = restore(e, r"afile is not a directory", r"choose another output path", out=f / "out")
+    c.inputs.append(f)
+    return c
+
+
+# -- recipes
+def _recipe(e: Env, op: str, body: str, problem: str, fix: str) -> Case:
+    r = e.file("r.yaml", body.format(base=e.m["base"], post=e.m["post"]))
+    c = Case(
+        [op, "--recipe", str(r), "--out", str(e.out), "--quiet"],
+        problem,
+        fix,
+        inputs=[r, e.m["base"], e.m["post"]],
+        out=e.out,
+    )
+    return c
+
+
+@case("recipe-unknown-key")
+def _(e):
+    return _recipe(e, "restore", "base: {base}\npost: {post}\nlayers: '1:2'\ncolour: blue\n", r"unknown key 'colour'", r"remove it \(allowed keys: base, post, layers")  # fmt: skip
+
+
+@case("recipe-misspelled-layers")
+def _(e):
+    return _recipe(e, "restore", "base: {base}\npost: {post}\nlayrs: '1:2'\n", r"unknown key 'layrs'; did you mean 'layers'\?", r"rename it")  # fmt: skip
+
+
+@case("recipe-misspelled-alpha-soup")
+def _(e):
+    return _recipe(e, "soup", "base: {base}\npost: {post}\nalpah: 0.5\n", r"unknown key 'alpah'; did you mean 'alpha'\?", r"rename it")  # fmt: skip
+
+
+@case("recipe-for-another-operation")
+def _(e):
+    return _recipe(e, "restore", "operation: soup\nbase: {base}\npost: {post}\nalpha: 0.5\n", r"is for 'soup', not 'restore'", r"use layergraft soup --recipe")  # fmt: skip
+
+
+@case("soup-alpha-out-of-range")
+def _(e):
+    argv = ["soup", "--base", str(e.m["base"]), "--post", str(e.m["post"]), "--alpha", "1.5", "--out", str(e.out), "--quiet"]  # fmt: skip
+    return Case(argv, r"--alpha 1\.5 is outside \[0, 1\]", r"give a value between 0", inputs=[e.m["base"], e.m["post"]], out=e.out)  # fmt: skip
+
+
+# -- calibration data for prune
+@case("calib-missing")
+def _(e):
+    return prune(e, r"calibration data .*nope\.txt not found", r"give a local \.txt", calib=e.tmp / "nope.txt")  # fmt: skip
+
+
+@case("calib-empty")
+def _(e):
+    return prune(e, r"calibration data .* is empty", r"give a file with some text", calib=e.file("empty.txt", ""))  # fmt: skip
+
+
+@case("calib-binary")
+def _(e):
+    return prune(e, r"is binary, not text", r"give a UTF-8", calib=e.file("b.txt", b"\x00\x01\xff" * 300))  # fmt: skip
+
+
+@case("calib-too-short")
+def _(e):
+    return prune(e, r"calibration text has only \d+ tokens \(need at least 16\)", r"give a longer file", calib=e.file("s.txt", "hi there"))  # fmt: skip
+
+
+@case("calib-fewer-tokens-than-hidden-size-no-damping")
+def _(e):
+    c = prune(e, r"only 24 calibration tokens .* fewer than the hidden size 32, and --damp 0", r"raise --calib-tokens .* or pass --damp > 0", extra=["--damp", "0"])  # fmt: skip
+    c.argv[c.argv.index("--calib-tokens") + 1] = "24"
+    return c
+
+
+# -- CRC prompts
+@case("crc-prompts-without-valid-set")
+def _(e):
+    f = e.file("p.jsonl", '{"prompt": "pick one", "valid": []}\n')
+    return Case(["crc", str(e.m["base"]), "--prompts", str(f)], r"line 1 has no valid set", r"give \"valid\" as a non-empty list", inputs=[f, e.m["base"]], inproc=True)  # fmt: skip
+
+
+def test_catalogue_is_large_enough():
+    assert len(CASES) >= 30
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_refused(name, env, capsys):
+    check(CASES[name](env), capsys)
+
+
+# ---- disk full ---------------------------------------------------------------------------------
+def _enospc(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_disk_full_injected_in_kernel_copy(env, capsys, monkeypatch):
+    """ENOSPC from inside the writer's byte-range copy (restore), in-process."""
+    from layergraft.io import writer
+
+    monkeypatch.setattr(writer.os, "copy_file_range", _enospc)
+    c = restore(env, r"no space left on the device of .* while writing out", r"free space there or choose another output location")  # fmt: skip
+    c.inproc = True
+    check(c, capsys)
+
+
+def test_disk_full_injected_in_memory_write(env, capsys, monkeypatch):
+    """ENOSPC while writing computed bytes (soup), after some of the shard is written."""
+    from layergraft.io import writer
+
+    real = writer._ShardWriter.write
+    calls = {"n": 0}
+
+    def write(self, data):
+        calls["n"] += 1
+        if calls["n"] > 3:
+            _enospc()
+        return real(self, data)
+
+    monkeypatch.setattr(writer._ShardWriter, "write", write)
+    base, post = env.m["base"], env.m["post"]
+    argv = ["soup", "--base", str(base), "--post", str(post), "--alpha", "0.5", "--out", str(env.out), "--quiet"]  # fmt: skip
+    check(Case(argv, r"no space left", r"free space there", inputs=[base, post], out=env.out, inproc=True), capsys)  # fmt: skip
+    assert calls["n"] > 3
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A real 64 KiB tmpfs (the tiny model needs ~180 KB), mounted for one test."""
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    try:
+        r = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)],
+            capture_output=True,
+            text=True,
+        )
+    except OSError as exc:
+        pytest.skip(f"cannot run mount: {exc}")
+    if r.returncode != 0:
+        pytest.skip(f"mounting a tmpfs is not permitted here: {r.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+        mnt.rmdir()
+
+
+def test_disk_full_on_a_real_small_tmpfs(env, small_tmpfs, capsys):
+    c = restore(env, rf"no space left on the device of {re.escape(str(small_tmpfs))} while writing out", r"free space there", out=small_tmpfs / "out")  # fmt: skip
+    check(c, capsys)
+    assert os.listdir(small_tmpfs) == []
+
+
+# ---- the other side of some refusals: what must still work ------------------------------------
+def test_nan_outside_the_restored_layers_is_not_written_and_restore_succeeds(env):
+    """The scan is about written weights: a NaN in base layer 1 does not block restoring 2:3."""
+    out = env.out
+    rc, _, err = run_subprocess(
+        [
+            "restore",
+            "--base",
+            str(env.m["nan_base"]),
+            "--post",
+            str(env.m["post"]),
+            "--layers",
+            "2:3",
+            "--out",
+            str(out),
+            "--quiet",
+        ]  # fmt: skip
+    )
+    assert rc == 0, err
+    from layergraft.verify import verify_model_dir
+
+    assert verify_model_dir(out, load=False)["ok"]
+
+
+def test_few_calibration_tokens_with_damping_warn_and_succeed(env):
+    """Fewer tokens than the hidden size with ridge damping (the default, here explicit):
+    a warning and a written model, not an error."""
+    argv = ["prune", str(env.m["base"]), "--remove", "1:2", "--calib", str(env.m["calib"]), "--calib-tokens", "24", "--seqlen", "64", "--damp", "1e-3", "--out", str(env.out)]  # fmt: skip
+    rc, _, err = run_subprocess(argv)
+    assert rc == 0, err
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1, err  # the warning, on one line (no source file / code line)
+    assert re.fullmatch(r"layergraft: WARNING: FewTokensWarning: 24 calibration tokens < hidden size 32 .*--calib-tokens", lines[0]), err  # fmt: skip
+    assert (env.out / "layergraft.json").is_file()
+
+
+@pytest.mark.parametrize("dtype", ["F16", "BF16", "F32", "F64"])
+def test_finite_scanner_agrees_with_torch(dtype):
+    """The exponent-bit scan on raw bytes flags exactly the elements torch calls non-finite,
+    over random bit patterns (NaN payloads, ±Inf, subnormals, ±0 included)."""
+    from layergraft.io.finite import describe_nonfinite, has_nonfinite
+    from layergraft.io.torch_util import torch_dtype
+
+    dt = torch_dtype(dtype)
+    size = torch.finfo(dt).bits // 8
+    g = torch.Generator().manual_seed(0)
+    raw = torch.randint(0, 256, (4096 * size,), dtype=torch.uint8, generator=g)
+    values = raw.view(dt)
+    finite = values[torch.isfinite(values)]
+    assert not has_nonfinite(finite.view(torch.uint8).numpy(), dtype)
+    for bad, word in ((float("nan"), "NaN"), (float("inf"), "Inf"), (-float("inf"), "Inf")):
+        v = finite.clone()
+        v[len(v) // 3] = bad
+        buf = v.view(torch.uint8).numpy()
+        assert has_nonfinite(buf, dtype)
+        assert describe_nonfinite(buf, dtype) == word
+    assert has_nonfinite(raw.numpy(), dtype) == bool((~torch.isfinite(values)).any())
+    assert not has_nonfinite(b"\xff" * 8, "I64")  # integers are never scanned
