@@ -226,7 +226,9 @@ def to_html(blocks: list[Block], root: Path) -> str:
             parts.append(f"<p>{_inline_md(b[1])}</p>")
         elif kind == "table":
             parts.append(
-                "<div class='scroll'><table><tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in b[1]) + "</tr>"
+                "<div class='scroll'><table><tr>"
+                + "".join(f"<th>{html.escape(str(h))}</th>" for h in b[1])
+                + "</tr>"
             )
             parts += [
                 "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>"
