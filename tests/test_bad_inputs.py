@@ -416,6 +416,11 @@ def _(e):
     return restore(e, rf"tensor '{re.escape(LAYER1)}' in .*nan_base/model\.safetensors holds NaN", r"repair or re-download", base=e.m["nan_base"])  # fmt: skip
 
 
+@case("nan-restored-base-layer-no-hash")
+def _(e):  # the scan does not ride on hashing: --no-hash still refuses
+    return restore(e, rf"tensor '{re.escape(LAYER1)}' in .*nan_base/model\.safetensors holds NaN", r"re-download", base=e.m["nan_base"], extra=["--no-hash"])  # fmt: skip
+
+
 @case("nan-restored-base-layer-bf16")
 def _(e):
     return restore(e, rf"'{re.escape(LAYER1)}' in .*bf16_base/model\.safetensors holds NaN", r"re-download", base=e.m["bf16_base"], post=e.m["bf16_post"])  # fmt: skip

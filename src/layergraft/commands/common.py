@@ -103,8 +103,8 @@ def add_output_args(s: argparse.ArgumentParser) -> None:
     s.add_argument(
         "--no-hash",
         action="store_true",
-        help="skip the sha256 of written weights, and with it the NaN/Inf scan of copied ones "
-        "(raw kernel-copy speed; verify then checks sizes only)",
+        help="skip the sha256 of written weights (raw kernel-copy speed; verify then checks "
+        "sizes only; the NaN/Inf scan still runs)",
     )
     s.add_argument(
         "--fsync",

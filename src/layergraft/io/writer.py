@@ -7,9 +7,9 @@ or taken from an in-memory tensor. Output bytes are hashed while they are writte
 sha256 recorded in provenance costs no second pass over the data.
 
 Every floating tensor written is also scanned for NaN/Inf (:mod:`layergraft.io.finite`), on the
-bytes already in hand: a copied tensor in the hashing pass (so the scan costs no extra read;
-with ``hash_outputs=False`` there is no such pass and copied bytes are not scanned), an
-in-memory tensor right before it is written. A non-finite weight raises
+bytes already in hand: a copied tensor in the background pass that hashes it (so the scan
+costs no extra read, and with ``hash_outputs=False`` that pass still runs, for the scan alone,
+overlapped with the kernel copy), an in-memory tensor right before it is written. A non-finite weight raises
 :class:`~layergraft.errors.NonFiniteError`, so the output directory is never completed.
 """
 
@@ -106,25 +106,23 @@ class _ShardWriter:
     """Writes one shard through a raw file descriptor.
 
     Verbatim tensor copies go through the kernel (``os.copy_file_range``: no bytes pass
-    through Python, as with ``cp``). When hashing, a single worker thread reads the same
-    source ranges (from the page cache) and feeds sha256 in output order, so hashing runs
-    on the other core *while* the kernel copies instead of after it; the worker also scans
-    those bytes for NaN/Inf. A failure in the worker (a non-finite weight, a read error) is
+    through Python, as with ``cp``). A single worker thread reads the same source ranges
+    (from the page cache), scans them for NaN/Inf and, when hashing, feeds sha256 in output
+    order, so that work runs on the other core *while* the kernel copies instead of after it. A failure in the worker (a non-finite weight, a read error) is
     kept and raised in the writing thread at its next step, so writing stops early.
     """
 
-    def __init__(self, path: Path, pool: ThreadPoolExecutor | None) -> None:
+    def __init__(self, path: Path, pool: ThreadPoolExecutor, hash_output: bool) -> None:
         self.path = path
         self.fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        self.h = hashlib.sha256() if pool is not None else None
+        self.h = hashlib.sha256() if hash_output else None
         self.pool = pool
         self.last: Future[None] | None = None
         self.size = 0
         self.error: BaseException | None = None
 
-    def _hash(self, fn: Callable[[], None]) -> None:
-        if self.pool is not None:
-            self.last = self.pool.submit(self._guarded, fn)  # one worker: jobs run in order
+    def _background(self, fn: Callable[[], None]) -> None:
+        self.last = self.pool.submit(self._guarded, fn)  # one worker: jobs run in order
 
     def _guarded(self, fn: Callable[[], None]) -> None:
         if self.error is not None:
@@ -147,7 +145,7 @@ class _ShardWriter:
         self.size += mv.nbytes
         if self.h is not None:
             h = self.h
-            self._hash(lambda: h.update(mv))
+            self._background(lambda: h.update(mv))
 
     def copy(self, run: list[TensorEntry]) -> None:
         """Copy consecutive byte ranges of one source file with as few kernel calls as the
@@ -179,9 +177,8 @@ class _ShardWriter:
                     raise
                 self._copy_userspace(fd, offset, remaining, span)
         self.size += span.nbytes
-        if self.h is not None:
-            h, entries = self.h, list(run)
-            self._hash(lambda: _hash_and_scan(h, entries))
+        h, entries = self.h, list(run)
+        self._background(lambda: _scan_and_hash(entries, h))
 
     def _copy_userspace(self, fd: int, offset: int, remaining: int, src: TensorEntry) -> None:
         """Fallback where the kernel copy is not available (other filesystems, old kernels)."""
@@ -220,13 +217,14 @@ def _continues(prev: TensorEntry, nxt: TensorEntry) -> bool:
     return nxt.file == prev.file and nxt.offset == prev.offset + prev.nbytes
 
 
-def _hash_and_scan(h: Any, entries: list[TensorEntry]) -> None:
-    """Feed the bytes of consecutive ``entries`` (one file) to ``h`` and scan each floating
-    tensor for NaN/Inf on the same block: the scan costs no read of its own."""
+def _scan_and_hash(entries: list[TensorEntry], h: Any | None) -> None:
+    """Scan the bytes of consecutive ``entries`` (one file) for NaN/Inf and feed them to the
+    hash ``h`` (when hashing): one read serves both."""
     largest = max(e.nbytes for e in entries)
     chunk = min(_CHUNK, max(8, (largest + 7) // 8 * 8))  # no 8 MiB buffer for small tensors
     for src, block in iter_blocks(entries, chunk):
-        h.update(block)
+        if h is not None:
+            h.update(block)
         if has_nonfinite(block, src.dtype):
             raise nonfinite_error(src.name, src.dtype, block, src.file)
 
@@ -252,9 +250,8 @@ def write_checkpoint(
     there is more than one) into ``out_dir``; ``progress`` is called with bytes written.
 
     ``hash_outputs`` records each file's sha256 (computed alongside the copy; off = the raw
-    speed of the kernel copy, and ``WrittenFile.sha256`` is None). The NaN/Inf scan of copied
-    tensors rides on that hashing pass, so it is off with it; in-memory tensors are always
-    scanned (:class:`~layergraft.errors.NonFiniteError`). ``fsync`` flushes each
+    speed of the kernel copy, and ``WrittenFile.sha256`` is None). Every floating tensor is
+    scanned for NaN/Inf either way (:class:`~layergraft.errors.NonFiniteError`). ``fsync`` flushes each
     shard to the device before returning: needed for durability across a power loss, not
     for atomicity (the output directory is renamed into place only when complete)."""
     out_dir = Path(out_dir)
@@ -267,11 +264,11 @@ def write_checkpoint(
     shards = plan_shards(tensors, max_shard_bytes)
     file_names = shard_file_names(len(shards), stem)
     result = WriteResult()
-    pool = ThreadPoolExecutor(max_workers=1) if hash_outputs else None
+    pool = ThreadPoolExecutor(max_workers=1)
     try:
         for fname, shard in zip(file_names, shards, strict=True):
             header, _ = encode_header([(t.name, t.dtype, t.shape, t.nbytes) for t in shard], meta)
-            w = _ShardWriter(out_dir / fname, pool)
+            w = _ShardWriter(out_dir / fname, pool, hash_outputs)
             try:
                 w.write(header)
                 run: list[TensorEntry] = []  # consecutive byte ranges of one source file
@@ -310,8 +307,7 @@ def write_checkpoint(
                 raise
             result.files.append(WrittenFile(fname, w.size, digest))
     finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+        pool.shutdown(wait=True, cancel_futures=True)
     if len(shards) > 1:
         index = {"metadata": {"total_size": result.total_size}, "weight_map": result.weight_map}
         (out_dir / f"{stem}.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
