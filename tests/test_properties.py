@@ -33,7 +33,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tiny import make_tiny
+from tiny import make_tiny, write_few_crc_prompts
 
 # every tiny family whose decoder layers are named model.layers.N (the tensor-name check of
 # the restore property is written independently of the adapters)
@@ -305,20 +305,7 @@ def test_swap_is_its_own_inverse(request):
 @pytest.fixture(scope="module")
 def few_prompts(tmp_path_factory):
     """Four prompts of each CRC category (like tests/test_sweep.py)."""
-    from layergraft.proxy import crc as crcmod
-
-    items = crcmod.load_crc_prompts("all")
-    p = tmp_path_factory.mktemp("crc") / "few.jsonl"
-    p.write_text(
-        "".join(
-            json.dumps(
-                {"id": x.id, "category": x.category, "prompt": x.prompt, "valid": list(x.valid)}
-            )
-            + "\n"
-            for x in items[:4] + items[-4:]
-        )
-    )
-    return p
+    return write_few_crc_prompts(tmp_path_factory.mktemp("crc") / "few.jsonl")
 
 
 def _without_timing(res: dict[str, Any]) -> dict[str, Any]:

@@ -13,23 +13,12 @@ from layergraft.proxy import crc as crcmod
 from layergraft.slr_api import crc, sweep
 from layergraft.surgery.swap import swapped_layers
 from layergraft.toy import toy_paths
+from tiny import write_few_crc_prompts
 
 
 @pytest.fixture(scope="module")
 def prompts_file(tmp_path_factory):
-    items = crcmod.load_crc_prompts("all")
-    picked = items[:4] + items[-4:]  # both categories
-    p = tmp_path_factory.mktemp("crc") / "few.jsonl"
-    p.write_text(
-        "".join(
-            json.dumps(
-                {"id": x.id, "category": x.category, "prompt": x.prompt, "valid": list(x.valid)}
-            )
-            + "\n"
-            for x in picked
-        )
-    )
-    return p
+    return write_few_crc_prompts(tmp_path_factory.mktemp("crc") / "few.jsonl")
 
 
 @pytest.fixture(scope="module")

@@ -143,3 +143,19 @@ def save_tiny(
         if was_enabled:
             hf_logging.enable_progress_bar()
     return out
+
+
+def write_few_crc_prompts(path: Path, per_category: int = 4) -> Path:
+    """A small CRC prompt file (the first and last ``per_category`` bundled prompts, so both
+    categories), in the JSON-lines format ``--prompts`` reads: a sweep over it takes seconds."""
+    import json
+
+    from layergraft.proxy.crc import load_crc_prompts
+
+    items = load_crc_prompts("all")
+    rows = [
+        {"id": x.id, "category": x.category, "prompt": x.prompt, "valid": list(x.valid)}
+        for x in items[:per_category] + items[-per_category:]
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
