@@ -79,20 +79,32 @@ def _refuse_nonfinite(name: str, inputs: tuple[tuple[Checkpoint, Any], ...]) -> 
 @contextlib.contextmanager
 def souped(post_model: Any, base_model: Any, alpha: float) -> Iterator[Any]:
     """Within the block, every floating parameter of ``post_model`` is the blend with the
-    base model's; the original tensors are put back on exit (exception or not)."""
+    base model's; the original tensors are put back on exit (exception or not). Offloaded
+    parameters (accelerate ``device_map``) are blended on demand, one module per forward
+    (:func:`~layergraft.surgery.swap.overridden`)."""
     import torch
 
+    from layergraft.surgery.swap import offloaded_params, overridden, param_value
+
+    post_off, base_off = offloaded_params(post_model), offloaded_params(base_model)
+    # the post model's own offload maps, taken now: inside the block its hooks read overlays
+    # whose entries call blended(), which must see the original values
+    post_src = {n: (hook.weights_map, key) for n, (hook, key) in post_off.items()}
     base_params = dict(base_model.named_parameters())
-    saved: list[tuple[Any, Any]] = []
-    try:
+    values: dict[str, Any] = {}
+
+    def blended(name: str, p: Any) -> Any:
         with torch.no_grad():
-            for name, p in post_model.named_parameters():
-                if not p.is_floating_point():
-                    continue
-                b = base_params[name].data.to(p.device)
-                saved.append((p, p.data))
-                p.data = blend(p.data, b, alpha)
+            pv = post_src[name][0][post_src[name][1]] if name in post_src else p.data
+            bv = param_value(base_params[name], name, base_off).to(pv.device)
+            return blend(pv, bv, alpha)
+
+    for name, p in post_model.named_parameters():
+        if not p.is_floating_point():
+            continue
+        if name in post_off:
+            values[name] = lambda n=name, q=p: blended(n, q)
+        else:
+            values[name] = blended(name, p)
+    with overridden(post_model, values, post_off):
         yield post_model
-    finally:
-        for p, data in reversed(saved):
-            p.data = data

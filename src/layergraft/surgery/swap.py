@@ -4,16 +4,107 @@ Why: a sweep scores dozens of hybrids. Writing each to disk and reloading it cos
 checkpoint round-trip per interval; pointing the post model's layer parameters at the base
 model's tensors costs nothing (no copy when both live on one device) and is undone exactly,
 by putting the original tensor objects back, on exit, exception or not.
+
+Offloaded layers (accelerate's ``device_map`` with ``"disk"``, or CPU offload for a GPU run)
+hold no weights: their parameters are on the ``meta`` device and a hook loads each module's
+weights from its ``weights_map`` at every forward, so pointing the parameters elsewhere would
+be silently ignored. For those, the hook's map is overlaid with the new values instead
+(:class:`OffloadOverlay`), and the overlay is removed on exit.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from layergraft.errors import MismatchError
 from layergraft.ranges import Range, layers_of
+
+
+class OffloadOverlay(Mapping):
+    """An accelerate offload ``weights_map`` with some entries replaced (read-only view).
+
+    An override may be a zero-argument callable, evaluated at each access: the hook loads
+    one module's weights per forward, so a computed value (a soup blend) is then never held
+    for the whole model at once — which is the point of offloading."""
+
+    def __init__(self, base: Any, overrides: dict[str, Any]) -> None:
+        self.base, self.overrides = base, overrides
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self.overrides:
+            return self.base[key]
+        v = self.overrides[key]
+        return v() if callable(v) else v
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self.overrides
+        yield from (k for k in self.base if k not in self.overrides)
+
+    def __len__(self) -> int:
+        return len(set(self.base.keys()) | set(self.overrides))
+
+
+def offloaded_params(model: Any) -> dict[str, tuple[Any, str]]:
+    """``qualified parameter name -> (hook, key in hook.weights_map)`` for every parameter
+    that an accelerate hook reloads from an offload map at each forward (empty for a model
+    that is not offloaded)."""
+    out: dict[str, tuple[Any, str]] = {}
+    for mname, mod in model.named_modules():
+        h = getattr(mod, "_hf_hook", None)
+        for hook in getattr(h, "hooks", (h,)) if h is not None else ():
+            if not getattr(hook, "offload", False) or getattr(hook, "weights_map", None) is None:
+                continue
+            recurse = bool(getattr(hook, "place_submodules", False))
+            for pname, _ in mod.named_parameters(recurse=recurse):
+                out[f"{mname}.{pname}" if mname else pname] = (hook, pname)
+    return out
+
+
+def param_value(p: Any, qname: str, offloaded: dict[str, tuple[Any, str]]) -> Any:
+    """The values of parameter ``p`` (named ``qname``): its data, or for an offloaded
+    parameter the tensor its hook would load."""
+    if qname in offloaded:
+        hook, key = offloaded[qname]
+        return hook.weights_map[key]
+    return p.data
+
+
+@contextlib.contextmanager
+def overridden(
+    model: Any, values: dict[str, Any], offloaded: dict[str, tuple[Any, str]] | None = None
+) -> Iterator[Any]:
+    """Within the block, the parameters of ``model`` named in ``values`` carry those tensors
+    (moved to each parameter's device and dtype; an offloaded parameter gets them through its
+    hook's map, and may be given a zero-argument callable computing them on demand).
+    Everything is put back on exit, bit for bit, exception or not."""
+    params = dict(model.named_parameters())
+    offloaded = offloaded_params(model) if offloaded is None else offloaded
+    saved: list[tuple[Any, Any]] = []
+    per_hook: dict[int, tuple[Any, dict[str, Any]]] = {}
+    try:
+        for qname, value in values.items():
+            p = params[qname]
+            if qname in offloaded:
+                hook, key = offloaded[qname]
+                if not callable(value):
+                    value = value.to(dtype=p.dtype)
+                per_hook.setdefault(id(hook), (hook, {}))[1][key] = value
+                continue
+            saved.append((p, p.data))
+            if value.device != p.device or value.dtype != p.dtype:
+                value = value.to(device=p.device, dtype=p.dtype)
+            p.data = value
+        for hook, overrides in per_hook.values():
+            hook.weights_map = OffloadOverlay(hook.weights_map, overrides)
+        yield model
+    finally:
+        for p, data in reversed(saved):
+            p.data = data
+        for hook, _ in per_hook.values():
+            if isinstance(hook.weights_map, OffloadOverlay):
+                hook.weights_map = hook.weights_map.base
 
 
 def _pairs(post_layer: Any, base_layer: Any, i: int) -> list[tuple[Any, Any]]:
@@ -52,16 +143,12 @@ def swapped_layers(
     base_layers = adapter.layers(base_model)
     if len(post_layers) != len(base_layers):
         raise MismatchError(f"base has {len(base_layers)} layers but post has {len(post_layers)}")
-    saved: list[tuple[Any, Any]] = []
-    try:
-        for i in layers_of(ranges):
-            for p, b in _pairs(post_layers[i], base_layers[i], i):
-                saved.append((p, p.data))
-                data = b.data
-                if data.device != p.device or data.dtype != p.dtype:
-                    data = data.to(device=p.device, dtype=p.dtype)
-                p.data = data
+    post_off, base_off = offloaded_params(post_model), offloaded_params(base_model)
+    post_names = {id(p): n for n, p in post_model.named_parameters()}
+    base_names = {id(p): n for n, p in base_model.named_parameters()}
+    values: dict[str, Any] = {}
+    for i in layers_of(ranges):
+        for p, b in _pairs(post_layers[i], base_layers[i], i):
+            values[post_names[id(p)]] = param_value(b, base_names[id(b)], base_off)
+    with overridden(post_model, values, post_off):
         yield post_model
-    finally:
-        for p, data in reversed(saved):
-            p.data = data
