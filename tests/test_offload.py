@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from layergraft.loading import load_model
+from layergraft.offload import offloaded_params
 from layergraft.surgery.soup import souped
-from layergraft.surgery.swap import offloaded_params, swapped_layers
+from layergraft.surgery.swap import swapped_layers
 from layergraft.toy import toy_paths
 from tiny import save_tiny, write_few_crc_prompts
 
@@ -115,3 +116,51 @@ def test_prune_with_offloaded_layers_writes_the_same_model(pair, tmp_path, remov
         assert a.keys() == b.keys()
         for k in a:
             torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6, msg=k)
+
+
+def test_cli_device_map_json_prune_then_ppl(pair, tmp_path):
+    """``--device-map`` takes a JSON map (disk offload) on prune and ppl; the ghosted output
+    then loads with a device map without transformers asking to run its shipped code; a bad
+    map is one line and exit 2."""
+    import json
+    import subprocess
+    import sys
+
+    from layergraft.toy.tokenizer import save_tokenizer
+
+    _, post_dir = pair
+    save_tokenizer(post_dir)
+    calib = tmp_path / "calib.txt"
+    calib.write_text("The quick brown fox jumps over the lazy dog. " * 200)
+    dm = tmp_path / "map.json"
+    dm.write_text(json.dumps(_disk_map(4, {1, 2})))
+
+    def run(*argv):
+        return subprocess.run(
+            [sys.executable, "-m", "layergraft", *map(str, argv)],
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
+
+    common = ["--remove", "1:2", "--calib", calib, "--calib-tokens", "512", "--seqlen", "64"]
+    r = run("prune", post_dir, *common, "--out", tmp_path / "off", "--device-map", dm, "--quiet")
+    assert r.returncode == 0, r.stderr
+    r = run("prune", post_dir, *common, "--out", tmp_path / "plain", "--quiet")
+    assert r.returncode == 0, r.stderr
+    ppl = []
+    for out, m in (("off", json.dumps(_disk_map(3, {1}))), ("plain", "cpu")):
+        r = run("ppl", tmp_path / out, "--device-map", m, "--seqlen", "64", "--json")
+        assert r.returncode == 0, r.stderr
+        assert "custom code" not in r.stderr and "Traceback" not in r.stderr
+        ppl.append(json.loads(r.stdout)["ppl"])
+    assert ppl[0] == pytest.approx(ppl[1], rel=1e-5)
+    # folding needs the weights in memory: an offloaded fold target is refused in one line
+    fold = ["--remove", "2:3", "--recover", "replaceme", *common[2:], "--out", tmp_path / "rm"]
+    r = run("prune", post_dir, *fold, "--device-map", dm, "--quiet")
+    assert r.returncode == 2 and "offloaded by the device map" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "rm").exists()
+    for bad, word in (("{oops", "not valid JSON"), (tmp_path / "none.json", "cannot read")):
+        r = run("ppl", tmp_path / "plain", "--device-map", bad)
+        assert r.returncode == 2 and word in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr

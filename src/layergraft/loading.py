@@ -8,6 +8,7 @@ same way, and fail with one line rather than a transformers traceback.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,9 +46,15 @@ def quiet_transformers() -> Iterator[None]:
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    # accelerate's "some parameters are on the meta device because they were offloaded":
+    # the offload the user asked for with --device-map, not news
+    acc = logging.getLogger("accelerate.big_modeling")
+    acc_level = acc.level
+    acc.setLevel(logging.ERROR)
     try:
         yield
     finally:
+        acc.setLevel(acc_level)
         hf_logging.set_verbosity(level)
         if bars:
             hf_logging.enable_progress_bar()
@@ -107,7 +114,7 @@ def load_model(
     try:
         with quiet_transformers():
             model = AutoModelForCausalLM.from_pretrained(
-                str(ck.path), dtype=dt, device_map=device_map
+                str(ck.path), dtype=dt, device_map=device_map, trust_remote_code=False
             )
     except (OSError, ValueError) as e:
         raise InputError(
@@ -126,7 +133,10 @@ def load_tokenizer(spec: Any) -> Any:
     if not p.is_dir():
         p = open_checkpoint(spec, validate_arch=False).path
     try:
-        return AutoTokenizer.from_pretrained(str(p))
+        # never the checkpoint's own code (a ghosted output's auto_map names some); quiet:
+        # transformers warns that a ghosted config's model_type is not the family's
+        with quiet_transformers():
+            return AutoTokenizer.from_pretrained(str(p), trust_remote_code=False)
     except (OSError, ValueError) as e:
         raise InputError(
             f"no usable tokenizer in {p} ({type(e).__name__}); copy the tokenizer files next to the weights"

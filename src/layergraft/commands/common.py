@@ -117,3 +117,45 @@ def add_output_args(s: argparse.ArgumentParser) -> None:
         help="accept pickle-only (.bin) checkpoints (runs code from the file)",
     )
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def device_map_arg(text: str) -> Any:
+    """``--device-map``: a strategy accelerate knows (``auto``, ``balanced``,
+    ``balanced_low_0``, ``sequential``), one device for everything (``cpu``, ``cuda:0``), or
+    an explicit map as a JSON object or a path to a JSON file (module name -> device, where a
+    device may be ``"disk"`` for layers that do not fit in memory)."""
+    from pathlib import Path
+
+    t = text.strip()
+    if t.startswith("{") or t.endswith(".json"):
+        src = t
+        if not t.startswith("{"):
+            try:
+                src = Path(t).read_text()
+            except OSError as e:
+                raise argparse.ArgumentTypeError(
+                    f"--device-map {t}: cannot read it ({e.strerror}); give an existing JSON file"
+                ) from e
+        try:
+            obj = json.loads(src)
+        except json.JSONDecodeError as e:
+            raise argparse.ArgumentTypeError(
+                f"--device-map is not valid JSON ({e.msg}); give e.g. "
+                '\'{"model.layers.0": "cpu", "model.layers.1": "disk"}\''
+            ) from e
+        if not isinstance(obj, dict) or not all(isinstance(k, str) for k in obj):
+            raise argparse.ArgumentTypeError(
+                "--device-map JSON must be an object mapping module names to devices"
+            )
+        return obj
+    return t
+
+
+def add_device_map_arg(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "--device-map",
+        type=device_map_arg,
+        metavar="MAP",
+        help="place layers with accelerate: auto, balanced, cpu, cuda:0, or a JSON object/file "
+        'mapping module names to devices ("disk" offloads a layer)',
+    )

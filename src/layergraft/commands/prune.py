@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from layergraft.commands.common import add_output_args, print_json
+from layergraft.commands.common import add_device_map_arg, add_output_args, print_json
 
 
 def _add_data_args(s: argparse.ArgumentParser, flag: str, default_help: str) -> None:
@@ -24,6 +24,7 @@ def _add_data_args(s: argparse.ArgumentParser, flag: str, default_help: str) -> 
     )
     s.add_argument("--seqlen", type=int, default=512, help="tokens per row (default 512)")
     s.add_argument("--batch-size", type=int, default=4, help="rows per forward pass (default 4)")
+    add_device_map_arg(s)
 
 
 def _add_removal_args(s: argparse.ArgumentParser) -> None:
@@ -71,6 +72,7 @@ def _cmd_scores(args: argparse.Namespace) -> int:
         seqlen=args.seqlen,
         batch_size=args.batch_size,
         plot=args.plot,
+        device_map=args.device_map,
     )
     if args.json:
         print_json(res)
@@ -111,6 +113,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
                 sequential=args.sequential,
                 tasks=args.tasks,
                 limit=args.limit,
+                device_map=args.device_map,
             ),
             args.json,
         )
@@ -137,6 +140,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         hash_inputs=args.hash_inputs,
         allow_pickle=args.allow_pickle,
         command=command_line(),
+        device_map=args.device_map,
     )
     if args.json:
         print_json(prov)
@@ -190,6 +194,7 @@ def _cmd_ppl(args: argparse.Namespace) -> int:
         seqlen=args.seqlen,
         stride=args.stride,
         max_tokens=args.max_tokens,
+        device_map=args.device_map,
     )
     if args.json:
         print_json(res)
@@ -302,6 +307,7 @@ def register(sub: Any) -> None:
         help="sliding windows every STRIDE tokens (default: non-overlapping chunks)",
     )
     q.add_argument("--max-tokens", type=int, help="use only the first N tokens of the text")
+    add_device_map_arg(q)
     q.add_argument("--json", action="store_true", help="print JSON")
     q.set_defaults(func=_cmd_ppl)
 

@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from layergraft.commands.common import (
+    add_device_map_arg,
     add_output_args,
     add_pair_args,
     merge_recipe,
@@ -280,7 +281,7 @@ def register(sub: Any) -> None:
         action="store_true",
         help="run every hybrid from the embeddings (slower; for checking)",
     )
-    w.add_argument("--device-map", help="accelerate device map, e.g. auto")
+    add_device_map_arg(w)
     w.add_argument("--restore-best", metavar="DIR", help="also write the selected hybrid to DIR")
     w.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_compute_args(w)

@@ -77,8 +77,10 @@ def attach_ghost(model: Any, adapter: Any, module: GhostOperator, position: int)
     key = str(position)
     if key in ghosts:
         raise ValueError(f"a ghost already sits at position {position}")
-    dev = adapter.layers(model)[min(position, len(adapter.layers(model)) - 1)].parameters()
-    module.to(next(dev).device)
+    from layergraft.offload import execution_device
+
+    layers = adapter.layers(model)
+    module.to(execution_device(layers[min(position, len(layers) - 1)]))  # not meta if offloaded
     ghosts[key] = module
     (h,) = install_ghosts(
         model, nn.ModuleDict({key: module}), adapter.layers_path, adapter.spec.norm_module
@@ -162,6 +164,7 @@ def load_ghosted(model_dir: Path, *, dtype: Any, device_map: Any = None) -> Any:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from layergraft.loading import quiet_transformers
+    from layergraft.offload import execution_device
 
     p = Path(model_dir)
     cfg = json.loads((p / "config.json").read_text())
@@ -169,7 +172,7 @@ def load_ghosted(model_dir: Path, *, dtype: Any, device_map: Any = None) -> Any:
     config = AutoConfig.for_model(**base_config_of(cfg))
     with quiet_transformers():
         model = AutoModelForCausalLM.from_pretrained(
-            p, config=config, dtype=dtype, device_map=device_map
+            p, config=config, dtype=dtype, device_map=device_map, trust_remote_code=False
         )
     ghosts = build_ghosts(spec)
     state = load_file(str(p / GHOST_FILE))
@@ -177,7 +180,7 @@ def load_ghosted(model_dir: Path, *, dtype: Any, device_map: Any = None) -> Any:
     ghosts.load_state_dict({k[len(prefix) :]: v for k, v in state.items()})
     layers = model.get_submodule(spec["layers_path"])
     for key, g in ghosts.items():
-        g.to(next(layers[min(int(key), len(layers) - 1)].parameters()).device)
+        g.to(execution_device(layers[min(int(key), len(layers) - 1)]))
     model.layergraft_ghosts = ghosts
     install_ghosts(model, ghosts, spec["layers_path"], spec["norm_module"])
     return model.eval()

@@ -257,9 +257,13 @@ def scale_writers(adapter: Any, model: Any, i: int, c: float) -> list[Any]:
     the parameters changed."""
     import torch
 
+    from layergraft.offload import refuse_offloaded
+
     changed = []
+    writers = residual_writers(adapter, model, i)
+    refuse_offloaded([m.weight for m, _ in writers], f"layer {i}'s residual output")
     with torch.no_grad():
-        for mod, how in residual_writers(adapter, model, i):
+        for mod, how in writers:
             if how == "norm1p":
                 mod.weight.copy_((1 + mod.weight.double()) * c - 1)
                 changed.append(mod.weight)
@@ -309,7 +313,10 @@ def fold_replaceme(adapter: Any, model: Any, op: Operator, new_index: int) -> li
             f"{adapter.family} normalises the MLP output before adding it to the residual, so ReplaceMe "
             "cannot be folded into its down projection; use --recover ghost"
         )
+    from layergraft.offload import refuse_offloaded
+
     mod = adapter._get(model, adapter.mlp_out_proj(new_index))
+    refuse_offloaded([mod.weight], f"the MLP output projection of layer {new_index}")
     t = op.delta.to(device=mod.weight.device)
     with torch.no_grad():
         w = mod.weight.double()

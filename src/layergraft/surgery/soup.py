@@ -84,7 +84,8 @@ def souped(post_model: Any, base_model: Any, alpha: float) -> Iterator[Any]:
     (:func:`~layergraft.surgery.swap.overridden`)."""
     import torch
 
-    from layergraft.surgery.swap import offloaded_params, overridden, param_value
+    from layergraft.offload import offloaded_params, param_value
+    from layergraft.surgery.swap import overridden
 
     post_off, base_off = offloaded_params(post_model), offloaded_params(base_model)
     # the post model's own offload maps, taken now: inside the block its hooks read overlays

@@ -9,66 +9,18 @@ Offloaded layers (accelerate's ``device_map`` with ``"disk"``, or CPU offload fo
 hold no weights: their parameters are on the ``meta`` device and a hook loads each module's
 weights from its ``weights_map`` at every forward, so pointing the parameters elsewhere would
 be silently ignored. For those, the hook's map is overlaid with the new values instead
-(:class:`OffloadOverlay`), and the overlay is removed on exit.
+(:class:`layergraft.offload.OffloadOverlay`), and the overlay is removed on exit.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from layergraft.errors import MismatchError
+from layergraft.offload import OffloadOverlay, offloaded_params, param_value
 from layergraft.ranges import Range, layers_of
-
-
-class OffloadOverlay(Mapping):
-    """An accelerate offload ``weights_map`` with some entries replaced (read-only view).
-
-    An override may be a zero-argument callable, evaluated at each access: the hook loads
-    one module's weights per forward, so a computed value (a soup blend) is then never held
-    for the whole model at once — which is the point of offloading."""
-
-    def __init__(self, base: Any, overrides: dict[str, Any]) -> None:
-        self.base, self.overrides = base, overrides
-
-    def __getitem__(self, key: str) -> Any:
-        if key not in self.overrides:
-            return self.base[key]
-        v = self.overrides[key]
-        return v() if callable(v) else v
-
-    def __iter__(self) -> Iterator[str]:
-        yield from self.overrides
-        yield from (k for k in self.base if k not in self.overrides)
-
-    def __len__(self) -> int:
-        return len(set(self.base.keys()) | set(self.overrides))
-
-
-def offloaded_params(model: Any) -> dict[str, tuple[Any, str]]:
-    """``qualified parameter name -> (hook, key in hook.weights_map)`` for every parameter
-    that an accelerate hook reloads from an offload map at each forward (empty for a model
-    that is not offloaded)."""
-    out: dict[str, tuple[Any, str]] = {}
-    for mname, mod in model.named_modules():
-        h = getattr(mod, "_hf_hook", None)
-        for hook in getattr(h, "hooks", (h,)) if h is not None else ():
-            if not getattr(hook, "offload", False) or getattr(hook, "weights_map", None) is None:
-                continue
-            recurse = bool(getattr(hook, "place_submodules", False))
-            for pname, _ in mod.named_parameters(recurse=recurse):
-                out[f"{mname}.{pname}" if mname else pname] = (hook, pname)
-    return out
-
-
-def param_value(p: Any, qname: str, offloaded: dict[str, tuple[Any, str]]) -> Any:
-    """The values of parameter ``p`` (named ``qname``): its data, or for an offloaded
-    parameter the tensor its hook would load."""
-    if qname in offloaded:
-        hook, key = offloaded[qname]
-        return hook.weights_map[key]
-    return p.data
 
 
 @contextlib.contextmanager
