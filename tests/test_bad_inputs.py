@@ -229,6 +229,10 @@ def models(tmp_path_factory):
     calib = root / "calib.txt"
     calib.write_text(DEFAULT_CALIB.read_text()[:4000])
     m["calib"] = calib
+    import layergraft.api as lg
+
+    m["ghosted"] = root / "ghosted"  # a pruned output with a ghost operator
+    lg.prune(m["base"], m["ghosted"], remove="1:2", calib=calib, calib_tokens=256, seqlen=64)
     return m
 
 
@@ -408,6 +412,11 @@ def _(e):
 def _(e):
     d = _retype(e, model_type="acme_lm", architectures=["AcmeForCausalLM"])
     return prune(e, r"model_type 'acme_lm' is not an architecture transformers", r"use a model of a transformers-native family", model=d)  # fmt: skip
+
+
+@case("prune-ghosted-input")
+def _(e):
+    return prune(e, r"is a ghosted layergraft output", r"give the original model", model=e.m["ghosted"], remove="0:1")  # fmt: skip
 
 
 # -- non-finite weights that would be written (or computed on)

@@ -70,6 +70,11 @@ def require_transformers_family(ck: Checkpoint) -> None:
     """
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
+    if "layergraft_ghost" in ck.config:
+        raise InputError(
+            f"{ck.origin} is a ghosted layergraft output, which this command cannot take as input; "
+            "give the original model (to prune more layers, name them all in one --remove)"
+        )
     mt = ck.config.get("model_type")
     if mt not in CONFIG_MAPPING_NAMES:
         import transformers

@@ -40,14 +40,19 @@ class OffloadOverlay(Mapping):
         return len(set(self.base.keys()) | set(self.overrides))
 
 
+def _hooks(module: Any) -> tuple[Any, ...]:
+    """The accelerate hooks attached to ``module`` itself (a SequentialHook unpacked)."""
+    h = getattr(module, "_hf_hook", None)
+    return () if h is None else tuple(getattr(h, "hooks", (h,)))
+
+
 def offloaded_params(model: Any) -> dict[str, tuple[Any, str]]:
     """``qualified parameter name -> (hook, key in hook.weights_map)`` for every parameter
     that an accelerate hook reloads from an offload map at each forward (empty for a model
     that is not offloaded)."""
     out: dict[str, tuple[Any, str]] = {}
     for mname, mod in model.named_modules():
-        h = getattr(mod, "_hf_hook", None)
-        for hook in getattr(h, "hooks", (h,)) if h is not None else ():
+        for hook in _hooks(mod):
             if not getattr(hook, "offload", False) or getattr(hook, "weights_map", None) is None:
                 continue
             recurse = bool(getattr(hook, "place_submodules", False))
@@ -71,8 +76,7 @@ def execution_device(module: Any) -> Any:
     import torch
 
     for mod in module.modules():
-        h = getattr(mod, "_hf_hook", None)
-        for hook in getattr(h, "hooks", (h,)) if h is not None else ():
+        for hook in _hooks(mod):
             dev = getattr(hook, "execution_device", None)
             if dev is not None:
                 return torch.device(dev) if not isinstance(dev, torch.device) else dev

@@ -330,12 +330,10 @@ def compare_recovery(
     damp = R.DEFAULT_DAMP if damp is None else float(damp)
     held = read_text(data, "evaluation")
     read_text(calib, "calibration")
-    if not isinstance(model, tuple):  # as in prune: no fit on NaN/Inf weights
-        from layergraft.loading import open_loadable
-        from layergraft.surgery import ghost as G
+    if not isinstance(model, tuple):  # as in prune: no fit on NaN/Inf weights (ghosted too)
+        from layergraft.io.checkpoint import open_checkpoint
 
-        if not (Path(model).is_dir() and G.is_ghosted(Path(model))):
-            open_loadable(model).check_finite()
+        open_checkpoint(model, validate_arch=False).check_finite()
     dense, tok, origin = _model_and_tokenizer(model, device_map)
     adapter = adapter_for_model(dense)
     batches = _batches(tok, calib, calib_tokens, seqlen, batch_size, "calibration")
