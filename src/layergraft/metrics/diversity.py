@@ -97,8 +97,11 @@ def embedding_diversity(emb: Any) -> float | None:
         return None
     sim = e @ e.T
     iu = np.triu_indices(k, 1)
-    # clipped: rounding makes 1 - cos of identical unit vectors a hair below 0
-    return float(np.mean(np.clip(1.0 - sim[iu], 0.0, 2.0)))
+    # rounding makes 1 - cos of identical unit vectors a hair off 0, either side (which side
+    # depends on numpy's BLAS); distances below 1e-12 are identical directions
+    dist = np.clip(1.0 - sim[iu], 0.0, 2.0)
+    dist[dist < 1e-12] = 0.0
+    return float(np.mean(dist))
 
 
 def vendi_score(emb: Any) -> float:
