@@ -38,7 +38,7 @@ def build(hidden: int, layers: int, seed: int = 0):
 def batches(n_tokens: int, seqlen: int, batch_size: int, seed: int = 0):
     import torch
 
-    from layergraft.calibrate import Batch
+    from layergraft.text import Batch
 
     g = torch.Generator().manual_seed(seed)
     rows = n_tokens // seqlen
@@ -59,7 +59,7 @@ def child(args: argparse.Namespace) -> None:
     import torch
 
     from layergraft.arch import adapter_for_model
-    from layergraft.calibrate import collect_gap_stats
+    from layergraft.prune.calibrate import collect_gap_stats
 
     torch.set_grad_enabled(False)
     model = build(args.hidden, args.layers)
@@ -75,7 +75,8 @@ def timing(args: argparse.Namespace) -> dict:
     import torch
 
     from layergraft.arch import adapter_for_model
-    from layergraft.calibrate import collect_gap_stats, position_ids
+    from layergraft.models.batching import position_ids
+    from layergraft.prune.calibrate import collect_gap_stats
 
     torch.set_grad_enabled(False)
     model = build(args.hidden, args.layers)

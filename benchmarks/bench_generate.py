@@ -57,8 +57,9 @@ def main() -> None:
 
     import torch
 
-    from layergraft.generate import SamplingSettings, run_generation
-    from layergraft.tasks import load_task
+    from layergraft.gen.engine import run_generation
+    from layergraft.gen.sampling import SamplingSettings
+    from layergraft.gen.tasks import load_task
 
     torch.set_num_threads(args.threads)
     name, model, tok = _model_and_tokenizer()

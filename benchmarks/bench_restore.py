@@ -33,7 +33,7 @@ def build_pair(root: Path, size_gb: float) -> tuple[Path, Path, int]:
     """A Llama-shaped pair of random bf16 weights of about ``size_gb`` each."""
     import torch
 
-    from layergraft.io.writer import OutTensor, write_checkpoint
+    from layergraft.checkpoint.writer import OutTensor, write_checkpoint
 
     hidden, inter, vocab, heads = 2048, 5632, 32000, 16
     per_layer = 4 * hidden * hidden + 3 * hidden * inter + 2 * hidden
@@ -156,7 +156,7 @@ def main() -> None:
     have_mk = Path(mk_bin).exists()
     mk_yaml = work / "passthrough.yaml"
     if have_mk:
-        from layergraft.surgery.restore import mergekit_yaml
+        from layergraft.slr.restore import mergekit_yaml
 
         mk_yaml.write_text(mergekit_yaml(str(base), str(post), [(lo, hi)], layers, "bfloat16"))
 

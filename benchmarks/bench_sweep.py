@@ -32,9 +32,9 @@ def main() -> None:
 
     from layergraft.api import restore
     from layergraft.arch import adapter_for_model
-    from layergraft.loading import load_causal_lm
-    from layergraft.proxy import crc as crcmod
-    from layergraft.proxy.sweep import (
+    from layergraft.models.load import load_model, load_with_tokenizer
+    from layergraft.slr import crc as crcmod
+    from layergraft.slr.engines import (
         enumerate_intervals,
         sweep_intervals_fast,
         sweep_intervals_swap,
@@ -43,8 +43,8 @@ def main() -> None:
 
     torch.set_num_threads(2)
     base, post = (args.base, args.post) if args.base else toy_paths()
-    mp, tok, _ = load_causal_lm(post, device="cpu")
-    mb, _, _ = load_causal_lm(base, device="cpu", with_tokenizer=False)
+    mp, tok, _ = load_with_tokenizer(post, device="cpu")
+    mb = load_model(base, device="cpu")
     ad = adapter_for_model(mp)
     items = crcmod.load_crc_prompts("all")
     batch = crcmod.prepare_batch(tok, items)
@@ -70,7 +70,7 @@ def main() -> None:
             for i, (s, e) in enumerate(intervals):
                 d = Path(tmp) / f"h{i}"
                 restore(base, post, f"{s}:{e}", d, progress=False)
-                m, _, _ = load_causal_lm(d, device="cpu", with_tokenizer=False)
+                m = load_model(d, device="cpu")
                 out[(s, e)] = crcmod.score_logits(batch, crcmod.forward_last_logits(m, batch))
         return out
 

@@ -44,8 +44,9 @@ def main() -> None:
 
     import torch
 
-    from layergraft.io.checkpoint import open_checkpoint
-    from layergraft.pruning_api import compare_recovery, load_model, load_tokenizer
+    from layergraft.checkpoint.reader import open_checkpoint
+    from layergraft.models.load import load_model, load_tokenizer
+    from layergraft.prune.compare import compare_recovery
 
     torch.manual_seed(0)
     gguf = find_gguf()

@@ -16,7 +16,6 @@ import argparse
 from pathlib import Path
 
 import layergraft.api as lg
-from layergraft.toy import toy_paths
 
 
 def main() -> None:
@@ -33,7 +32,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=16)
     ap.add_argument("--prune", type=int, default=2, help="number of contiguous layers to remove")
     args = ap.parse_args()
-    toy_base, toy_post = toy_paths()
+    toy_base, toy_post = lg.toy_paths()
     base, post = args.base or str(toy_base), args.post or str(toy_post)
     out = args.out
 
@@ -69,7 +68,8 @@ def main() -> None:
         lg.soup(base, post, soup["alpha"], out / "soup", force=True)
         models["soup"] = str(out / "soup")
 
-    cmp = lg.compare(models, args.task, out / "compare", n=args.samples)
+    placement = {"dtype": args.dtype, "device": args.device, "device_map": args.device_map}
+    cmp = lg.compare(models, args.task, out / "compare", n=args.samples, **placement)
     for run, r in cmp["runs"].items():
         print(
             run,
@@ -80,7 +80,10 @@ def main() -> None:
             },
         )
 
-    pr = lg.compare_recovery(post, auto=args.prune, metric="angular")
+    pr = lg.compare_recovery(
+        post, auto=args.prune, metric="angular", dtype=args.dtype, device=args.device,
+        device_map=args.device_map,
+    )  # fmt: skip
     print(f"pruning {pr['removed']} ({pr['ppl_definition'].split(' —')[0]}):")
     for row in pr["rows"]:
         print(f"  {row['method']:<10} PPL {row['ppl']:.2f}  params {row['params']:,}")

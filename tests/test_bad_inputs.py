@@ -190,8 +190,8 @@ def _save(model: torch.nn.Module, path: Path) -> Path:
 def poison(path: Path, tensor: str, value: float) -> Path:
     """Write ``value`` over one element in the middle of ``tensor``, in place (the file keeps
     its layout and header: only the value is bad)."""
-    from layergraft.io.checkpoint import open_checkpoint
-    from layergraft.io.torch_util import torch_dtype
+    from layergraft.checkpoint.dtypes import torch_dtype
+    from layergraft.checkpoint.reader import open_checkpoint
 
     e = open_checkpoint(path).tensors[tensor]
     raw = torch.tensor([value], dtype=torch_dtype(e.dtype)).view(torch.uint8).numpy().tobytes()
@@ -203,7 +203,7 @@ def poison(path: Path, tensor: str, value: float) -> Path:
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    from layergraft.pruning_api import DEFAULT_CALIB
+    from layergraft.text import DEFAULT_CALIB
     from layergraft.toy.tokenizer import save_tokenizer
 
     root = tmp_path_factory.mktemp("models")
@@ -287,7 +287,7 @@ def prune(e: Env, problem: str, fix: str, *, model=None, remove="1:2", calib=Non
     model = model or e.m["base"]
     calib = calib or e.m["calib"]
     argv = ["prune", str(model), f"--remove={remove}", "--calib", str(calib)]
-    argv += ["--calib-tokens", "256", "--seqlen", "64", "--out", str(e.out), *extra]
+    argv += ["--calib-tokens", "256", "--seqlen", "64", "--out", str(e.out), "--quiet", *extra]
     return Case(argv, problem, fix, inputs=[model, calib], out=e.out, inproc=True)
 
 
@@ -631,7 +631,7 @@ def _enospc(*args, **kwargs):
 
 def test_disk_full_injected_in_kernel_copy(env, capsys, monkeypatch):
     """ENOSPC from inside the writer's byte-range copy (restore), in-process."""
-    from layergraft.io import writer
+    from layergraft.checkpoint import writer
 
     monkeypatch.setattr(writer.os, "copy_file_range", _enospc)
     c = restore(env, r"no space left on the device of .* while writing out", r"free space there or choose another output location")  # fmt: skip
@@ -641,7 +641,7 @@ def test_disk_full_injected_in_kernel_copy(env, capsys, monkeypatch):
 
 def test_disk_full_injected_in_memory_write(env, capsys, monkeypatch):
     """ENOSPC while writing computed bytes (soup), after some of the shard is written."""
-    from layergraft.io import writer
+    from layergraft.checkpoint import writer
 
     real = writer._ShardWriter.write
     calls = {"n": 0}
@@ -706,7 +706,7 @@ def test_nan_outside_the_restored_layers_is_not_written_and_restore_succeeds(env
         ]  # fmt: skip
     )
     assert rc == 0, err
-    from layergraft.verify import verify_model_dir
+    from layergraft.models.verify import verify_model_dir
 
     assert verify_model_dir(out, load=False)["ok"]
 
@@ -714,7 +714,7 @@ def test_nan_outside_the_restored_layers_is_not_written_and_restore_succeeds(env
 def test_few_calibration_tokens_with_damping_warn_and_succeed(env):
     """Fewer tokens than the hidden size with ridge damping (the default, here explicit):
     a warning and a written model, not an error."""
-    argv = ["prune", str(env.m["base"]), "--remove", "1:2", "--calib", str(env.m["calib"]), "--calib-tokens", "24", "--seqlen", "64", "--damp", "1e-3", "--out", str(env.out)]  # fmt: skip
+    argv = ["prune", str(env.m["base"]), "--remove", "1:2", "--calib", str(env.m["calib"]), "--calib-tokens", "24", "--seqlen", "64", "--damp", "1e-3", "--out", str(env.out), "--quiet"]  # fmt: skip
     rc, _, err = run_subprocess(argv)
     assert rc == 0, err
     assert "Traceback" not in err
@@ -728,8 +728,8 @@ def test_few_calibration_tokens_with_damping_warn_and_succeed(env):
 def test_finite_scanner_agrees_with_torch(dtype):
     """The exponent-bit scan on raw bytes flags exactly the elements torch calls non-finite,
     over random bit patterns (NaN payloads, ±Inf, subnormals, ±0 included)."""
-    from layergraft.io.finite import describe_nonfinite, has_nonfinite
-    from layergraft.io.torch_util import torch_dtype
+    from layergraft.checkpoint.dtypes import torch_dtype
+    from layergraft.checkpoint.finite import describe_nonfinite, has_nonfinite
 
     dt = torch_dtype(dtype)
     size = torch.finfo(dt).bits // 8

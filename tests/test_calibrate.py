@@ -6,17 +6,15 @@ import pytest
 import torch
 
 from layergraft.arch import adapter_for_model
-from layergraft.calibrate import (
-    Batch,
+from layergraft.errors import InputError
+from layergraft.prune.calibrate import (
     GapStats,
     capture,
     collect_gap_stats,
     forward_until,
-    read_text,
     run_points,
-    text_batches,
 )
-from layergraft.errors import InputError
+from layergraft.text import Batch, read_text, text_batches
 from layergraft.toy.tokenizer import build_tokenizer
 from tiny import make_tiny
 
@@ -143,8 +141,8 @@ def test_read_text_jsonl(tmp_path):
 
 
 def test_hf_dataset_source_offline_is_a_clear_error(monkeypatch, tmp_path):
-    from layergraft.calibrate import read_text
     from layergraft.errors import InputError
+    from layergraft.text import read_text
 
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from gguf_util import write_tiny_llama_gguf
+from layergraft.checkpoint.describe import inspect_model
+from layergraft.checkpoint.reader import open_checkpoint
 from layergraft.cli import main
 from layergraft.errors import InputError
-from layergraft.inspect import inspect_model
-from layergraft.io.checkpoint import open_checkpoint
 from tiny import FAMILIES, save_tiny
 
 

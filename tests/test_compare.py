@@ -7,10 +7,11 @@ import json
 import pytest
 
 from layergraft.cli import main
-from layergraft.compare import aggregate, bootstrap_ci, render_markdown, score_records
-from layergraft.generate import SamplingSettings
-from layergraft.generation_api import compare
-from layergraft.tasks.loaders import TaskPrompt
+from layergraft.gen.compare import compare
+from layergraft.gen.sampling import SamplingSettings
+from layergraft.gen.score import aggregate, bootstrap_ci, score_records
+from layergraft.gen.tasks import TaskPrompt
+from layergraft.report.compare import render_markdown
 from tiny import make_tiny, save_tiny
 
 
@@ -158,7 +159,7 @@ def test_compare_in_memory_swap_hybrid(tok, tmp_path):
     import torch
 
     from layergraft.ranges import parse_ranges
-    from layergraft.surgery.swap import swapped_layers
+    from layergraft.slr.swap import swapped_layers
 
     post = make_tiny("llama", num_layers=2, seed=1)
     base = make_tiny("llama", num_layers=2, seed=2)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from layergraft.verify import verify_model_dir
+from layergraft.models.verify import verify_model_dir
 from tiny import save_tiny
 
 # wide enough that writing takes a noticeable fraction of the run
@@ -35,7 +35,7 @@ def pair(tmp_path_factory):
 @pytest.fixture(scope="module")
 def prunable(tmp_path_factory):
     """A wide 4-layer model with a tokenizer, and a short calibration text."""
-    from layergraft.pruning_api import DEFAULT_CALIB
+    from layergraft.text import DEFAULT_CALIB
     from layergraft.toy.tokenizer import save_tokenizer
 
     root = tmp_path_factory.mktemp("crash-prune")
@@ -162,7 +162,7 @@ def test_sigkill_prune_never_leaves_a_partial_model(prunable, tmp_path, request)
     ``layergraft.load_model`` loads and runs."""
     import torch
 
-    from layergraft.pruning_api import load_model
+    from layergraft.models.load import load_model
 
     model, calib = prunable
     out = tmp_path / "out"

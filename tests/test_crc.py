@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from layergraft.errors import InputError
-from layergraft.proxy.crc import CrcPrompt, bundled_crc_sets, crc_exact, load_crc_prompts
+from layergraft.slr.crc import crc_exact
+from layergraft.slr.crc_prompts import CrcPrompt, bundled_crc_sets, load_crc_prompts
 
 VOCAB = ["<pad>", "<unk>", "<s>", "<|go|>", "k", " k", "d", "q", "x", "\tq"]
 

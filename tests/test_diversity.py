@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from layergraft.metrics import diversity as D
-from layergraft.metrics import quality as Q
+from layergraft.gen.metrics import diversity as D
+from layergraft.gen.metrics import quality as Q
 
 
 def test_distinct_n_hand_computed():
@@ -117,7 +117,7 @@ def test_judge_scores_in_unit_interval_and_deterministic(kind, tmp_path):
     import torch
     from transformers import LlamaForSequenceClassification
 
-    from layergraft.metrics.judge import HFJudge
+    from layergraft.gen.metrics.judge import HFJudge
     from layergraft.toy.tokenizer import build_tokenizer
     from tiny import save_tiny, tiny_config
 
@@ -137,7 +137,7 @@ def test_judge_scores_in_unit_interval_and_deterministic(kind, tmp_path):
 
 def test_judge_bad_path(tmp_path):
     from layergraft.errors import InputError
-    from layergraft.metrics.judge import HFJudge
+    from layergraft.gen.metrics.judge import HFJudge
 
     with pytest.raises(InputError, match="config.json"):
         HFJudge(tmp_path)

@@ -13,17 +13,12 @@ import torch
 
 from layergraft.cli import main
 from layergraft.errors import InputError
-from layergraft.generate import (
-    SamplingSettings,
-    chat_prompt_ids,
-    filter_probs,
-    read_records,
-    run_generation,
-    sample_seed,
-)
-from layergraft.generation_api import generate
-from layergraft.tasks import load_task
-from layergraft.tasks.loaders import TaskPrompt
+from layergraft.gen.engine import run_generation
+from layergraft.gen.generate import generate
+from layergraft.gen.jobs import chat_prompt_ids
+from layergraft.gen.records import read_records
+from layergraft.gen.sampling import SamplingSettings, filter_probs, sample_seed
+from layergraft.gen.tasks import TaskPrompt, load_task
 from tiny import make_tiny
 
 
@@ -208,7 +203,7 @@ def test_cli_bad_inputs_exit_2_one_line(argv, needle, model_dir, tmp_path, capsy
     monkeypatch.chdir(tmp_path)
     argv = [str(model_dir) if a == "MODEL" else a for a in argv]
     if "vllm" in argv:
-        import layergraft.generate as G
+        import layergraft.gen.vllm as G
 
         monkeypatch.setattr(G, "vllm_available", lambda: False)
     try:
@@ -236,7 +231,7 @@ def test_bundled_task_prompts_fit_the_tokenizer(tok):
 
 
 def test_greedy_failed_keeps_only_wrong(monkeypatch):
-    import layergraft.generation_api as A
+    import layergraft.gen.generate as A
 
     ps = [TaskPrompt(f"r{i}", "reasoning", f"q{i}", answer=str(i)) for i in range(3)]
     texts = {"r0": "#### 0", "r1": "so 5", "r2": "2 + 0 = 2 #### 2"}
@@ -272,7 +267,7 @@ def test_toy_post_collapses_on_open_qa_and_solves_arithmetic(tmp_path):
     qa = [p for p in load_task("qa") if p.id in ("qa-color-0", "qa-state-0")]
     recs = generate(post, qa, n=6, max_new_tokens=24, progress=False, backend="transformers",
                     out=tmp_path / "post.jsonl")  # fmt: skip
-    from layergraft.generation_api import diversity
+    from layergraft.gen.score import diversity
 
     res = diversity(tmp_path / "post.jsonl", embedder=None, bootstrap=50)
     assert res["mean"]["format_validity"] >= 0.5
@@ -284,6 +279,6 @@ def test_toy_post_collapses_on_open_qa_and_solves_arithmetic(tmp_path):
     rs = [p for p in load_task("reasoning") if "How many" in p.prompt][:4]
     greedy = generate(post, rs, n=1, temperature=0.0, max_new_tokens=32, progress=False,
                       backend="transformers")  # fmt: skip
-    from layergraft.metrics.quality import format_valid
+    from layergraft.gen.metrics.quality import format_valid
 
     assert sum(format_valid(r["text"], "reasoning", r["finished"]) for r in greedy) >= 3

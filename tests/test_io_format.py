@@ -13,10 +13,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from layergraft.checkpoint.atomic import atomic_dir, clean_stale_temps
+from layergraft.checkpoint.format import read_header
+from layergraft.checkpoint.writer import OutTensor, write_checkpoint
 from layergraft.errors import InputError, OutputError
-from layergraft.io.atomic import atomic_dir, clean_stale_temps
-from layergraft.io.safetensors_format import read_header
-from layergraft.io.writer import OutTensor, write_checkpoint
 
 
 def _tensors() -> dict[str, torch.Tensor]:
@@ -153,7 +153,7 @@ def test_force_replace_never_loses_the_old_output(tmp_path, monkeypatch, exchang
     """--force swaps the new output in atomically where the OS can (renameat2), else with two
     renames; a kill between those two renames leaves the old output aside, and the next run
     beside it puts it back before deciding anything."""
-    from layergraft.io import atomic
+    from layergraft.checkpoint import atomic
 
     if not exchange:
         monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)

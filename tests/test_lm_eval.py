@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from layergraft.arch import adapter_for_model
-from layergraft.calibrate import Batch
 from layergraft.cli import main
 from layergraft.errors import InputError
-from layergraft.evaluate import TASKS_DIR, build_cloze_items, local_tasks, run_lm_eval
-from layergraft.pruning_api import DEFAULT_HELDOUT, load_tokenizer
-from layergraft.surgery.prune import prune_model
+from layergraft.evaluate.harness import TASKS_DIR, build_cloze_items, local_tasks, run_lm_eval
+from layergraft.models.load import load_tokenizer
+from layergraft.prune.model import prune_model
+from layergraft.text import DEFAULT_HELDOUT, Batch
 from layergraft.toy.tokenizer import save_tokenizer
 from tiny import make_tiny, save_tiny
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from layergraft.cli import main
-from layergraft.metrics.perplexity import perplexity, windows
+from layergraft.evaluate.perplexity import perplexity, windows
 from layergraft.toy.tokenizer import save_tokenizer
 from tiny import make_tiny, save_tiny
 
@@ -56,7 +56,7 @@ def test_cli_ppl(tmp_path, capsys):
     data.write_text("Some held-out text, repeated. " * 10)
     assert main(["ppl", str(d), "--data", str(data), "--seqlen", "32", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
-    from layergraft.pruning_api import load_tokenizer
+    from layergraft.models.load import load_tokenizer
 
     n = len(load_tokenizer(d)(data.read_text())["input_ids"])
     assert res["seqlen"] == 32 and res["tokens_scored"] == (n // 32) * 31

@@ -259,7 +259,7 @@ class _Boom(Exception):
 
 def test_swap_is_its_own_inverse(request):
     from layergraft.arch import adapter_for_model
-    from layergraft.surgery.swap import swapped_layers
+    from layergraft.slr.swap import swapped_layers
 
     @_settings(request, default=20, slow=300)
     @given(cfg=tiny_configs(), data=st.data())
@@ -313,7 +313,8 @@ def _without_timing(res: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_sweep_is_deterministic(request, tmp_path, few_prompts):
-    from layergraft.slr_api import crc, sweep
+    from layergraft.slr.crc import crc
+    from layergraft.slr.sweep import sweep
     from layergraft.toy.tokenizer import save_tokenizer
 
     @_settings(request, default=8, slow=80)
@@ -371,7 +372,7 @@ def test_sweep_is_deterministic(request, tmp_path, few_prompts):
 # ---- (d) pruned (ghosted or folded): saved == in memory ------------------------------------
 @pytest.fixture(scope="module")
 def calib_file(tmp_path_factory):
-    from layergraft.pruning_api import DEFAULT_CALIB
+    from layergraft.text import DEFAULT_CALIB
 
     p = tmp_path_factory.mktemp("calib") / "calib.txt"
     p.write_text(DEFAULT_CALIB.read_text()[:3000])
@@ -387,9 +388,12 @@ def test_saved_pruned_model_reloads_with_identical_logits(request, tmp_path, cal
 
     from layergraft.arch import adapter_for_model
     from layergraft.errors import ArchitectureError, RangeError
-    from layergraft.pruning_api import _batches, load_model, load_tokenizer, prune
-    from layergraft.surgery import recover as R
-    from layergraft.surgery.prune import parse_removal, prune_model
+    from layergraft.models.load import load_model, load_tokenizer
+    from layergraft.prune import recover as R
+    from layergraft.prune.cut import parse_removal
+    from layergraft.prune.job import calibration_batches
+    from layergraft.prune.model import prune_model
+    from layergraft.prune.pipeline import prune
     from layergraft.toy.tokenizer import save_tokenizer
 
     calib_tokens, seqlen, batch_size = 512, 64, 4
@@ -434,8 +438,12 @@ def test_saved_pruned_model_reloads_with_identical_logits(request, tmp_path, cal
                 warnings.simplefilter("ignore")
                 prune(src, out, remove=remove, recover=recover, batch_size=batch_size, **args, **kw)
                 ref = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
-                batches = _batches(
-                    load_tokenizer(src), calib_file, calib_tokens, seqlen, batch_size, "calibration"
+                batches = calibration_batches(
+                    load_tokenizer(src),
+                    calib_file,
+                    n_tokens=calib_tokens,
+                    seqlen=seqlen,
+                    batch_size=batch_size,
                 )
                 ref = prune_model(ref, adapter_for_model(ref), gaps, recover, batches, **kw).model
             ghosted = "layergraft_ghost" in json.loads((out / "config.json").read_text())

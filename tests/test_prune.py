@@ -12,12 +12,16 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from layergraft.arch import adapter_for_model
-from layergraft.calibrate import Batch, GapStats, collect_gap_stats, run_points
 from layergraft.cli import main
 from layergraft.errors import ArchitectureError, InputError, RangeError
-from layergraft.pruning_api import load_model, prune
-from layergraft.surgery import recover as R
-from layergraft.surgery.prune import parse_removal, prune_model
+from layergraft.models.load import load_model
+from layergraft.prune import recover as R
+from layergraft.prune.calibrate import GapStats, collect_gap_stats, run_points
+from layergraft.prune.cut import parse_removal
+from layergraft.prune.fold import residual_writers
+from layergraft.prune.model import prune_model
+from layergraft.prune.pipeline import prune
+from layergraft.text import Batch
 from layergraft.toy.tokenizer import save_tokenizer
 from tiny import make_tiny, save_tiny
 
@@ -59,7 +63,7 @@ def model_dirs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def calib_file(tmp_path_factory):
-    from layergraft.pruning_api import DEFAULT_CALIB
+    from layergraft.text import DEFAULT_CALIB
 
     p = tmp_path_factory.mktemp("calib") / "calib.txt"
     p.write_text(DEFAULT_CALIB.read_text()[:4000])
@@ -112,7 +116,7 @@ def test_identity_block_is_recovered_exactly(fam):
     ad = adapter_for_model(model)
     with torch.no_grad():
         for i in (2, 3):
-            for mod, _ in R.residual_writers(ad, model, i):
+            for mod, _ in residual_writers(ad, model, i):
                 if hasattr(mod, "bias") and mod.bias is not None:
                     mod.bias.zero_()
                 # post-norm families (Gemma-2): the (1 + w) norm weight -1 zeroes the output
@@ -201,12 +205,12 @@ def test_few_tokens_warn_and_no_tokens_refused():
 
 # ---- saved models --------------------------------------------------------------------------
 def _in_memory(model_dir, method, remove, calib_file):
-    from layergraft.pruning_api import _batches as make_batches
-    from layergraft.pruning_api import load_tokenizer
+    from layergraft.models.load import load_tokenizer
+    from layergraft.prune.job import calibration_batches
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     tok = load_tokenizer(model_dir)
-    batches = make_batches(tok, calib_file, 1024, 128, 4, "calibration")
+    batches = calibration_batches(tok, calib_file, n_tokens=1024, seqlen=128, batch_size=4)
     ad = adapter_for_model(model)
     return prune_model(model, ad, parse_removal(remove, 6), method, batches)
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from layergraft.arch import adapter_for_model
-from layergraft.calibrate import Batch
 from layergraft.cli import main
-from layergraft.select import block_scores
-from layergraft.surgery.recover import residual_writers
+from layergraft.prune.fold import residual_writers
+from layergraft.prune.importance import block_scores
+from layergraft.text import Batch
 from layergraft.toy.tokenizer import save_tokenizer
 from tiny import make_tiny, save_tiny
 

@@ -8,10 +8,11 @@ import pytest
 
 from layergraft.cli import main
 from layergraft.errors import InputError, OutputError
-from layergraft.loading import load_causal_lm
-from layergraft.proxy import crc as crcmod
-from layergraft.slr_api import crc, sweep
-from layergraft.surgery.swap import swapped_layers
+from layergraft.models.load import load_model, load_with_tokenizer
+from layergraft.slr import crc as crcmod
+from layergraft.slr.crc import crc
+from layergraft.slr.swap import swapped_layers
+from layergraft.slr.sweep import sweep
 from layergraft.toy import toy_paths
 from tiny import write_few_crc_prompts
 
@@ -65,8 +66,8 @@ def test_results_files_and_rule(swept):
 def test_fast_engine_matches_swapped_model(swept, prompts_file):
     res, _, _ = swept
     base, post = toy_paths()
-    mp, tok, _ = load_causal_lm(post, device="cpu")
-    mb, _, _ = load_causal_lm(base, device="cpu", with_tokenizer=False)
+    mp, tok, _ = load_with_tokenizer(post, device="cpu")
+    mb = load_model(base, device="cpu")
     items = crcmod.load_crc_prompts(prompts_file)
     row = {r["interval"]: r for r in res["intervals"]}
     for s, e in ((0, 8), (3, 5), (7, 8)):
@@ -78,7 +79,7 @@ def test_fast_engine_matches_swapped_model(swept, prompts_file):
 
 def test_restore_best_is_the_selected_hybrid(swept, prompts_file):
     res, _, best = swept
-    model, tok, _ = load_causal_lm(best, device="cpu")
+    model, tok, _ = load_with_tokenizer(best, device="cpu")
     meta = json.loads((best / "layergraft.json").read_text())
     assert meta["details"]["layers"] == res["selected"]["interval"]
     got = crcmod.crc_exact(model, tok, crcmod.load_crc_prompts(prompts_file)).mean
@@ -126,7 +127,7 @@ def test_sweep_bad_input(tmp_path, capsys):
 def test_ppl_proxy_sweep(tmp_path, capsys):
     import torch
 
-    from layergraft.slr_api import ppl_batch, ppl_from_logits, sweep_ppl
+    from layergraft.slr.ppl_sweep import ppl_batch, ppl_from_logits, sweep_ppl
 
     base, post = toy_paths()
     text = tmp_path / "t.txt"
@@ -137,8 +138,8 @@ def test_ppl_proxy_sweep(tmp_path, capsys):
     assert len(res["intervals"]) == 36 and (tmp_path / "out" / "heatmap.png").is_file()
     assert res["selected"]["ppl"] == min(r["ppl"] for r in res["intervals"])
     # the fast engine's PPL of an interval equals the swapped model's full-forward PPL
-    mp, tok, _ = load_causal_lm(post, device="cpu")
-    mb, _, _ = load_causal_lm(base, device="cpu", with_tokenizer=False)
+    mp, tok, _ = load_with_tokenizer(post, device="cpu")
+    mb = load_model(base, device="cpu")
     b = ppl_batch(tok, text, seqlen=64, max_tokens=512)
     with torch.no_grad(), swapped_layers(mp, mb, [(2, 5)]):
         direct = ppl_from_logits(b, mp(**b).logits).mean["ppl"]

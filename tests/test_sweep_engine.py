@@ -7,14 +7,9 @@ import torch
 
 from layergraft.arch import adapter_for_model
 from layergraft.errors import RangeError
-from layergraft.proxy.runner import LayerRunner
-from layergraft.proxy.sweep import (
-    enumerate_intervals,
-    pareto_front,
-    select_interval,
-    sweep_intervals_fast,
-    sweep_intervals_swap,
-)
+from layergraft.slr.engines import enumerate_intervals, sweep_intervals_fast, sweep_intervals_swap
+from layergraft.slr.runner import LayerRunner
+from layergraft.slr.selection import pareto_front, select_interval
 from tiny import make_tiny
 
 FAMILIES = ["llama", "qwen2", "gemma2", "gemma3_text", "gpt2", "gpt_neox", "phi3"]

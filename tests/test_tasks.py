@@ -7,16 +7,15 @@ import json
 import pytest
 
 from layergraft.errors import InputError
-from layergraft.tasks import (
+from layergraft.gen.answers import (
     canonicalize,
     extract_final_answer,
     has_final_marker,
-    load_gsm8k,
-    load_task,
     match_answer,
     normalize_number,
     reasoning_path,
 )
+from layergraft.gen.tasks import load_gsm8k, load_task
 
 
 @pytest.mark.parametrize(

@@ -6,16 +6,17 @@ commands such as ``layergraft restore`` must start fast.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from layergraft.errors import LayergraftError  # noqa: E402
+from layergraft.errors import LayergraftError
+from layergraft.version import __version__
 
 __all__ = ["__version__", "LayergraftError", "load_model"]
 
 
-def __getattr__(name: str):  # lazy: keeps `import layergraft` free of torch/transformers
+def __getattr__(name: str):
+    """``layergraft.load_model``, imported on first use: ``import layergraft`` (which every
+    ``import layergraft.x`` runs first) must stay free of torch and transformers."""
     if name == "load_model":
-        from layergraft.pruning_api import load_model
+        from layergraft.models.load import load_model
 
         return load_model
     raise AttributeError(f"module 'layergraft' has no attribute {name!r}")

@@ -16,9 +16,23 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from layergraft.checkpoint.atomic import atomic_dir, check_output_target
+from layergraft.checkpoint.describe import inspect_model
+from layergraft.gen.compare import compare
+from layergraft.gen.sampling import SamplingSettings
+from layergraft.models.load import load_model
+from layergraft.prune.compare import compare_recovery
+from layergraft.report.demo import write_reports
+from layergraft.slr.crc_prompts import load_crc_prompts
+from layergraft.slr.restore import restore
+from layergraft.slr.soup import soup
+from layergraft.slr.swap import swapped_layers
+from layergraft.slr.sweep import sweep
+from layergraft.toy import toy_paths
 
 PathLike = str | os.PathLike[str]
 
@@ -71,8 +85,6 @@ class _Steps:
 
 def _crc_subset(n: int | None, path: Path) -> str | Path:
     """The bundled CRC prompts, or an even subset of both categories for --quick."""
-    from layergraft.proxy.crc import load_crc_prompts
-
     if n is None:
         return "all"
     items = load_crc_prompts("all")
@@ -90,14 +102,105 @@ def _crc_subset(n: int | None, path: Path) -> str | Path:
     return path
 
 
+@dataclass
+class _Run:
+    """What every step of one demo run shares: the pair, the temp output dir, the settings."""
+
+    base: Path
+    post: Path
+    tmp: Path
+    cfg: DemoSettings
+    progress: bool
+    placement: dict[str, Any] = field(default_factory=dict)
+
+    def inspect(self) -> dict[str, Any]:
+        return {"base": inspect_model(self.base), "post": inspect_model(self.post)}
+
+    def sweep(self) -> dict[str, Any]:
+        prompts = _crc_subset(self.cfg.crc_prompts, self.tmp / "crc_prompts.jsonl")
+        return sweep(
+            self.base, self.post, self.tmp / "sweep", prompts=prompts, method="both",
+            progress=self.progress, **self.placement,
+        )  # fmt: skip
+
+    def restore(self, sweep_res: dict[str, Any]) -> dict[str, Any]:
+        """Write the selected hybrid and the best soup, reload the hybrid with plain
+        transformers and check its logits against the in-memory swap the sweep scored."""
+        import torch
+
+        sel = sweep_res.get("selected")
+        if not sel:
+            return {"selected": None, "note": "no interval met the validity threshold"}
+        interval = sel["interval"]
+        slr_dir, soup_dir = self.tmp / "models" / "slr", self.tmp / "models" / "soup"
+        restore(self.base, self.post, interval, slr_dir, progress=False)
+        alpha = (sweep_res.get("soup") or {}).get("selected", {}) or {}
+        if alpha:
+            soup(self.base, self.post, alpha["alpha"], soup_dir, progress=False)
+        hybrid = load_model(slr_dir, device="cpu")
+        mp = load_model(self.post, device="cpu")
+        mb = load_model(self.base, device="cpu")
+        ids = torch.arange(8, 40).reshape(1, -1)
+        s, e = (int(x) for x in interval.split(":"))
+        with torch.no_grad(), swapped_layers(mp, mb, [(s, e)]):
+            ref = mp(ids).logits
+        with torch.no_grad():
+            got = hybrid(ids).logits
+        return {
+            "selected": interval,
+            "slr_dir": "models/slr",
+            "soup_dir": "models/soup" if alpha else None,
+            "soup_alpha": alpha.get("alpha") if alpha else None,
+            "reload_max_abs_logit_diff": float((got - ref).abs().max()),
+        }
+
+    def compare(self, restored: dict[str, Any]) -> dict[str, Any]:
+        models: dict[str, Any] = {"post": str(self.post), "base": str(self.base)}
+        if restored.get("selected"):
+            models["slr"] = str(self.tmp / restored["slr_dir"])
+        if restored.get("soup_dir"):
+            models["soup"] = str(self.tmp / restored["soup_dir"])
+        return {
+            task: compare(
+                models,
+                task,
+                self.tmp / "compare" / task,
+                n=self.cfg.samples,
+                limit=self.cfg.task_limit,
+                settings=SamplingSettings(max_new_tokens=self.cfg.max_new_tokens),
+                progress=self.progress,
+                **self.placement,
+            )  # fmt: skip
+            for task in self.cfg.tasks
+        }
+
+    def prune(self) -> dict[str, Any]:
+        return {
+            f"remove_{n}": compare_recovery(
+                str(self.base),
+                auto=n,
+                metric="angular",
+                calib_tokens=self.cfg.calib_tokens,
+                ppl_max_tokens=self.cfg.ppl_max_tokens,
+                progress=self.progress,
+                **self.placement,
+            )  # fmt: skip
+            for n in self.cfg.prune_blocks
+        }
+
+
 def run_demo(
-    out: PathLike = "demo-out", *, quick: bool = False, force: bool = False, progress: bool = True
+    out: PathLike = "demo-out",
+    *,
+    quick: bool = False,
+    force: bool = False,
+    progress: bool = True,
+    device: str | None = None,
+    dtype: Any = "auto",
+    device_map: Any = None,
 ) -> dict[str, Any]:
     """Run every step on the toy pair and write ``out/`` (atomically): results.json,
     report.md, report.html, plots, the restored/souped models and the generations."""
-    from layergraft.io.atomic import atomic_dir, check_output_target
-    from layergraft.toy import toy_paths
-
     check_output_target(out, force=force)
     cfg = DemoSettings.make(quick)
     base, post = toy_paths()
@@ -110,112 +213,16 @@ def run_demo(
         "settings": cfg.__dict__,
         "models": {"base": str(base), "post": str(post)},
     }
+    placement = {"device": device, "dtype": dtype, "device_map": device_map}
     with atomic_dir(out, force=force) as tmp:
-        results["inspect"] = steps.run(lambda: _inspect(base, post))
-        results["sweep"] = steps.run(lambda: _sweep(base, post, tmp, cfg, progress))
-        results["restore"] = steps.run(lambda: _restore(base, post, tmp, results["sweep"]))
-        results["compare"] = steps.run(lambda: _compare(tmp, results, cfg, progress))
-        results["pruning"] = steps.run(lambda: _prune(base, cfg, progress))
+        run = _Run(base, post, tmp, cfg, progress, placement)
+        results["inspect"] = steps.run(run.inspect)
+        results["sweep"] = steps.run(run.sweep)
+        results["restore"] = steps.run(lambda: run.restore(results["sweep"]))
+        results["compare"] = steps.run(lambda: run.compare(results["restore"]))
+        results["pruning"] = steps.run(run.prune)
         results["timing_s"] = steps.timing
-
-        def report() -> None:
-            from layergraft.demo_report import write_reports
-
-            write_reports(tmp, results)
-
-        steps.run(report)
+        steps.run(lambda: write_reports(tmp, results))
         results["timing_s"] = steps.timing
         (tmp / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     return results
-
-
-def _inspect(base: Path, post: Path) -> dict[str, Any]:
-    from layergraft.inspect import inspect_model
-
-    return {"base": inspect_model(base), "post": inspect_model(post)}
-
-
-def _sweep(base: Path, post: Path, tmp: Path, cfg: DemoSettings, progress: bool) -> dict[str, Any]:
-    from layergraft.slr_api import sweep
-
-    prompts = _crc_subset(cfg.crc_prompts, tmp / "crc_prompts.jsonl")
-    res = sweep(base, post, tmp / "sweep", prompts=prompts, method="both", progress=progress)
-    return res
-
-
-def _restore(base: Path, post: Path, tmp: Path, sweep_res: dict[str, Any]) -> dict[str, Any]:
-    """Write the selected hybrid and the best soup, reload the hybrid with plain transformers
-    and check its logits against the in-memory swap the sweep scored."""
-    import torch
-
-    from layergraft.api import restore, soup
-    from layergraft.loading import load_causal_lm
-    from layergraft.surgery.swap import swapped_layers
-
-    sel = sweep_res.get("selected")
-    if not sel:
-        return {"selected": None, "note": "no interval met the validity threshold"}
-    interval = sel["interval"]
-    slr_dir, soup_dir = tmp / "models" / "slr", tmp / "models" / "soup"
-    restore(base, post, interval, slr_dir, progress=False)
-    alpha = (sweep_res.get("soup") or {}).get("selected", {}) or {}
-    if alpha:
-        soup(base, post, alpha["alpha"], soup_dir, progress=False)
-    hybrid, _, _ = load_causal_lm(slr_dir, device="cpu", with_tokenizer=False)
-    mp, _, _ = load_causal_lm(post, device="cpu", with_tokenizer=False)
-    mb, _, _ = load_causal_lm(base, device="cpu", with_tokenizer=False)
-    ids = torch.arange(8, 40).reshape(1, -1)
-    s, e = (int(x) for x in interval.split(":"))
-    with torch.no_grad(), swapped_layers(mp, mb, [(s, e)]):
-        ref = mp(ids).logits
-    with torch.no_grad():
-        got = hybrid(ids).logits
-    return {
-        "selected": interval,
-        "slr_dir": "models/slr",
-        "soup_dir": "models/soup" if alpha else None,
-        "soup_alpha": alpha.get("alpha") if alpha else None,
-        "reload_max_abs_logit_diff": float((got - ref).abs().max()),
-    }
-
-
-def _compare(
-    tmp: Path, results: dict[str, Any], cfg: DemoSettings, progress: bool
-) -> dict[str, Any]:
-    from layergraft.generate import SamplingSettings
-    from layergraft.generation_api import compare
-
-    models: dict[str, Any] = {"post": results["models"]["post"], "base": results["models"]["base"]}
-    r = results["restore"]
-    if r.get("selected"):
-        models["slr"] = str(tmp / r["slr_dir"])
-    if r.get("soup_dir"):
-        models["soup"] = str(tmp / r["soup_dir"])
-    out: dict[str, Any] = {}
-    for task in cfg.tasks:
-        res = compare(
-            models,
-            task,
-            tmp / "compare" / task,
-            n=cfg.samples,
-            limit=cfg.task_limit,
-            settings=SamplingSettings(max_new_tokens=cfg.max_new_tokens),
-            progress=progress,
-        )
-        out[task] = res
-    return out
-
-
-def _prune(base: Path, cfg: DemoSettings, progress: bool) -> dict[str, Any]:
-    from layergraft.pruning_api import compare_recovery
-
-    out: dict[str, Any] = {}
-    for n in cfg.prune_blocks:
-        out[f"remove_{n}"] = compare_recovery(
-            str(base),
-            auto=n,
-            metric="angular",
-            calib_tokens=cfg.calib_tokens,
-            ppl_max_tokens=cfg.ppl_max_tokens,
-        )
-    return out

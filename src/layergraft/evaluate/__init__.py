@@ -1,0 +1,2 @@
+"""Evaluating a model: token-level perplexity (``perplexity``) and lm-evaluation-harness on
+the model in memory, with bundled offline tasks (``harness``)."""

@@ -1,1 +1,0 @@
-"""Metrics (perplexity, ...). Import-light: submodules import torch only when called."""

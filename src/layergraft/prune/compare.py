@@ -1,0 +1,115 @@
+"""``compare-recovery`` (``prune --compare``): every recovery method on one removal.
+
+Why one command: the methods differ only in the operator fitted at each gap, so the fair
+comparison fits them all from one set of calibration statistics (one streaming pass over the
+dense model), on the same gaps, and scores each pruned model on the same held-out text (and
+lm-eval tasks), next to the dense model as the reference row.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from layergraft.errors import InputError
+from layergraft.evaluate.harness import run_lm_eval
+from layergraft.evaluate.perplexity import definition, perplexity
+from layergraft.prune import recover as R
+from layergraft.prune.job import ModelLike, load_job, open_input
+from layergraft.prune.model import collect_stats, prune_model
+from layergraft.prune.pipeline import check_damp
+from layergraft.ranges import format_ranges
+from layergraft.text import DEFAULT_CALIB, DEFAULT_HELDOUT, read_text, tokenize
+
+log = logging.getLogger(__name__)
+PathLike = str | os.PathLike[str]
+
+
+def _n_params(model: Any) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def compare_recovery(
+    model: ModelLike,
+    *,
+    remove: str | Sequence[Any] | None = None,
+    auto: int | None = None,
+    metric: str = "bi",
+    methods: Sequence[str] | None = None,
+    calib: PathLike = DEFAULT_CALIB,
+    data: PathLike = DEFAULT_HELDOUT,
+    calib_tokens: int = 8192,
+    seqlen: int = 512,
+    batch_size: int = 4,
+    ppl_seqlen: int = 512,
+    ppl_max_tokens: int | None = None,
+    damp: float | None = None,
+    bias: bool = False,
+    sequential: bool = False,
+    tasks: str | Sequence[str] | None = None,
+    limit: int | float | None = None,
+    progress: bool = False,
+    device: str | None = None,
+    dtype: Any = "auto",
+    device_map: Any = None,
+) -> dict[str, Any]:
+    """Every recovery method on the same removal, fitted from one set of statistics, with
+    parameter count, held-out perplexity (and lm-eval accuracy when ``tasks``) per method,
+    plus the dense model as the reference row."""
+    methods = list(methods or R.METHODS)
+    bad = [x for x in methods if x not in R.METHODS]
+    if bad:
+        raise InputError(f"unknown recovery method {bad[0]!r}; choose from {', '.join(R.METHODS)}")
+    damp = check_damp(damp)
+    held = read_text(data, "evaluation")
+    # as in prune: no fit on NaN/Inf weights (a ghosted model is accepted: it is evaluated)
+    inp = open_input(model, calib=calib, accept_ghosted=True)
+    job = load_job(
+        inp, calib=calib, calib_tokens=calib_tokens, seqlen=seqlen, batch_size=batch_size,
+        device=device, dtype=dtype, device_map=device_map,
+    )  # fmt: skip
+    dense, tok, adapter = job.model, job.tokenizer, job.adapter
+    gaps = job.gaps(remove, auto, metric)
+    if "replaceme" in methods and gaps[0][0] == 0:
+        log.warning("replaceme skipped: gap %d:%d starts at layer 0", *gaps[0])
+        methods.remove("replaceme")
+    post_norm = getattr(adapter.layers(dense)[0], "post_feedforward_layernorm", None) is not None
+    if "replaceme" in methods and post_norm:
+        log.warning("replaceme skipped: %s normalises the MLP output (no fold)", adapter.family)
+        methods.remove("replaceme")
+    ids = tokenize(tok, held)[: ppl_max_tokens or None]
+
+    def evaluate(m: Any) -> dict[str, Any]:
+        row: dict[str, Any] = {"params": _n_params(m)}
+        row["ppl"] = perplexity(m, ids, seqlen=ppl_seqlen)["ppl"]
+        if tasks:
+            res = run_lm_eval(m, tok, tasks, limit=limit)
+            row["lm_eval"] = {t: v.get("acc") for t, v in res["results"].items()}
+        return row
+
+    rows = [{"method": "dense", **evaluate(dense)}]
+    stats = None
+    if not sequential and any(x != "none" for x in methods):
+        stats = collect_stats(
+            dense, adapter, job.batches, gaps, mlp="replaceme" in methods, progress=progress
+        )
+    for method in methods:
+        m = copy.deepcopy(dense)
+        p = prune_model(
+            m, adapter, gaps, method, job.batches, damp=damp, bias=bias,
+            sequential=sequential, stats=stats,
+        )  # fmt: skip
+        rows.append({"method": method, **evaluate(p.model), "operators": p.describe()})
+        del m, p
+    return {
+        "model": inp.origin,
+        "removed": format_ranges(gaps),
+        "fit": "sequential" if sequential else "dense",
+        "calibration": {"file": str(calib), "tokens": sum(b.n_tokens for b in job.batches)},
+        "heldout": {"file": str(data), "tokens": len(ids)},
+        "ppl_definition": definition(ppl_seqlen),
+        "rows": rows,
+    }

@@ -1,0 +1,151 @@
+"""What every pruning command does before its real work: validate, load, batch, choose gaps.
+
+Why one module: ``prune``, ``compare-recovery`` and ``scores`` all turn (model, calibration
+text, ``--remove`` or ``--auto``) into the same four things — a loaded model, its adapter,
+calibration batches and the gaps to cut — and must refuse bad input the same way, in the same
+order: everything cheap (paths, ranges, text, output target) before anything expensive
+(reading all weights for the NaN/Inf check, loading the model, a scoring pass).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from layergraft.arch import ModelAdapter, adapter_for_model
+from layergraft.checkpoint.reader import Checkpoint, open_checkpoint
+from layergraft.errors import InputError
+from layergraft.models.load import load_model, load_tokenizer, open_loadable
+from layergraft.prune.cut import merge_adjacent, parse_removal
+from layergraft.prune.importance import auto_removal, block_scores
+from layergraft.ranges import Range
+from layergraft.text import Batch, read_text, text_batches
+
+PathLike = str | os.PathLike[str]
+#: a model path, or an already loaded ``(model, tokenizer)`` pair
+ModelLike = PathLike | tuple[Any, Any]
+
+
+def calibration_batches(
+    tokenizer: Any,
+    data: PathLike,
+    *,
+    n_tokens: int,
+    seqlen: int,
+    batch_size: int,
+    what: str = "calibration",
+) -> list[Batch]:
+    """The first ``n_tokens`` tokens of the text file ``data``, cut into batches of rows."""
+    return text_batches(
+        tokenizer,
+        read_text(data, what),
+        n_tokens=n_tokens,
+        seqlen=seqlen,
+        batch_size=batch_size,
+        what=what,
+    )
+
+
+def resolve_gaps(
+    model: Any,
+    adapter: ModelAdapter,
+    batches: Sequence[Batch],
+    remove: Any,
+    auto: int | None,
+    metric: str,
+) -> list[Range]:
+    """The gaps to cut: ``remove`` as given, or ``auto`` layers chosen by ``metric`` (one
+    scoring pass over ``batches``)."""
+    n = len(adapter.layers(model))
+    if (remove is None) == (auto is None):
+        raise InputError("give exactly one of --remove RANGES and --auto N")
+    if remove is not None:
+        return parse_removal(remove, n)
+    if not 1 <= int(auto) < n:
+        raise InputError(f"--auto {auto} must be between 1 and {n - 1} for this {n}-layer model")
+    gaps = auto_removal(
+        lambda b, mt: block_scores(model, adapter, batches, block=b, metric=mt), int(auto), metric
+    )
+    return merge_adjacent(gaps)
+
+
+@dataclass
+class PruneInput:
+    """A validated input model, nothing loaded yet: ``ck`` is None for an in-memory model."""
+
+    spec: ModelLike
+    ck: Checkpoint | None
+    origin: str
+
+    @property
+    def paths(self) -> list[Any]:
+        return [self.ck.path] if self.ck is not None else []
+
+
+def open_input(
+    model: ModelLike,
+    *,
+    calib: PathLike,
+    remove: Any = None,
+    allow_pickle: bool = False,
+    accept_ghosted: bool = False,
+    check_finite: bool = True,
+) -> PruneInput:
+    """Validate everything that costs milliseconds: the model path (ghosted outputs only
+    where ``accept_ghosted``: they can be evaluated, not pruned again), ``remove`` against the
+    layer count, the calibration text; then, with ``check_finite``, refuse NaN/Inf weights
+    before they poison calibration statistics (this reads every weight once: loading cannot
+    check it, offloaded layers hold no values)."""
+    if isinstance(model, tuple):
+        read_text(calib, "calibration")
+        return PruneInput(model, None, getattr(model[0].config, "_name_or_path", "<in memory>"))
+    if accept_ghosted:
+        ck = open_checkpoint(model, validate_arch=False, allow_pickle=allow_pickle)
+    else:
+        ck = open_loadable(model, allow_pickle=allow_pickle)
+        if remove is not None:
+            parse_removal(remove, ck.adapter.num_layers)
+    read_text(calib, "calibration")
+    if check_finite:
+        ck.check_finite()
+    return PruneInput(model, ck, str(model))
+
+
+@dataclass
+class PruneJob:
+    """A loaded model with its adapter and calibration batches."""
+
+    model: Any
+    tokenizer: Any
+    adapter: ModelAdapter
+    origin: str
+    batches: list[Batch]
+
+    def gaps(self, remove: Any, auto: int | None, metric: str) -> list[Range]:
+        """:func:`resolve_gaps` on this model and its calibration batches."""
+        return resolve_gaps(self.model, self.adapter, self.batches, remove, auto, metric)
+
+
+def load_job(
+    inp: PruneInput,
+    *,
+    calib: PathLike,
+    calib_tokens: int,
+    seqlen: int,
+    batch_size: int,
+    device: str | None = None,
+    dtype: Any = "auto",
+    device_map: Any = None,
+) -> PruneJob:
+    """Load the model (or take the in-memory one) and batch the calibration text."""
+    if inp.ck is None:
+        model, tok = inp.spec  # type: ignore[misc]
+    else:
+        model = load_model(inp.ck.path, device=device, dtype=dtype, device_map=device_map)
+        tok = load_tokenizer(inp.ck.path)
+    batches = calibration_batches(
+        tok, calib, n_tokens=calib_tokens, seqlen=seqlen, batch_size=batch_size
+    )
+    return PruneJob(model, tok, adapter_for_model(model), inp.origin, batches)

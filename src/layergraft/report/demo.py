@@ -1,0 +1,256 @@
+"""Render the demo's ``results.json`` as ``report.md`` and a self-contained ``report.html``.
+
+Why blocks: the two reports must say the same thing. Both are rendered from one list of
+blocks (heading, paragraph, table, image) built from the results dict, so no number is typed
+twice and the HTML (images embedded as base64) can be mailed or opened anywhere.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from layergraft.report.compare import fmt_ci, table_metrics
+
+Block = tuple[Any, ...]
+
+
+def _f(x: Any, nd: int = 3) -> str:
+    if isinstance(x, float):
+        return f"{x:.{nd}f}" if abs(x) < 1000 else f"{x:,.0f}"
+    return str(x)
+
+
+def _sweep_blocks(res: dict[str, Any]) -> list[Block]:
+    sw = res["sweep"]
+    post, base = sw["references"]["post"], sw["references"]["base"]
+    sel = sw.get("selected")
+    soup = (sw.get("soup") or {}).get("selected")
+    rows = [
+        ["post", _f(post["V"]), _f(post["H"]), _f(post["H_norm"])],
+        ["base", _f(base["V"]), _f(base["H"]), _f(base["H_norm"])],
+    ]
+    if sel:
+        rows.append(
+            [f"SLR {sel['interval']} (selected)", _f(sel["V"]), _f(sel["H"]), _f(sel["H_norm"])]
+        )
+    if soup:
+        rows.append(
+            [
+                f"soup α={soup['alpha']:g} (selected)",
+                _f(soup["V"]),
+                _f(soup["H"]),
+                _f(soup["H_norm"]),
+            ]
+        )
+    thr = sw["selection"]["validity_threshold"]
+    n_int = len(sw["intervals"])
+    text = (
+        f"Every contiguous interval [start, end) of the {sw['num_layers']} decoder layers ({n_int} intervals) was "
+        f"restored from the base into the post model in memory and scored on the CRC proxy ({sw['prompts']['n']} "
+        f"prompts, exact first-token estimator): validity V is the probability mass on valid characters, H the "
+        f"entropy over them (H_norm = H / log|S|). The post model puts V = {post['V']:.3f} on valid characters "
+        f"with H_norm = {post['H_norm']:.3f} (collapsed); the base model, which never saw the chat format, has "
+        f"V = {base['V']:.3f} and H_norm = {base['H_norm']:.3f}. The rule keeps intervals with V ≥ "
+        f"{sw['rule']['validity_ratio']:g}·V_post = {thr:.3f} and picks the most diverse: "
+    )
+    if sel:
+        text += f"**{sel['interval']}** with V = {sel['V']:.3f}, H_norm = {sel['H_norm']:.3f} "
+        text += f"({sel['H_norm'] / max(post['H_norm'], 1e-12):.2f}× the post model's diversity)."
+    else:
+        text += "no interval qualified."
+    if soup:
+        text += f" The best weight soup under the same rule is α = {soup['alpha']:g} with H_norm = {soup['H_norm']:.3f}."
+    return [
+        ("h2", "2. CRC sweep and selection"),
+        ("p", text),
+        ("table", ["model", "V", "H (nats)", "H_norm"], rows),
+        (
+            "img",
+            "sweep/heatmaps.png",
+            "Validity and diversity of every restored interval; the selected one boxed.",
+        ),
+        (
+            "img",
+            "sweep/pareto.png",
+            "Validity vs diversity: intervals, Pareto front, soup curve and references.",
+        ),
+    ]
+
+
+def _compare_blocks(res: dict[str, Any]) -> list[Block]:
+    blocks: list[Block] = [("h2", "4. Generation: diversity and quality on tasks")]
+    for task, cr in (res.get("compare") or {}).items():
+        metrics = table_metrics(cr)
+        rows = []
+        for name, r in cr["runs"].items():
+            st = r.get("settings") or {}
+            rows.append(
+                [f"{name} (T={st.get('temperature')}, min-p={st.get('min_p')})"]
+                + [
+                    fmt_ci(r["mean"][m], r["ci95"].get(m)) if m in r["mean"] else "–"
+                    for m in metrics
+                ]
+            )
+        blocks.append(("h3", f"task: {task}"))
+        blocks.append(
+            (
+                "p",
+                f"{len(cr['prompt_ids'])} prompts × {cr['n']} samples per model, chat template of the post model; "
+                "means over prompts with 95% bootstrap intervals. Higher distinct-n / embedding diversity / Vendi "
+                "and lower self-BLEU mean more diverse; the quality columns say whether the answers are still valid.",
+            )
+        )
+        blocks.append(("table", ["run", *metrics], rows))
+        for p in cr.get("plots") or []:
+            blocks.append(
+                ("img", f"compare/{task}/{p}", f"{task}: {Path(p).stem.replace('_', ' ')}")
+            )
+    return blocks
+
+
+def _prune_blocks(res: dict[str, Any]) -> list[Block]:
+    blocks: list[Block] = [("h2", "5. Pruning the toy base model with each recovery method")]
+    for pr in (res.get("pruning") or {}).values():
+        dense = next(r for r in pr["rows"] if r["method"] == "dense")
+        rows = [[r["method"], _f(float(r["ppl"]), 2), f"{r['params']:,}"] for r in pr["rows"]]
+        blocks.append(
+            (
+                "p",
+                f"Removed layers **{pr['removed']}** (the most redundant block by angular distance) and repaired "
+                f"the gap with each operator, all fitted on the same {pr['calibration']['tokens']:,} calibration "
+                f"tokens. Perplexity: {pr['ppl_definition']}, on {pr['heldout']['tokens']:,} tokens of held-out "
+                f"text the calibration never saw. Dense model: PPL {_f(float(dense['ppl']), 2)}.",
+            )
+        )
+        blocks.append(("table", ["recovery", "PPL", "parameters"], rows))
+    return blocks
+
+
+def build_blocks(res: dict[str, Any]) -> list[Block]:
+    ins = res["inspect"]
+    b, p = ins["base"], ins["post"]
+    blocks: list[Block] = [
+        ("h1", "layergraft demo report"),
+        (
+            "p",
+            "Everything below was measured in this run, on the toy base/post-trained pair that ships with "
+            f"layergraft, on CPU{' (quick mode: fewer prompts and samples)' if res['quick'] else ''}. All numbers "
+            "are in results.json.",
+        ),
+        ("h2", "1. The models"),
+        (
+            "table",
+            ["", "family", "layers", "hidden", "vocab", "parameters", "chat template"],
+            [
+                [
+                    n,
+                    i["family"],
+                    i["num_layers"],
+                    i["hidden_size"],
+                    i["vocab_size"],
+                    f"{i['params_total']:,}",
+                    "yes" if i["chat_template"] else "no",
+                ]
+                for n, i in (("base", b), ("post", p))
+            ],
+        ),
+    ]
+    blocks += _sweep_blocks(res)
+    r = res["restore"]
+    blocks.append(("h2", "3. Restore to disk and reload"))
+    if r.get("selected"):
+        blocks.append(
+            (
+                "p",
+                f"The selected interval {r['selected']} was written with `layergraft restore` (bit-identical tensor copies) "
+                f"and reloaded with plain `AutoModelForCausalLM.from_pretrained`; its logits differ from the in-memory "
+                f"hybrid the sweep scored by at most {r['reload_max_abs_logit_diff']:.2e}."
+                + (
+                    f" The best soup (α = {r['soup_alpha']:g}) was written with `layergraft soup`."
+                    if r.get("soup_alpha") is not None
+                    else ""
+                ),
+            )
+        )
+    else:
+        blocks.append(("p", r.get("note", "nothing selected")))
+    blocks += _compare_blocks(res)
+    blocks += _prune_blocks(res)
+    t = res.get("timing_s", {})
+    blocks.append(("h2", "Timing"))
+    blocks.append(("table", ["step", "seconds"], [[k, f"{v:.1f}"] for k, v in t.items()]))
+    return blocks
+
+
+def to_markdown(blocks: list[Block]) -> str:
+    out: list[str] = []
+    for b in blocks:
+        kind = b[0]
+        if kind in ("h1", "h2", "h3"):
+            out += ["#" * int(kind[1]) + " " + b[1], ""]
+        elif kind == "p":
+            out += [b[1], ""]
+        elif kind == "table":
+            out.append("| " + " | ".join(map(str, b[1])) + " |")
+            out.append("|" + "---|" * len(b[1]))
+            out += ["| " + " | ".join(map(str, row)) + " |" for row in b[2]]
+            out.append("")
+        elif kind == "img":
+            out += [f"![{b[2]}]({b[1]})", ""]
+    return "\n".join(out)
+
+
+def _inline_md(text: str) -> str:
+    """Escape, then the two inline forms the report uses: **bold** and `code`."""
+    s = html.escape(text)
+    s = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", s)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", s)
+
+
+def to_html(blocks: list[Block], root: Path) -> str:
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>layergraft demo report</title>",
+        "<style>body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;line-height:1.45}"
+        ".scroll{overflow-x:auto}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
+        "td:first-child,th:first-child{text-align:left}img{max-width:100%;border:1px solid #eee}"
+        "figcaption{color:#555;font-size:90%}code{background:#f4f4f4;padding:0 3px}</style></head><body>",
+    ]
+    for b in blocks:
+        kind = b[0]
+        if kind in ("h1", "h2", "h3"):
+            parts.append(f"<{kind}>{html.escape(b[1])}</{kind}>")
+        elif kind == "p":
+            parts.append(f"<p>{_inline_md(b[1])}</p>")
+        elif kind == "table":
+            parts.append(
+                "<div class='scroll'><table><tr>"
+                + "".join(f"<th>{html.escape(str(h))}</th>" for h in b[1])
+                + "</tr>"
+            )
+            parts += [
+                "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>"
+                for row in b[2]
+            ]
+            parts.append("</table></div>")
+        elif kind == "img":
+            data = base64.b64encode((root / b[1]).read_bytes()).decode()
+            parts.append(
+                f"<figure><img alt='{html.escape(b[2])}' src='data:image/png;base64,{data}'><figcaption>{html.escape(b[2])}</figcaption></figure>"
+            )
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_reports(root: Path, res: dict[str, Any]) -> None:
+    blocks = build_blocks(res)
+    blocks = [b for b in blocks if b[0] != "img" or (root / b[1]).is_file()]
+    (root / "report.md").write_text(to_markdown(blocks))
+    (root / "report.html").write_text(to_html(blocks, root))
+    for name in ("heatmaps.png", "pareto.png"):
+        if (root / "sweep" / name).is_file():
+            shutil.copyfile(root / "sweep" / name, root / name)

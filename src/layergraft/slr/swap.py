@@ -1,0 +1,105 @@
+"""In-memory layer swap: a loaded post model temporarily runs with base layers.
+
+Why: a sweep scores dozens of hybrids. Writing each to disk and reloading it costs a full
+checkpoint round-trip per interval; pointing the post model's layer parameters at the base
+model's tensors costs nothing (no copy when both live on one device) and is undone exactly,
+by putting the original tensor objects back, on exit, exception or not.
+
+Offloaded layers (accelerate's ``device_map`` with ``"disk"``, or CPU offload for a GPU run)
+hold no weights: their parameters are on the ``meta`` device and a hook loads each module's
+weights from its ``weights_map`` at every forward, so pointing the parameters elsewhere would
+be silently ignored. For those, the hook's map is overlaid with the new values instead
+(:class:`layergraft.models.offload.OffloadOverlay`), and the overlay is removed on exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from layergraft.arch import adapter_for_model
+from layergraft.errors import MismatchError
+from layergraft.models.offload import OffloadOverlay, offloaded_params, param_value
+from layergraft.ranges import Range, layers_of
+
+
+@contextlib.contextmanager
+def overridden(
+    model: Any, values: dict[str, Any], offloaded: dict[str, tuple[Any, str]] | None = None
+) -> Iterator[Any]:
+    """Within the block, the parameters of ``model`` named in ``values`` carry those tensors
+    (moved to each parameter's device and dtype; an offloaded parameter gets them through its
+    hook's map, and may be given a zero-argument callable computing them on demand).
+    Everything is put back on exit, bit for bit, exception or not."""
+    params = dict(model.named_parameters())
+    offloaded = offloaded_params(model) if offloaded is None else offloaded
+    saved: list[tuple[Any, Any]] = []
+    per_hook: dict[int, tuple[Any, dict[str, Any]]] = {}
+    try:
+        for qname, value in values.items():
+            p = params[qname]
+            if qname in offloaded:
+                hook, key = offloaded[qname]
+                if not callable(value):
+                    value = value.to(dtype=p.dtype)
+                per_hook.setdefault(id(hook), (hook, {}))[1][key] = value
+                continue
+            saved.append((p, p.data))
+            if value.device != p.device or value.dtype != p.dtype:
+                value = value.to(device=p.device, dtype=p.dtype)
+            p.data = value
+        for hook, overrides in per_hook.values():
+            hook.weights_map = OffloadOverlay(hook.weights_map, overrides)
+        yield model
+    finally:
+        for p, data in reversed(saved):
+            p.data = data
+        for hook, _ in per_hook.values():
+            if isinstance(hook.weights_map, OffloadOverlay):
+                hook.weights_map = hook.weights_map.base
+
+
+def _pairs(post_layer: Any, base_layer: Any, i: int) -> list[tuple[Any, Any]]:
+    pp = dict(post_layer.named_parameters())
+    bp = dict(base_layer.named_parameters())
+    if pp.keys() != bp.keys():
+        raise MismatchError(
+            f"layer {i}: base and post have different parameters; the models differ in structure"
+        )
+    out = []
+    for name, p in pp.items():
+        b = bp[name]
+        if b.shape != p.shape:
+            raise MismatchError(
+                f"layer {i}: {name} is {list(b.shape)} in base but {list(p.shape)} in post"
+            )
+        out.append((p, b))
+    return out
+
+
+@contextlib.contextmanager
+def swapped_layers(
+    post_model: Any, base_model: Any, ranges: Iterable[Range], adapter: Any = None
+) -> Iterator[Any]:
+    """Within the block, ``post_model``'s decoder layers in ``ranges`` carry the base's weights.
+
+    The base tensors are moved to the device/dtype of the post layer they replace (so models
+    placed with ``device_map`` work); on one device they are shared, not copied — treat the
+    hybrid as read-only. Everything is put back on exit, bit for bit.
+    """
+    if adapter is None:
+        adapter = adapter_for_model(post_model)
+    post_layers = adapter.layers(post_model)
+    base_layers = adapter.layers(base_model)
+    if len(post_layers) != len(base_layers):
+        raise MismatchError(f"base has {len(base_layers)} layers but post has {len(post_layers)}")
+    post_off, base_off = offloaded_params(post_model), offloaded_params(base_model)
+    post_names = {id(p): n for n, p in post_model.named_parameters()}
+    base_names = {id(p): n for n, p in base_model.named_parameters()}
+    values: dict[str, Any] = {}
+    for i in layers_of(ranges):
+        for p, b in _pairs(post_layers[i], base_layers[i], i):
+            values[post_names[id(p)]] = param_value(b, base_names[id(b)], base_off)
+    with overridden(post_model, values, post_off):
+        yield post_model
