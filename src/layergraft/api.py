@@ -7,7 +7,7 @@ each one lives (read the package's ``__init__`` docstring first):
 checkpoints         :func:`inspect_model`, :func:`open_checkpoint`, :func:`verify_model_dir`
 models              :func:`load_model`, :func:`load_tokenizer`
 SLR (``slr/``)      :func:`restore`, :func:`soup`, :func:`crc`, :func:`sweep`,
-                    :func:`sweep_ppl`, :func:`swapped_layers`, :func:`souped`
+                    :func:`sweep_ppl`, :func:`swapped_layers`, :func:`souped`, :func:`diff`
 pruning             :func:`scores`, :func:`prune`, :func:`compare_recovery`
 generation          :func:`generate`, :func:`diversity`, :func:`compare`, :class:`SamplingSettings`
 evaluation          :func:`ppl`, :func:`lm_eval`
@@ -35,6 +35,7 @@ from layergraft.prune.compare import compare_recovery
 from layergraft.prune.pipeline import prune
 from layergraft.prune.scores import scores
 from layergraft.slr.crc import crc
+from layergraft.slr.diff import diff
 from layergraft.slr.ppl_sweep import sweep_ppl
 from layergraft.slr.restore import restore
 from layergraft.slr.soup import soup, souped
@@ -49,6 +50,7 @@ __all__ = [
     "compare",
     "compare_recovery",
     "crc",
+    "diff",
     "diversity",
     "generate",
     "inspect_model",

@@ -4,6 +4,7 @@
 without importing torch (so header-only commands start fast); ``adapter_for_model(model)``
 works from a loaded transformers model. Known families come from the data table in
 :mod:`layergraft.arch.spec`; anything else falls back to discovery with a warning.
+:mod:`layergraft.arch.parts` splits a layer's tensors into attention, MLP and norms.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from layergraft.arch.discovery import (
     discover_from_names,
     discover_layer_prefix,
 )
-from layergraft.arch.spec import SPECS, FamilySpec, spec_for
+from layergraft.arch.parts import guess_part, parse_parts
+from layergraft.arch.spec import LAYER_PARTS, SPECS, FamilySpec, LayerPart, spec_for
 from layergraft.errors import ArchitectureError
 
 FAMILIES: tuple[str, ...] = tuple(SPECS)
@@ -33,10 +35,12 @@ FAMILIES: tuple[str, ...] = tuple(SPECS)
 __all__ = [
     "FAMILIES",
     "LAYER_IDX_ATTRS",
+    "LAYER_PARTS",
     "SPECS",
     "DiscoveryWarning",
     "FamilySpec",
     "GenericAdapter",
+    "LayerPart",
     "ModelAdapter",
     "Part",
     "Role",
@@ -44,6 +48,8 @@ __all__ = [
     "adapter_for",
     "adapter_for_model",
     "discover_layer_prefix",
+    "guess_part",
+    "parse_parts",
     "spec_for",
 ]
 

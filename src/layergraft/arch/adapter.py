@@ -5,10 +5,10 @@ Why a class on top of the spec table: the table is pure data; the adapter binds 
 vocabularies that must not be confused:
 
 * **checkpoint names** — tensor names as they appear in ``*.safetensors`` files
-  (:meth:`layer_prefix`, :meth:`classify`, :attr:`embed_names`, :attr:`head_names`, ...).
+  (:meth:`layer_prefix`, :meth:`classify`, :meth:`layer_part`, :attr:`embed_names`, ...).
   Checkpoint IO streams these without ever importing torch.
 * **module paths** — attribute paths inside a loaded ``PreTrainedModel``
-  (:attr:`layers_path`, :meth:`mlp_out_proj`, :meth:`layers`, ...), used by in-memory
+  (:attr:`layers_path`, :meth:`mlp_out_proj`, :meth:`layer_parameters`, ...), used by in-memory
   surgery, calibration hooks and folding.
 
 They coincide for most families; they differ for GPT-NeoX's head (``embed_out.weight`` on
@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Literal
 
+from layergraft.arch.parts import LayerPartsMixin
 from layergraft.arch.spec import NOT_PER_LAYER, FamilySpec, Residual
 from layergraft.errors import ArchitectureError, RangeError
 
@@ -78,8 +79,9 @@ def _discovery_warning(msg: str) -> None:
     warnings.warn(msg, DiscoveryWarning, stacklevel=3)
 
 
-class ModelAdapter:
-    """Answers "where is X" for one family bound to one config.
+class ModelAdapter(LayerPartsMixin):
+    """Answers "where is X" for one family bound to one config (and, through
+    :class:`~layergraft.arch.parts.LayerPartsMixin`, which part of a layer a tensor is).
 
     Parameters: ``spec`` (the family's data), ``config`` (a ``config.json`` dict; copied),
     ``strip`` (a base-model prefix such as ``"transformer."`` that this checkpoint's tensor

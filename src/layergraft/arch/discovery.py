@@ -15,7 +15,8 @@ from functools import cached_property
 from typing import Any
 
 from layergraft.arch.adapter import NUM_LAYERS_KEYS, ModelAdapter, Part, _discovery_warning, _first
-from layergraft.arch.spec import FamilySpec, Residual
+from layergraft.arch.parts import guess_part
+from layergraft.arch.spec import FamilySpec, LayerPart, Residual
 from layergraft.errors import ArchitectureError
 
 PRE_TOKENS: tuple[str, ...] = ("embed", "wte", "wpe", "tok")
@@ -65,7 +66,8 @@ class GenericAdapter(ModelAdapter):
     """An adapter built from a discovered layer prefix and name heuristics.
 
     Non-layer tensors: names containing embed/wte/wpe/tok are ``pre``, everything else is
-    ``post`` (role ``head`` for lm_head/embed_out/output, ``norm`` for *norm*/ln_f).
+    ``post`` (role ``head`` for lm_head/embed_out/output, ``norm`` for *norm*/ln_f). Layer
+    parts come from module-name tokens (:func:`~layergraft.arch.parts.guess_part`).
     """
 
     def __init__(
@@ -94,6 +96,7 @@ class GenericAdapter(ModelAdapter):
             mlp_out=rel or "",
             num_layers_key=nkey or "num_hidden_layers",
             tie_default=False,
+            layer_parts={},  # no table: parts are guessed from names (_part_of)
         )
         super().__init__(spec, config)
 
@@ -144,6 +147,9 @@ class GenericAdapter(ModelAdapter):
         if "norm" in low or "ln_f" in low:
             return Part("post", None, "norm")
         return Part("post", None, "other")
+
+    def _part_of(self, rel: str) -> LayerPart | None:
+        return guess_part(rel)
 
     def mlp_out_proj(self, i: int) -> str:
         if not self.spec.mlp_out:

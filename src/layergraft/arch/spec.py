@@ -23,6 +23,28 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Residual = Literal["sequential", "parallel"]
+#: the parts of a decoder layer (see :mod:`layergraft.arch.parts` for the rules)
+LayerPart = Literal["attn", "mlp", "norms"]
+LAYER_PARTS: tuple[LayerPart, ...] = ("attn", "mlp", "norms")
+
+
+def _parts(attn: str, mlp: str, *norms: str) -> dict[str, LayerPart]:
+    """A ``layer_parts`` table: submodule (relative to a layer) -> part."""
+    table: dict[str, LayerPart] = {attn: "attn", mlp: "mlp"}
+    table.update(dict.fromkeys(norms, "norms"))
+    return table
+
+
+# q_norm/k_norm live inside self_attn, so they are attention by the outermost-module rule
+_PRE_NORMS = ("input_layernorm", "post_attention_layernorm")  # Llama: both are pre-norms
+_LLAMA_PARTS = _parts("self_attn", "mlp", *_PRE_NORMS)
+# Gemma-2/3: a pre- and a post-norm around each sublayer (post_attention_layernorm is the
+# attention's *output* norm here, pre_feedforward_layernorm the MLP's input norm)
+_GEMMA2_PARTS = _parts(
+    "self_attn", "mlp", *_PRE_NORMS, "pre_feedforward_layernorm", "post_feedforward_layernorm"
+)
+# OLMo-2: post-norms only (no input_layernorm), on each sublayer's output
+_OLMO2_PARTS = _parts("self_attn", "mlp", "post_attention_layernorm", "post_feedforward_layernorm")
 
 
 def _gemma2_layer_types(config: Mapping[str, Any], n: int) -> list[str]:
@@ -81,6 +103,9 @@ class FamilySpec:
     # how transformers derives layer_types when config.json lacks them (so slicing keeps them)
     default_layer_types: Callable[[Mapping[str, Any], int], list[str]] | None = None
     checkpoint_to_module: Mapping[str, str] = field(default_factory=dict)
+    # submodule of a decoder layer -> its part (attn / mlp / norms); every tensor of a layer
+    # must sit in one of them (see layergraft.arch.parts)
+    layer_parts: Mapping[str, LayerPart] = field(default_factory=lambda: dict(_LLAMA_PARTS))
 
 
 SPECS: dict[str, FamilySpec] = {
@@ -110,6 +135,7 @@ SPECS: dict[str, FamilySpec] = {
             tie_default=True,
             layer_list_keys=("layer_types",),
             default_layer_types=_gemma2_layer_types,
+            layer_parts=_GEMMA2_PARTS,
         ),
         FamilySpec(
             "gemma3_text",
@@ -118,6 +144,7 @@ SPECS: dict[str, FamilySpec] = {
             tie_default=True,
             layer_list_keys=("layer_types",),
             default_layer_types=_gemma3_layer_types,
+            layer_parts=_GEMMA2_PARTS,
         ),
         FamilySpec("phi3", ("phi3",), ("Phi3ForCausalLM",)),
         FamilySpec(
@@ -137,6 +164,8 @@ SPECS: dict[str, FamilySpec] = {
             hidden_key="n_embd",
             intermediate_key="n_inner",  # None means 4 * n_embd (see ModelAdapter)
             tie_default=True,
+            # c_attn (fused qkv) and attn.c_proj; mlp.c_fc and mlp.c_proj; ln_1/ln_2 pre-norms
+            layer_parts=_parts("attn", "mlp", "ln_1", "ln_2"),
         ),
         FamilySpec(
             "gpt_neox",
@@ -153,8 +182,10 @@ SPECS: dict[str, FamilySpec] = {
             residual="parallel",  # transformers' default use_parallel_residual=True
             parallel_residual_key="use_parallel_residual",
             checkpoint_to_module={"embed_out.weight": "lm_head.weight"},
+            # both norms are pre-norms (of attention and MLP), parallel residual or not
+            layer_parts=_parts("attention", "mlp", *_PRE_NORMS),
         ),
-        FamilySpec("olmo2", ("olmo2",), ("Olmo2ForCausalLM",)),
+        FamilySpec("olmo2", ("olmo2",), ("Olmo2ForCausalLM",), layer_parts=_OLMO2_PARTS),
     ]
 }
 

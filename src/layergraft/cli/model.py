@@ -1,4 +1,4 @@
-"""``inspect`` and ``toy``: looking at checkpoints and the bundled toy pair."""
+"""``inspect``, ``diff``, ``toy`` and ``verify``: looking at checkpoints and the bundled toy pair."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 from layergraft import api
 from layergraft.checkpoint.describe import format_inspect
 from layergraft.cli.options import add_command, add_json_arg, add_quiet_arg, print_json
+from layergraft.report.diff import diff_table
 from layergraft.toy import build_pair
 
 
@@ -17,6 +18,23 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         print_json(info)
     else:
         print(format_inspect(info))
+    return 0
+
+
+def _cmd_diff(args: argparse.Namespace) -> int:
+    res = api.diff(
+        args.base,
+        args.post,
+        plot=args.plot,
+        progress=not args.quiet,
+        allow_pickle=args.allow_pickle,
+    )
+    if args.json:
+        print_json(res)
+    else:
+        print(diff_table(res))
+        if res["plot"]:
+            print(f"plot: {res['plot']}")
     return 0
 
 
@@ -63,6 +81,32 @@ def register(sub: Any) -> None:
         action="store_true",
         help="accept pickle-only (.bin) checkpoints (runs code from the file)",
     )
+
+    d = add_command(
+        sub,
+        "diff",
+        _cmd_diff,
+        "how far post-training moved each layer and part (attn, mlp, norms): relative change "
+        "and cosine of the weights",
+        description="Compare a base/post pair tensor by tensor (streamed, float64): per decoder "
+        "layer and part (attn, mlp, norms, all) the relative Frobenius change "
+        "||post - base|| / ||base|| and the cosine of the flattened weights, plus embeddings, "
+        "final norm and head. A cheap prior for where to restore.",
+    )
+    d.add_argument(
+        "base", metavar="BASE", help="pre-trained base model (directory, .gguf or hub id)"
+    )
+    d.add_argument("post", metavar="POST", help="post-trained model (directory, .gguf or hub id)")
+    add_json_arg(d, "print the results as one JSON object instead of the table")
+    d.add_argument(
+        "--plot", metavar="PNG", help="write the layers x parts heatmap to this PNG file"
+    )
+    d.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="accept pickle-only (.bin) checkpoints (runs code from the file)",
+    )
+    add_quiet_arg(d)
 
     t = sub.add_parser("toy", help="the bundled toy base/post-trained pair")
     tsub = t.add_subparsers(dest="toy_command", metavar="ACTION", parser_class=type(t))
