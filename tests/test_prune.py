@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM
 from layergraft.arch import adapter_for_model
 from layergraft.cli import main
 from layergraft.errors import ArchitectureError, InputError, RangeError
-from layergraft.models.load import load_model
+from layergraft.models.load import load_model, load_tokenizer
 from layergraft.prune import recover as R
 from layergraft.prune.calibrate import GapStats, collect_gap_stats, run_points
 from layergraft.prune.cut import parse_removal
@@ -367,3 +367,46 @@ def test_gap_at_the_end_ghost_sits_before_the_final_norm(model_dirs, calib_file,
             AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True),
         ):
             torch.testing.assert_close(m(x).logits, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("fam", ["llama", "gemma2"])
+def test_compare_recovery_uses_one_model_and_puts_it_back(model_dirs, calib_file, monkeypatch, fam):
+    """No deep copy of the dense model per method; after the comparison the in-memory model is
+    the dense one again, bit for bit, and each method's PPL equals that of a model pruned
+    from scratch (scale: up to the norms' eps, as it stays an unfolded scalar here)."""
+    import copy
+
+    from layergraft.prune.compare import compare_recovery
+
+    dense = load_model(model_dirs[fam])
+    tok = load_tokenizer(model_dirs[fam])
+    before = {k: v.clone() for k, v in dense.state_dict().items()}
+    n_layers = len(adapter_for_model(dense).layers(dense))
+    real_deepcopy = copy.deepcopy
+
+    def no_model_copies(obj, *a, **k):
+        assert not isinstance(obj, torch.nn.Module), "compare-recovery deep-copied a model"
+        return real_deepcopy(obj, *a, **k)
+
+    monkeypatch.setattr(copy, "deepcopy", no_model_copies)
+    kw = dict(remove="1:3", calib=calib_file, calib_tokens=512, seqlen=128, ppl_max_tokens=512)
+    res = compare_recovery((dense, tok), **kw)
+    monkeypatch.setattr(copy, "deepcopy", real_deepcopy)
+    after = dense.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[k], before[k]) for k in before)
+    assert len(adapter_for_model(dense).layers(dense)) == n_layers
+    assert dense.config.num_hidden_layers == n_layers and not hasattr(dense, "layergraft_ghosts")
+    from layergraft.evaluate.perplexity import perplexity
+    from layergraft.prune.job import calibration_batches
+    from layergraft.text import DEFAULT_HELDOUT, read_text, tokenize
+
+    batches = calibration_batches(tok, calib_file, n_tokens=512, seqlen=128, batch_size=4)
+    ids = tokenize(tok, read_text(DEFAULT_HELDOUT))[:512]
+    rows = {r["method"]: r for r in res["rows"]}
+    for method in [m for m in R.METHODS if m in rows]:
+        fresh = load_model(model_dirs[fam])
+        p = prune_model(fresh, adapter_for_model(fresh), [(1, 3)], method, batches)
+        want = perplexity(p.model, ids, seqlen=512)["ppl"]
+        assert rows[method]["ppl"] == pytest.approx(want, rel=1e-5), method
+        assert rows[method]["params"] == sum(x.numel() for x in p.model.parameters()), method

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -99,11 +100,13 @@ def test_crc_cli_and_determinism(prompts_file, capsys):
 
 
 def test_parse_answer():
-    assert crcmod.parse_answer(" k", ["k", "q"]) == "k"
-    assert crcmod.parse_answer("k.", ["k", "q"]) == "k"
-    assert crcmod.parse_answer("Sure: q", ["k", "q"]) == "q"
-    assert crcmod.parse_answer("kq", ["k", "q"]) is None
-    assert crcmod.parse_answer("", ["k"]) is None
+    from layergraft.slr.crc_sampled import parse_answer
+
+    assert parse_answer(" k", ["k", "q"]) == "k"
+    assert parse_answer("k.", ["k", "q"]) == "k"
+    assert parse_answer("Sure: q", ["k", "q"]) == "q"
+    assert parse_answer("kq", ["k", "q"]) is None
+    assert parse_answer("", ["k"]) is None
 
 
 def test_sweep_bad_input(tmp_path, capsys):
@@ -127,7 +130,8 @@ def test_sweep_bad_input(tmp_path, capsys):
 def test_ppl_proxy_sweep(tmp_path, capsys):
     import torch
 
-    from layergraft.slr.ppl_sweep import ppl_batch, ppl_from_logits, sweep_ppl
+    from layergraft.slr.ppl_proxy import nll_of, ppl_batches
+    from layergraft.slr.sweep import sweep_ppl
 
     base, post = toy_paths()
     text = tmp_path / "t.txt"
@@ -140,9 +144,12 @@ def test_ppl_proxy_sweep(tmp_path, capsys):
     # the fast engine's PPL of an interval equals the swapped model's full-forward PPL
     mp, tok, _ = load_with_tokenizer(post, device="cpu")
     mb = load_model(base, device="cpu")
-    b = ppl_batch(tok, text, seqlen=64, max_tokens=512)
+    nll, n = 0.0, 0
     with torch.no_grad(), swapped_layers(mp, mb, [(2, 5)]):
-        direct = ppl_from_logits(b, mp(**b).logits).mean["ppl"]
+        for b in ppl_batches(tok, text, seqlen=64, max_tokens=512):
+            s, k = nll_of(b, mp(**b).logits)
+            nll, n = nll + s, n + k
+    direct = math.exp(nll / n)
     row = next(r for r in res["intervals"] if r["interval"] == "2:5")
     assert direct == pytest.approx(row["ppl"], rel=1e-5)
     assert main(["sweep", "--base", str(base), "--post", str(post), "--proxy", "ppl"]) == 2

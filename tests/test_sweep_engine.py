@@ -7,7 +7,13 @@ import torch
 
 from layergraft.arch import adapter_for_model
 from layergraft.errors import RangeError
-from layergraft.slr.engines import enumerate_intervals, sweep_intervals_fast, sweep_intervals_swap
+from layergraft.models.batching import forward_logits
+from layergraft.slr.engines import (
+    enumerate_intervals,
+    plan_units,
+    score_start,
+    score_start_swap,
+)
 from layergraft.slr.runner import LayerRunner
 from layergraft.slr.selection import pareto_front, select_interval
 from tiny import make_tiny
@@ -30,12 +36,10 @@ def test_runner_reproduces_the_model(fam):
     ad = adapter_for_model(model)
     b = _batch(model.config.vocab_size)
     run = LayerRunner(model, ad, b["input_ids"], b["attention_mask"])
-    # layer-by-layer replay from the embeddings reproduces the recorded states and logits
-    h = run.hidden[0]
-    for i in range(4):
-        h = run.layer(ad.layers(model)[i], i, h)
-        torch.testing.assert_close(h, run.hidden[i + 1], rtol=0, atol=0)
-    torch.testing.assert_close(run.logits(h), run.reference_logits, rtol=1e-6, atol=1e-6)
+    # layer-by-layer replay from the embeddings reproduces the model's own forward
+    h = run.run_from(0, run.hidden0, ad.layers(model))
+    ref = forward_logits(model, b["input_ids"], b["attention_mask"])
+    torch.testing.assert_close(run.logits(h), ref, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("fam", FAMILIES)
@@ -44,21 +48,32 @@ def test_fast_sweep_equals_swap_sweep(fam):
     ad = adapter_for_model(post)
     b = _batch(post.config.vocab_size)
 
-    def from_logits(logits):
-        return {"logits": logits.clone()}
-
-    def from_model(m):
-        with torch.no_grad():
-            return {"logits": m(**b, use_cache=False).logits[:, -1].clone()}
-
     iv = enumerate_intervals(4)
-    fast = sweep_intervals_fast(post, base, ad, b, from_logits, iv)
-    slow = sweep_intervals_swap(post, base, from_model, iv, adapter=ad)
+    fast, slow = {}, {}
+    for u in plan_units(4, iv, ()):
+        if u.kind != "start":
+            continue
+        for e, row in score_start(post, base, ad, _Logits(), [b], u.start, u.ends).items():
+            fast[(u.start, e)] = row
+        for e, row in score_start_swap(post, base, ad, _Logits(), [b], u.start, u.ends).items():
+            slow[(u.start, e)] = row
     assert fast.keys() == slow.keys() == set(iv)
     for r in iv:
         torch.testing.assert_close(fast[r]["logits"], slow[r]["logits"], rtol=1e-5, atol=1e-5)
     # the full-range hybrid is the base model itself (except embeddings/head from post)
     assert not torch.allclose(fast[(0, 4)]["logits"], fast[(0, 1)]["logits"])
+
+
+class _Logits:
+    """A proxy whose row is the last-position logits themselves."""
+
+    last_only = True
+
+    def score(self, batch, logits):
+        return logits.clone()
+
+    def combine(self, parts):
+        return {"logits": torch.cat(parts)}
 
 
 def test_enumerate_intervals_options():

@@ -36,11 +36,10 @@ from layergraft.prune.pipeline import prune
 from layergraft.prune.scores import scores
 from layergraft.slr.crc import crc
 from layergraft.slr.diff import diff
-from layergraft.slr.ppl_sweep import sweep_ppl
 from layergraft.slr.restore import restore
 from layergraft.slr.soup import soup, souped
 from layergraft.slr.swap import swapped_layers
-from layergraft.slr.sweep import sweep
+from layergraft.slr.sweep import sweep, sweep_ppl
 from layergraft.toy import build_pair as build_toy_pair
 from layergraft.toy import toy_paths
 

@@ -37,6 +37,12 @@ from layergraft.toy import toy_paths
 PathLike = str | os.PathLike[str]
 
 
+#: characters (the toy's tokens) per reply: the post model's longest replies, measured with a
+#: 600-token budget on the bundled prompts, are 65 (qa), 77 (creative) and 65 (reasoning), so
+#: these budgets cut none of them; the base model, which never learned to stop, runs to them
+TOY_BUDGETS = {"qa": 96, "creative": 128, "reasoning": 96}
+
+
 @dataclass(frozen=True)
 class DemoSettings:
     """How much work each step does (``quick`` is the test-suite variant)."""
@@ -45,7 +51,7 @@ class DemoSettings:
     tasks: tuple[str, ...]
     task_limit: int | None
     samples: int
-    max_new_tokens: int
+    budgets: dict[str, int]  # max new tokens per task: long enough for the post model's replies
     prune_blocks: tuple[int, ...]
     calib_tokens: int
     ppl_max_tokens: int
@@ -53,8 +59,10 @@ class DemoSettings:
     @staticmethod
     def make(quick: bool) -> DemoSettings:
         if quick:
-            return DemoSettings(12, ("qa",), 6, 4, 24, (2,), 2048, 4096)
-        return DemoSettings(None, ("qa", "creative", "reasoning"), 12, 16, 48, (2, 4), 8192, 16384)
+            return DemoSettings(12, ("qa",), 6, 4, TOY_BUDGETS, (2,), 2048, 4096)
+        return DemoSettings(
+            None, ("qa", "creative", "reasoning"), 12, 16, TOY_BUDGETS, (2, 4), 8192, 16384
+        )
 
 
 class _Steps:
@@ -167,7 +175,7 @@ class _Run:
                 self.tmp / "compare" / task,
                 n=self.cfg.samples,
                 limit=self.cfg.task_limit,
-                settings=SamplingSettings(max_new_tokens=self.cfg.max_new_tokens),
+                settings=SamplingSettings(max_new_tokens=self.cfg.budgets[task]),
                 progress=self.progress,
                 **self.placement,
             )  # fmt: skip

@@ -45,6 +45,7 @@ NUM_LAYERS_KEYS: tuple[str, ...] = ("num_hidden_layers", "n_layer", "num_layers"
 HIDDEN_KEYS: tuple[str, ...] = ("hidden_size", "n_embd", "d_model", "dim")
 VOCAB_KEYS: tuple[str, ...] = ("vocab_size", "n_vocab", "padded_vocab_size")
 INTERMEDIATE_KEYS: tuple[str, ...] = ("intermediate_size", "n_inner", "ffn_dim", "d_ff")
+CONTEXT_KEYS: tuple[str, ...] = ("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len")
 # attributes transformers uses to tell a module which layer (and which KV-cache slot) it is
 LAYER_IDX_ATTRS: tuple[str, ...] = ("layer_idx", "layer_id")
 
@@ -159,6 +160,12 @@ class ModelAdapter(LayerPartsMixin):
             return 4 * self.hidden_size
         if v is None:
             _, v = _first(self.config, INTERMEDIATE_KEYS)
+        return int(v) if v is not None else None
+
+    @property
+    def context_length(self) -> int | None:
+        """Positions the model was built for (None where its config does not say)."""
+        _, v = _first(self.config, CONTEXT_KEYS)
         return int(v) if v is not None else None
 
     @property

@@ -57,6 +57,7 @@ def _one_line_warning(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    warnings.formatwarning = _one_line_warning  # also for warnings while parsing
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -65,7 +66,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     logging.captureWarnings(True)
-    warnings.formatwarning = _one_line_warning
     prog = f"layergraft {args.command}"
     try:
         return args.func(args)

@@ -174,7 +174,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         return 0
     quality, div = headline_metrics(res)
     cols = list(
-        dict.fromkeys([quality, "format_validity", div, "vendi", "distinct_2", "self_bleu"])
+        dict.fromkeys([quality, "format_validity", "finished_rate", div, "vendi", "self_bleu"])
     )
     width = max(len(n) for n in summary)
     print(f"{'run':<{width}}  " + "  ".join(f"{c:>19}" for c in cols))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import warnings
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
@@ -197,3 +198,82 @@ def add_command(
     p = sub.add_parser(name, help=help, description=description or help)
     p.set_defaults(func=handler)
     return p
+
+
+# ---- text options of the pruning and evaluation commands (one name, one default each) ----
+CALIB_TOKENS = 8192
+CALIB_SEQLEN = 512
+PPL_SEQLEN = 2048
+
+
+class RenamedOptionWarning(UserWarning):
+    """An old option name was used; it still works and names its new spelling."""
+
+
+class _Renamed(argparse.Action):
+    """An old option spelling: sets the new option's value and says the new name."""
+
+    def __init__(self, *args: Any, new: str, **kwargs: Any) -> None:
+        self.new = new
+        super().__init__(*args, **kwargs)
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: Any = None) -> None:
+        warnings.warn(
+            f"{option_string} is now {self.new}; the old name still works",
+            RenamedOptionWarning,
+            stacklevel=2,
+        )
+        setattr(namespace, self.dest, values)
+
+
+def add_renamed(s: argparse.ArgumentParser, old: str, new: str, dest: str, type: Any) -> None:
+    """Keep ``old`` working (hidden from --help) for scripts written before ``new``."""
+    s.add_argument(old, dest=dest, type=type, action=_Renamed, new=new, help=argparse.SUPPRESS)
+
+
+def add_calib_args(
+    s: argparse.ArgumentParser,
+    flag: str = "--calib",
+    default_help: str = "bundled calibration text",
+) -> None:
+    """Calibration text: the file, how many tokens of it, rows of how many tokens, rows per
+    forward pass (prune, compare-recovery, scores)."""
+    s.add_argument(
+        flag,
+        metavar="FILE",
+        help=f"local .txt or .jsonl ('text' field) file, or hf:NAME[:CONFIG][@SPLIT] when the hub is reachable (default: {default_help})",
+    )
+    s.add_argument(
+        "--calib-tokens",
+        type=int,
+        default=CALIB_TOKENS,
+        metavar="N",
+        help=f"calibration tokens to use (default {CALIB_TOKENS})",
+    )
+    s.add_argument(
+        "--seqlen",
+        type=int,
+        default=CALIB_SEQLEN,
+        help=f"tokens per calibration row (default {CALIB_SEQLEN}; at most the model's context)",
+    )
+    s.add_argument("--batch-size", type=int, default=4, help="rows per forward pass (default 4)")
+
+
+def add_ppl_args(s: argparse.ArgumentParser, flag: str | None, default_help: str) -> None:
+    """Perplexity text: the file, chunk length and how many tokens (ppl, compare-recovery,
+    sweep --proxy ppl)."""
+    if flag is not None:
+        s.add_argument(flag, metavar="FILE", help=f"text for perplexity (default: {default_help})")
+    s.add_argument(
+        "--ppl-seqlen",
+        type=int,
+        default=PPL_SEQLEN,
+        metavar="N",
+        help=f"perplexity chunk length (default {PPL_SEQLEN}; at most the model's context)",
+    )
+    s.add_argument(
+        "--ppl-tokens",
+        type=int,
+        metavar="N",
+        help="use the first N tokens of the text (default all)",
+    )

@@ -8,34 +8,19 @@ from typing import Any
 from layergraft import api
 from layergraft.checkpoint.provenance import command_line
 from layergraft.cli.options import (
+    add_calib_args,
     add_command,
     add_json_arg,
     add_output_args,
     add_placement_args,
+    add_ppl_args,
+    add_quiet_arg,
+    add_renamed,
     placement_kwargs,
     print_json,
 )
 from layergraft.errors import LayergraftError
 from layergraft.text import DEFAULT_CALIB, DEFAULT_HELDOUT
-
-
-def _add_data_args(s: argparse.ArgumentParser, flag: str, default_help: str) -> None:
-    s.add_argument(
-        flag,
-        metavar="FILE",
-        help=f"local .txt or .jsonl ('text' field) file, or hf:NAME[:CONFIG][@SPLIT] when the hub is reachable (default: {default_help})",
-    )
-    s.add_argument(
-        "--calib-tokens" if flag == "--calib" else "--max-tokens",
-        type=int,
-        default=8192,
-        metavar="N",
-        dest="n_tokens",
-        help="how many tokens of it to use (default 8192)",
-    )
-    s.add_argument("--seqlen", type=int, default=512, help="tokens per row (default 512)")
-    s.add_argument("--batch-size", type=int, default=4, help="rows per forward pass (default 4)")
-    add_placement_args(s)
 
 
 def _add_removal_args(s: argparse.ArgumentParser) -> None:
@@ -51,7 +36,12 @@ def _add_removal_args(s: argparse.ArgumentParser) -> None:
         metavar="N",
         help="remove N layers chosen by --metric (bi: N lowest layers; angular/cosine: best block of N)",
     )
-    s.add_argument("--metric", choices=("bi", "angular", "cosine"), default="bi")
+    s.add_argument(
+        "--metric",
+        choices=("angular", "bi", "cosine"),
+        default="angular",
+        help="how --auto chooses (default angular: the best block, Gromov et al.)",
+    )
     s.add_argument(
         "--damp",
         type=float,
@@ -78,7 +68,7 @@ def _cmd_scores(args: argparse.Namespace) -> int:
         block=args.block,
         metric=args.metric,
         tokens=args.tokens,
-        n_tokens=args.n_tokens,
+        n_tokens=args.calib_tokens,
         seqlen=args.seqlen,
         batch_size=args.batch_size,
         plot=args.plot,
@@ -104,6 +94,13 @@ def _cmd_scores(args: argparse.Namespace) -> int:
 def _cmd_prune(args: argparse.Namespace) -> int:
     calib = _data(args, "calib", DEFAULT_CALIB)
     if args.compare:
+        given = [f for f, v in (("--recover", args.recover), ("--out", args.out),
+                                ("--force", args.force or None)) if v is not None]  # fmt: skip
+        if given:
+            raise LayergraftError(
+                f"--compare fits every recovery method and writes no model; remove {', '.join(given)} "
+                "(or remove --compare to write one model)"
+            )
         return _print_compare(
             api.compare_recovery(
                 args.model,
@@ -112,8 +109,10 @@ def _cmd_prune(args: argparse.Namespace) -> int:
                 metric=args.metric,
                 calib=calib,
                 data=_data(args, "heldout", DEFAULT_HELDOUT),
-                calib_tokens=args.n_tokens,
+                calib_tokens=args.calib_tokens,
                 seqlen=args.seqlen,
+                ppl_seqlen=args.ppl_seqlen,
+                ppl_max_tokens=args.ppl_tokens,
                 batch_size=args.batch_size,
                 damp=args.damp,
                 bias=args.bias,
@@ -133,9 +132,9 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         remove=args.remove,
         auto=args.auto,
         metric=args.metric,
-        recover=args.recover,
+        recover=args.recover or "ghost",
         calib=calib,
-        calib_tokens=args.n_tokens,
+        calib_tokens=args.calib_tokens,
         seqlen=args.seqlen,
         batch_size=args.batch_size,
         damp=args.damp,
@@ -199,9 +198,9 @@ def _cmd_ppl(args: argparse.Namespace) -> int:
     res = api.ppl(
         args.model,
         _data(args, "data", DEFAULT_HELDOUT),
-        seqlen=args.seqlen,
+        seqlen=args.ppl_seqlen,
         stride=args.stride,
-        max_tokens=args.max_tokens,
+        max_tokens=args.ppl_tokens,
         **placement_kwargs(args),
     )
     if args.json:
@@ -246,17 +245,19 @@ def register(sub: Any) -> None:
         "Ranges are 0-based, end excluded.",
     )
     s.add_argument("model", help="model directory, .gguf file or hub id")
-    _add_data_args(s, "--data", "bundled calibration text")
+    add_calib_args(s, "--data")
+    add_renamed(s, "--max-tokens", "--calib-tokens", "calib_tokens", int)
     s.add_argument("--block", type=int, default=1, metavar="N", help="block size (default 1)")
     s.add_argument("--metric", choices=("angular", "bi", "cosine"), default="angular")
     s.add_argument(
         "--tokens",
         choices=("all", "last"),
-        default="all",
-        help="average over all real tokens or each row's last token (default all)",
+        help="samples: each row's last token or every real token (default: last for angular, "
+        "as Gromov et al.; all for bi and cosine)",
     )
     s.add_argument("--plot", metavar="PNG", help="write a plot of the scores")
     add_json_arg(s)
+    add_placement_args(s)
 
     p = add_command(
         sub,
@@ -272,20 +273,20 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--recover",
         choices=("ghost", "replaceme", "diag", "scale", "none"),
-        default="ghost",
         help="recovery operator (default ghost)",
     )
-    _add_data_args(p, "--calib", "bundled calibration text")
+    add_calib_args(p)
     p.add_argument(
         "--compare",
         action="store_true",
         help="instead of writing a model, run every recovery method and print params / PPL (/ lm-eval)",
     )
-    p.add_argument("--heldout", metavar="FILE", help="held-out text for --compare PPL")
+    add_ppl_args(p, "--heldout", "bundled held-out text; with --compare")
     p.add_argument("--tasks", help="lm-eval tasks for --compare (comma-separated)")
     p.add_argument("--limit", type=float, help="lm-eval items per task for --compare")
     add_json_arg(p)
     add_output_args(p)
+    add_placement_args(p)
     for a in p._actions:  # --out is optional with --compare
         if a.dest == "out":
             a.required = False
@@ -298,12 +299,14 @@ def register(sub: Any) -> None:
     )
     c.add_argument("model", help="model directory, .gguf file or hub id")
     _add_removal_args(c)
-    _add_data_args(c, "--calib", "bundled calibration text")
-    c.add_argument("--heldout", metavar="FILE", help="held-out text for PPL (default: bundled)")
+    add_calib_args(c)
+    add_ppl_args(c, "--heldout", "bundled held-out text")
     c.add_argument("--tasks", help="lm-eval tasks (comma-separated)")
     c.add_argument("--limit", type=float, help="lm-eval items per task")
     add_json_arg(c)
-    c.set_defaults(out=None, recover=None)
+    add_quiet_arg(c)
+    add_placement_args(c)
+    c.set_defaults(out=None, recover=None, force=False)
 
     q = add_command(
         sub,
@@ -312,14 +315,14 @@ def register(sub: Any) -> None:
         "token-level perplexity over fixed-length chunks (the pruning papers' definition)",
     )
     q.add_argument("model", help="model directory (ghosted outputs too), .gguf file or hub id")
-    q.add_argument("--data", metavar="FILE", help="text file (default: bundled held-out text)")
-    q.add_argument("--seqlen", type=int, default=2048, help="chunk length (default 2048)")
+    add_ppl_args(q, "--data", "bundled held-out text")
     q.add_argument(
         "--stride",
         type=int,
         help="sliding windows every STRIDE tokens (default: non-overlapping chunks)",
     )
-    q.add_argument("--max-tokens", type=int, help="use only the first N tokens of the text")
+    add_renamed(q, "--seqlen", "--ppl-seqlen", "ppl_seqlen", int)
+    add_renamed(q, "--max-tokens", "--ppl-tokens", "ppl_tokens", int)
     add_json_arg(q)
     add_placement_args(q)
 

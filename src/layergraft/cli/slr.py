@@ -13,6 +13,7 @@ from layergraft.cli.options import (
     add_output_args,
     add_pair_args,
     add_placement_args,
+    add_ppl_args,
     add_quiet_arg,
     merge_recipe,
     output_kwargs,
@@ -21,6 +22,7 @@ from layergraft.cli.options import (
 )
 from layergraft.errors import LayergraftError
 from layergraft.report.sweep import sweep_table
+from layergraft.slr.plan import format_plan
 
 
 def _cmd_restore(args: argparse.Namespace) -> int:
@@ -105,47 +107,63 @@ def _parse_starts(text: str | None) -> list[int] | None:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     if args.base is None or args.post is None:
         raise LayergraftError("--base and --post are required")
-    if args.proxy == "ppl":
-        if not args.data:
-            raise LayergraftError("--proxy ppl needs --data FILE (text or JSONL with a text field)")
-        res = api.sweep_ppl(
-            args.base, args.post, args.data, args.out, min_len=args.min_len, max_len=args.max_len,
-            starts=_parse_starts(args.starts), dtype=args.dtype, device=args.device, force=args.force,
-            progress=not args.quiet,
-        )  # fmt: skip
-        print(
-            f"post PPL {res['references']['post']['ppl']:.3f}, base PPL {res['references']['base']['ppl']:.3f}"
+    if args.proxy == "ppl" and args.validity_ratio is not None:
+        raise LayergraftError(
+            "--validity-ratio applies to --proxy crc; remove it (--proxy ppl selects the lowest perplexity)"
         )
-        best = res["selected"]
-        print(
-            f"lowest PPL: interval {best['interval']} with PPL {best['ppl']:.3f} ({res['definition']})"
-        )
-        return 0
+    if args.proxy == "crc" and args.data is not None:
+        raise LayergraftError("--data is the text of --proxy ppl; remove it or pass --proxy ppl")
     res = api.sweep(
         args.base,
         args.post,
         args.out,
+        proxy=args.proxy,
         prompts=args.prompts,
+        data=args.data,
+        seqlen=args.ppl_seqlen,
+        max_tokens=args.ppl_tokens,
         min_len=args.min_len,
         max_len=args.max_len,
         starts=_parse_starts(args.starts),
-        validity_ratio=args.validity_ratio,
+        validity_ratio=0.9 if args.validity_ratio is None else args.validity_ratio,
         method=args.method,
         prefix_reuse=not args.no_prefix_reuse,
+        batch_size=args.batch_size,
         restore_best=args.restore_best,
         force=args.force,
+        resume=args.resume,
+        dry_run=args.dry_run,
         progress=not args.quiet,
         **placement_kwargs(args),
     )
-    print(sweep_table(res))
-    sel = res["selection"]
-    print(
-        f"rule: {res['rule']['text']} -> threshold V >= {sel['validity_threshold']:.3f}; selected: {sel['interval'] or 'none'}"
-    )
+    if args.dry_run:
+        print(format_plan(res["plan"]))
+        return 0
+    if res["proxy"] == "ppl":
+        refs = res["references"]
+        print(f"post PPL {refs['post']['ppl']:.3f}, base PPL {refs['base']['ppl']:.3f}")
+        best = res["selected"]
+        if best:
+            print(
+                f"lowest PPL: interval {best['interval']} with PPL {best['ppl']:.3f} ({res['definition']})"
+            )
+        if res.get("soup"):
+            s = res["soup"]["selected"]
+            print(f"lowest PPL soup: alpha {s['alpha']:g} with PPL {s['ppl']:.3f}")
+    else:
+        print(sweep_table(res))
+        sel = res["selection"]
+        print(
+            f"rule: {res['rule']['text']} -> threshold V >= {sel['validity_threshold']:.3f}; selected: {sel['interval'] or 'none'}"
+        )
     if args.out:
-        print(f"wrote {args.out}/results.json, results.csv, heatmaps.png, pareto.png")
-    if res.get("restored_to"):
-        print(f"restored the selected interval into {res['restored_to']}")
+        print(f"wrote {args.out}/results.json (rows in {args.out}/intervals.jsonl), CSV and plots")
+    if args.restore_best:
+        if not res.get("restored_to"):
+            return 1  # the warning said why; the sweep's results are written
+        print(
+            f"restored the selected {'soup' if args.method == 'soup' else 'interval'} into {res['restored_to']}"
+        )
     return 0
 
 
@@ -244,10 +262,24 @@ def register(sub: Any) -> None:
     w.add_argument(
         "--out",
         metavar="DIR",
-        help="write results.json, results.csv, heatmaps.png, pareto.png here",
+        help="sweep directory: intervals.jsonl (every finished unit, durably; --resume "
+        "continues it), then results.json, results.csv, heatmaps.png, pareto.png",
     )
     w.add_argument(
-        "--force", action="store_true", help="replace --out / --restore-best if they exist"
+        "--force",
+        action="store_true",
+        help="start over: delete an existing --out first (and replace --restore-best)",
+    )
+    w.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the sweep in --out (killed or finished) with the same inputs and settings",
+    )
+    w.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan (units, layer forwards, time and memory estimated from timing one "
+        "layer on the real inputs) and stop",
     )
     w.add_argument("--prompts", default="all", help="CRC prompt set or JSONL file")
     w.add_argument(
@@ -256,7 +288,14 @@ def register(sub: Any) -> None:
         default="crc",
         help="score by CRC (default) or by perplexity on --data",
     )
-    w.add_argument("--data", metavar="FILE", help="text for --proxy ppl")
+    add_ppl_args(w, "--data", "none: --proxy ppl needs one")
+    w.add_argument(
+        "--batch-size",
+        type=int,
+        metavar="B",
+        help="prompts (crc, default 64) or rows (ppl, default 4) per forward pass; memory "
+        "holds one batch however many prompts there are",
+    )
     w.add_argument(
         "--method",
         choices=("slr", "soup", "both"),
@@ -269,14 +308,18 @@ def register(sub: Any) -> None:
     w.add_argument(
         "--validity-ratio",
         type=float,
-        default=0.9,
-        help="keep intervals with V >= ratio x V_post (default 0.9)",
+        help="--proxy crc: keep intervals with V >= ratio x V_post (default 0.9)",
     )
     w.add_argument(
         "--no-prefix-reuse",
         action="store_true",
         help="run every hybrid from the embeddings (slower; for checking)",
     )
-    w.add_argument("--restore-best", metavar="DIR", help="also write the selected hybrid to DIR")
+    w.add_argument(
+        "--restore-best",
+        metavar="DIR",
+        help="also write the selected hybrid (--method soup: the selected soup) to DIR; exit 1 "
+        "with a warning if nothing was selected",
+    )
     add_quiet_arg(w)
     add_placement_args(w)

@@ -18,7 +18,9 @@ import math
 import os
 from typing import Any
 
+from layergraft.arch import adapter_for_model
 from layergraft.errors import InputError
+from layergraft.models.batching import fit_context
 from layergraft.models.load import model_and_tokenizer
 from layergraft.text import DEFAULT_HELDOUT, read_text, tokenize
 
@@ -91,6 +93,7 @@ def perplexity(
         raise InputError(f"--seqlen must be at least 2 (got {seqlen})")
     if stride is not None and stride < 1:
         raise InputError(f"--stride must be positive (got {stride})")
+    seqlen = fit_context(seqlen, adapter_for_model(model).context_length, "--ppl-seqlen")
     t = torch.tensor(ids, dtype=torch.long)
     total, count = 0.0, 0
     wins = windows(len(ids), seqlen, stride)

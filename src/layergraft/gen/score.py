@@ -54,7 +54,9 @@ def score_prompt(
         out["embedding_diversity"] = D.embedding_diversity(emb)
         out["vendi"] = D.vendi_score(emb)
     finished = [bool(r.get("finished", True)) for r in recs]
-    out["format_validity"] = Q.format_validity(texts, task, finished)
+    out["finished_rate"] = Q.finished_rate(finished)
+    if task in Q.FORMAT_TASKS:
+        out["format_validity"] = Q.format_validity(texts, task, finished)
     out["mean_tokens"] = sum(int(r.get("num_tokens", 0)) for r in recs) / len(recs)
     if task == "qa":
         out["distinct_answers"] = D.distinct_answers(texts)

@@ -8,7 +8,6 @@ lm-eval tasks), next to the dense model as the reference row.
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 from collections.abc import Sequence
@@ -17,10 +16,13 @@ from typing import Any
 from layergraft.errors import InputError
 from layergraft.evaluate.harness import run_lm_eval
 from layergraft.evaluate.perplexity import definition, perplexity
+from layergraft.models.batching import fit_context
+from layergraft.prune import ghost as G
 from layergraft.prune import recover as R
 from layergraft.prune.job import ModelLike, load_job, open_input
-from layergraft.prune.model import collect_stats, prune_model
+from layergraft.prune.model import collect_stats
 from layergraft.prune.pipeline import check_damp
+from layergraft.prune.undo import pruned_in_place
 from layergraft.ranges import format_ranges
 from layergraft.text import DEFAULT_CALIB, DEFAULT_HELDOUT, read_text, tokenize
 
@@ -29,7 +31,11 @@ PathLike = str | os.PathLike[str]
 
 
 def _n_params(model: Any) -> int:
-    return sum(p.numel() for p in model.parameters())
+    """Parameters of the model as it would be saved: a scalar ghost (``scale`` kept unfolded
+    while comparing, :mod:`layergraft.prune.undo`) is folded on save and adds none."""
+    ghosts = getattr(model, G.ATTR, {})
+    unfolded = sum(g.scale.numel() for g in ghosts.values() if g.kind == "scalar")
+    return sum(p.numel() for p in model.parameters()) - unfolded
 
 
 def compare_recovery(
@@ -37,14 +43,14 @@ def compare_recovery(
     *,
     remove: str | Sequence[Any] | None = None,
     auto: int | None = None,
-    metric: str = "bi",
+    metric: str = "angular",
     methods: Sequence[str] | None = None,
     calib: PathLike = DEFAULT_CALIB,
     data: PathLike = DEFAULT_HELDOUT,
     calib_tokens: int = 8192,
     seqlen: int = 512,
     batch_size: int = 4,
-    ppl_seqlen: int = 512,
+    ppl_seqlen: int = 2048,
     ppl_max_tokens: int | None = None,
     damp: float | None = None,
     bias: bool = False,
@@ -72,6 +78,7 @@ def compare_recovery(
         device=device, dtype=dtype, device_map=device_map,
     )  # fmt: skip
     dense, tok, adapter = job.model, job.tokenizer, job.adapter
+    ppl_seqlen = fit_context(ppl_seqlen, adapter.context_length, "--ppl-seqlen")
     gaps = job.gaps(remove, auto, metric)
     if "replaceme" in methods and gaps[0][0] == 0:
         log.warning("replaceme skipped: gap %d:%d starts at layer 0", *gaps[0])
@@ -96,14 +103,12 @@ def compare_recovery(
         stats = collect_stats(
             dense, adapter, job.batches, gaps, mlp="replaceme" in methods, progress=progress
         )
-    for method in methods:
-        m = copy.deepcopy(dense)
-        p = prune_model(
-            m, adapter, gaps, method, job.batches, damp=damp, bias=bias,
+    for method in methods:  # one dense model, pruned and put back per method (no copies)
+        with pruned_in_place(
+            dense, adapter, gaps, method, job.batches, damp=damp, bias=bias,
             sequential=sequential, stats=stats,
-        )  # fmt: skip
-        rows.append({"method": method, **evaluate(p.model), "operators": p.describe()})
-        del m, p
+        ) as p:  # fmt: skip
+            rows.append({"method": method, **evaluate(p.model), "operators": p.describe()})
     return {
         "model": inp.origin,
         "removed": format_ranges(gaps),

@@ -1,12 +1,15 @@
 """Layer / block importance scores: which layers can go.
 
 All three metrics compare the residual stream at two boundaries (boundary ``b`` = stream
-entering layer ``b``; ``L`` = after the last layer), token by token, with the cosine over the
-hidden dimension, averaged over real (non-padding) tokens — or over each row's last real
-token with ``tokens="last"`` (Gromov et al. use the last token):
+entering layer ``b``; ``L`` = after the last layer), sample by sample, with the cosine over
+the hidden dimension. A sample is each row's last real token (``tokens="last"``, the default
+of ``angular``, as Gromov et al.) or every real (non-padding) token (``tokens="all"``, the
+default of ``bi`` and ``cosine``):
 
 * ``angular`` (Gromov et al., "The Unreasonable Ineffectiveness of the Deeper Layers"):
-  block ``[s, s+N)`` scores ``arccos(cos(h_s, h_{s+N})) / π``; lowest = most removable.
+  block ``[s, s+N)`` scores the mean over samples of ``arccos(cos(h_s, h_{s+N})) / π``;
+  lowest = most removable. (The arccos of the *mean* cosine would rank exactly like
+  ``cosine``; the mean of per-sample angles need not: :func:`angle_and_cosine_sums`.)
 * ``bi`` (ShortGPT block influence): layer ``i`` scores ``1 − cos(h_i, h_{i+1})``; a block's
   score is the sum over its layers; lowest = most removable. ``--auto N`` with ``bi`` removes
   the N lowest layers wherever they are (scattered).
@@ -30,6 +33,8 @@ from layergraft.text import Batch
 
 METRICS: tuple[str, ...] = ("angular", "bi", "cosine")
 TOKENS: tuple[str, ...] = ("all", "last")
+#: the samples each metric averages over by default (``tokens=None``)
+DEFAULT_TOKENS = {"angular": "last", "bi": "all", "cosine": "all"}
 
 
 @dataclass
@@ -84,31 +89,45 @@ def _token_rows(t: Any, mask: Any, tokens: str) -> Any:
     return t[mask].to(torch.float64)
 
 
-def boundary_cosines(
+def angle_and_cosine_sums(x: Any, y: Any) -> tuple[float, float, int]:
+    """``(Σ cos, Σ arccos(cos)/π, n)`` over the rows of ``x`` and ``y`` (``[n, d]``, float64):
+    the per-sample pieces of the ``cosine``/``bi`` and ``angular`` means."""
+    import torch
+
+    cos = torch.nn.functional.cosine_similarity(x, y, dim=-1, eps=1e-12).clamp(-1.0, 1.0)
+    return float(cos.sum()), float((torch.arccos(cos) / math.pi).sum()), int(cos.numel())
+
+
+def boundary_similarity(
     model: Any,
     adapter: Any,
     batches: Sequence[Batch],
     pairs: Sequence[tuple[int, int]],
     tokens: str = "all",
-) -> tuple[dict[tuple[int, int], float], int]:
-    """Mean over tokens of ``cos(h_a, h_b)`` for each boundary pair, and the token count."""
-    import torch
-
+) -> tuple[dict[tuple[int, int], float], dict[tuple[int, int], float], int]:
+    """For each boundary pair: the mean over samples of ``cos(h_a, h_b)`` and of the angle
+    ``arccos(cos)/π``, and the number of samples."""
     if tokens not in TOKENS:
         raise InputError(f"unknown --tokens {tokens!r}; choose one of {', '.join(TOKENS)}")
     points = sorted({("in", b) for p in pairs for b in p})
-    sums = dict.fromkeys(pairs, 0.0)
+    cos_sum = dict.fromkeys(pairs, 0.0)
+    ang_sum = dict.fromkeys(pairs, 0.0)
     count = 0
     for batch in batches:
         got = run_points(model, adapter, batch, points)
         rows = {b: _token_rows(got[("in", b)], batch.attention_mask, tokens) for _, b in points}
         for a, b in pairs:
-            cos = torch.nn.functional.cosine_similarity(rows[a], rows[b], dim=-1, eps=1e-12)
-            sums[(a, b)] += float(cos.sum())
+            c, g, _ = angle_and_cosine_sums(rows[a], rows[b])
+            cos_sum[(a, b)] += c
+            ang_sum[(a, b)] += g
         count += next(iter(rows.values())).shape[0]
     if count == 0:
         raise InputError("no tokens to score; give a longer --data file")
-    return {p: s / count for p, s in sums.items()}, count
+    return (
+        {p: v / count for p, v in cos_sum.items()},
+        {p: v / count for p, v in ang_sum.items()},
+        count,
+    )
 
 
 def block_scores(
@@ -118,27 +137,26 @@ def block_scores(
     *,
     block: int = 1,
     metric: str = "angular",
-    tokens: str = "all",
+    tokens: str | None = None,
 ) -> Scores:
-    """Score every contiguous block of ``block`` layers with ``metric`` (see module doc)."""
+    """Score every contiguous block of ``block`` layers with ``metric`` (see module doc);
+    ``tokens=None`` is the metric's own default (:data:`DEFAULT_TOKENS`)."""
     n = len(adapter.layers(model))
     if metric not in METRICS:
         raise InputError(f"unknown --metric {metric!r}; choose one of {', '.join(METRICS)}")
     if not 1 <= block < n:
         raise InputError(f"--block {block} must be between 1 and {n - 1} for this {n}-layer model")
+    tokens = tokens or DEFAULT_TOKENS[metric]
     if metric == "bi":
-        cos, count = boundary_cosines(
+        cos, _, count = boundary_similarity(
             model, adapter, batches, [(i, i + 1) for i in range(n)], tokens
         )
         per_layer = [1.0 - cos[(i, i + 1)] for i in range(n)]
         blocks = [((s, s + block), sum(per_layer[s : s + block])) for s in range(n - block + 1)]
         return Scores(metric, block, tokens, blocks, per_layer, count)
     pairs = [(s, s + block) for s in range(n - block + 1)]
-    cos, count = boundary_cosines(model, adapter, batches, pairs, tokens)
-    if metric == "angular":
-        val = {p: math.acos(max(-1.0, min(1.0, c))) / math.pi for p, c in cos.items()}
-    else:
-        val = cos
+    cos, angle, count = boundary_similarity(model, adapter, batches, pairs, tokens)
+    val = angle if metric == "angular" else cos
     return Scores(metric, block, tokens, [(p, val[p]) for p in pairs], None, count)
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from layergraft.arch import ModelAdapter, adapter_for_model
 from layergraft.checkpoint.reader import Checkpoint, open_checkpoint
 from layergraft.errors import InputError
+from layergraft.models.batching import fit_context
 from layergraft.models.load import load_model, load_tokenizer, open_loadable
 from layergraft.prune.cut import merge_adjacent, parse_removal
 from layergraft.prune.importance import auto_removal, block_scores
@@ -145,7 +146,9 @@ def load_job(
     else:
         model = load_model(inp.ck.path, device=device, dtype=dtype, device_map=device_map)
         tok = load_tokenizer(inp.ck.path)
+    adapter = adapter_for_model(model)
+    seqlen = fit_context(seqlen, adapter.context_length, "--seqlen")
     batches = calibration_batches(
         tok, calib, n_tokens=calib_tokens, seqlen=seqlen, batch_size=batch_size
     )
-    return PruneJob(model, tok, adapter_for_model(model), inp.origin, batches)
+    return PruneJob(model, tok, adapter, inp.origin, batches)

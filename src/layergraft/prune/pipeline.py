@@ -49,7 +49,7 @@ def prune(
     *,
     remove: str | Sequence[Any] | None = None,
     auto: int | None = None,
-    metric: str = "bi",
+    metric: str = "angular",
     recover: str = "ghost",
     calib: PathLike = DEFAULT_CALIB,
     calib_tokens: int = 8192,
@@ -114,7 +114,7 @@ def prune(
         inputs={"model": ck},
         sidecars_from=ck,
         tensors=pruned_tensors(ck, pruned, job.adapter),
-        extra=finish_pruned_dir(ck, pruned, job.adapter),
+        extra=finish_pruned_dir(ck, pruned, job.adapter, hash_outputs=hash_outputs, fsync=fsync),
         recipe={
             "model": ck.origin,
             "remove": rtext,

@@ -20,7 +20,7 @@ def scores(
     *,
     block: int = 1,
     metric: str = "angular",
-    tokens: str = "all",
+    tokens: str | None = None,
     n_tokens: int = 8192,
     seqlen: int = 512,
     batch_size: int = 4,
@@ -29,7 +29,9 @@ def scores(
     dtype: Any = "auto",
     device_map: Any = None,
 ) -> dict[str, Any]:
-    """Score every contiguous block of ``block`` layers with ``metric`` on ``data``."""
+    """Score every contiguous block of ``block`` layers with ``metric`` on ``data``
+    (``tokens``: ``last`` or ``all``; default the metric's own, see
+    :mod:`layergraft.prune.importance`)."""
     inp = open_input(model, calib=data, accept_ghosted=True, check_finite=False)
     job = load_job(
         inp, calib=data, calib_tokens=n_tokens, seqlen=seqlen, batch_size=batch_size,

@@ -70,7 +70,9 @@ def pruned_tensors(ck: Checkpoint, p: Pruned, model_adapter: Any) -> list[OutTen
     return tensors
 
 
-def finish_pruned_dir(ck: Checkpoint, p: Pruned, model_adapter: Any):
+def finish_pruned_dir(
+    ck: Checkpoint, p: Pruned, model_adapter: Any, *, hash_outputs: bool = True, fsync: bool = False
+):
     """The last step of writing a pruned directory (for
     :func:`~layergraft.checkpoint.model_dir.write_model_dir`'s ``extra``): the sliced config,
     and for a ghosted model the operators in ``ghost.safetensors``, one index over both and
@@ -81,8 +83,9 @@ def finish_pruned_dir(ck: Checkpoint, p: Pruned, model_adapter: Any):
         gt = G.ghost_tensors(p.model)
         if gt:
             gres = write_checkpoint(
-                out, [OutTensor.from_torch(k, v) for k, v in gt.items()], stem="ghost"
-            )
+                out, [OutTensor.from_torch(k, v) for k, v in gt.items()], stem="ghost",
+                hash_outputs=hash_outputs, fsync=fsync,
+            )  # fmt: skip
             files = files + gres.as_json()
             # transformers prefers a lone model.safetensors over the index: use shard names
             # so the index (which lists ghost.safetensors too) is what gets loaded

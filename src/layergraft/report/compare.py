@@ -18,10 +18,11 @@ DIVERSITY_METRICS = (
     "embedding_diversity", "vendi", "distinct_answers", "distinct_valid_answers",
     "distinct_final_answers", "distinct_reasoning_paths",
 )  # fmt: skip
-QUALITY_METRICS = ("valid_rate", "accuracy", "format_validity", "judge")
+QUALITY_METRICS = ("valid_rate", "accuracy", "format_validity", "judge", "finished_rate")
 LOWER_IS_MORE_DIVERSE = frozenset({"self_bleu"})
 UNIT_INTERVAL = frozenset(
-    {"valid_rate", "accuracy", "format_validity", "judge", "self_bleu", "embedding_diversity"}
+    {"valid_rate", "accuracy", "format_validity", "finished_rate", "judge", "self_bleu"}
+    | {"embedding_diversity"}
     | {f"distinct_{k}" for k in range(1, 5)}
 )
 
@@ -50,6 +51,7 @@ def table_metrics(results: Mapping[str, Any]) -> list[str]:
         *passk,
         "format_validity",
         "judge",
+        "finished_rate",
         *DIVERSITY_METRICS,
     ]
     seen: list[str] = []
@@ -103,7 +105,7 @@ def headline_metrics(results: Mapping[str, Any]) -> tuple[str, str]:
         present |= set(r["mean"])
     quality = next(
         (m for m in ("accuracy", "valid_rate", "judge", "format_validity") if m in present),
-        "format_validity",
+        "finished_rate",
     )
     div = next(
         (m for m in ("embedding_diversity", "vendi", "distinct_2") if m in present), "distinct_2"
@@ -120,7 +122,15 @@ def render_plots(results: Mapping[str, Any], out_dir: Path) -> list[str]:
     quality, div = headline_metrics(results)
     panel = [
         m
-        for m in (quality, "format_validity", div, "vendi", "distinct_2", "self_bleu")
+        for m in (
+            quality,
+            "format_validity",
+            "finished_rate",
+            div,
+            "vendi",
+            "distinct_2",
+            "self_bleu",
+        )
         if any(m in r["mean"] for r in runs.values())
     ]
     panel = list(dict.fromkeys(panel))

@@ -7,38 +7,47 @@ a plot can always be re-rendered from ``results.json`` alone (never the other wa
 from __future__ import annotations
 
 import csv
-import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
-from layergraft.checkpoint.atomic import atomic_dir
+from layergraft.checkpoint.atomic import write_json_atomic, write_text_atomic
 from layergraft.report.plotting import pyplot as _plt
 
 
-def write_sweep_outputs(results: dict[str, Any], out: Path, *, force: bool = False) -> Path:
-    """results.json, results.csv, heatmaps.png, pareto.png and summary.md, atomically."""
-    with atomic_dir(out, force=force) as tmp:
-        (tmp / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-        write_sweep_csv(results, tmp / "results.csv")
-        if results["intervals"]:
-            plot_sweep_heatmaps(results, tmp / "heatmaps.png")
-        plot_pareto(results, tmp / "pareto.png")
-        (tmp / "summary.md").write_text(sweep_table(results) + "\n")
-    return out
-
-
-def write_ppl_sweep_outputs(results: dict[str, Any], out: Path, *, force: bool = False) -> Path:
-    """results.json, results.csv and heatmap.png of a perplexity sweep, atomically."""
-    with atomic_dir(out, force=force) as tmp:
-        (tmp / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+def write_sweep_outputs(results: dict[str, Any], out: Path) -> Path:
+    """Into the sweep directory ``out``: results.json, results.csv, the heatmaps (CRC: validity
+    and diversity; PPL: perplexity), the Pareto plot and summary.md (CRC), each file replaced
+    in one rename, so a reader never sees half of one."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "results.json", results)
+    if results["proxy"] == "ppl":
         lines = ["interval,start,end,ppl,nll"] + [
             f"{r['interval']},{r['start']},{r['end']},{r['ppl']:.6f},{r['nll']:.6f}"
             for r in results["intervals"]
         ]
-        (tmp / "results.csv").write_text("\n".join(lines) + "\n")
-        plot_ppl_heatmap(results, tmp / "heatmap.png")
+        write_text_atomic(out / "results.csv", "\n".join(lines) + "\n")
+        if results["intervals"]:
+            _atomic_plot(plot_ppl_heatmap, results, out / "heatmap.png")
+        return out
+    _atomic_plot(write_sweep_csv, results, out / "results.csv")
+    if results["intervals"]:
+        _atomic_plot(plot_sweep_heatmaps, results, out / "heatmaps.png")
+    _atomic_plot(plot_pareto, results, out / "pareto.png")
+    write_text_atomic(out / "summary.md", sweep_table(results) + "\n")
     return out
+
+
+def _atomic_plot(draw: Any, results: dict[str, Any], path: Path) -> None:
+    """``draw(results, tmp)`` then one rename onto ``path``."""
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    try:
+        draw(results, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _interval_matrix(results: dict[str, Any], key: str) -> list[list[float]]:

@@ -5,5 +5,6 @@ Reading order: ``pair`` (is this a base/post pair?) -> ``restore`` (on disk: pur
 ``swap`` (a hybrid in memory, undone exactly) -> ``crc_prompts`` and ``crc`` (the proxy task:
 validity V and diversity H from the first answer token) -> ``runner`` and ``engines`` (every
 interval scored with prefix reuse) -> ``selection`` (the paper's rule) -> ``sweep`` (the
-command, end to end); ``ppl_sweep`` scores intervals by perplexity instead.
+command, end to end: ``journal``, ``worker``, ``assemble``, ``plan``); ``ppl_proxy`` scores
+intervals by perplexity instead of CRC.
 """

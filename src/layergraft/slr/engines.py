@@ -1,22 +1,29 @@
-"""Scoring every contiguous interval of restored layers: the two sweep engines.
+"""Scoring hybrids: the work units of a sweep and the two engines that score them.
 
-Two engines give the same numbers:
+A sweep is cut into **units** (:class:`Unit`): the two references, all intervals ``[s, e)`` of
+one start ``s``, and one soup alpha. A unit's result does not depend on which process scores
+it or when, so a sweep can be resumed after a kill or spread over workers and give the same
+numbers. Every unit goes through the proxy's batches one at a time, so memory holds one
+batch, however many prompts there are.
 
-* :func:`sweep_intervals_fast` (default) records the post model's layer inputs once and
-  walks the intervals by start ``s``: the hidden state entering ``s`` is reused (prefix
-  reuse) and the base chain ``s..e-1`` grows one layer at a time, so each interval costs only
-  its post-suffix ``e..L-1`` plus the head. It needs a score computed from logits.
-* :func:`sweep_intervals_swap` builds each hybrid with the in-memory swap and calls any
-  ``score(model)`` function: the general path for a user's own proxy, and the reference
-  the fast engine is tested against.
+Two engines give the same numbers for a start unit:
+
+* :func:`score_start` (prefix reuse, the default): per batch the post model's prefix
+  ``0..s-1`` is run once, then the base chain ``s..e-1`` grows one layer at a time, so each
+  interval costs only its post suffix ``e..L-1`` plus the head.
+* :func:`score_start_swap`: each hybrid made with the in-memory swap and run from the
+  embeddings — the general path (any proxy, any offload) and the reference the fast engine is
+  tested against.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from layergraft.errors import RangeError
+from layergraft.models.batching import forward_logits
 from layergraft.ranges import Range
 from layergraft.slr.runner import LayerRunner
 from layergraft.slr.swap import swapped_layers
@@ -46,51 +53,97 @@ def enumerate_intervals(
     ]
 
 
-def sweep_intervals_fast(
+@dataclass(frozen=True)
+class Unit:
+    """One piece of sweep work: ``reference`` (``name`` post/base), ``start`` (all intervals
+    ``[start, e)`` for ``e`` in ``ends``) or ``soup`` (one ``alpha``)."""
+
+    kind: str
+    name: str = ""
+    start: int = -1
+    ends: tuple[int, ...] = field(default_factory=tuple)
+    alpha: float = 0.0
+
+    @property
+    def keys(self) -> list[str]:
+        """The journal keys of the rows this unit produces."""
+        if self.kind == "reference":
+            return [f"reference:{self.name}"]
+        if self.kind == "soup":
+            return [f"soup:{self.alpha:g}"]
+        return [f"interval:{self.start}:{e}" for e in self.ends]
+
+    def cost(self, num_layers: int, prefix_reuse: bool = True) -> int:
+        """Decoder-layer forwards per batch (for the plan and for balancing workers)."""
+        if self.kind != "start":
+            return num_layers
+        if not prefix_reuse:
+            return num_layers * len(self.ends)
+        chain = max(self.ends) - self.start
+        return self.start + chain + sum(num_layers - e for e in self.ends)
+
+
+def plan_units(num_layers: int, intervals: Sequence[Range], soups: Sequence[float]) -> list[Unit]:
+    """References first, then one unit per start (ascending), then the soups."""
+    ends: dict[int, list[int]] = {}
+    for s, e in intervals:
+        ends.setdefault(s, []).append(e)
+    return (
+        [Unit("reference", name="post"), Unit("reference", name="base")]
+        + [Unit("start", start=s, ends=tuple(sorted(es))) for s, es in sorted(ends.items())]
+        + [Unit("soup", alpha=a) for a in soups]
+    )
+
+
+def score_model(model: Any, proxy: Any, batches: Sequence[Any]) -> dict[str, Any]:
+    """The proxy's row for a whole model (a reference, a soup, a swapped hybrid)."""
+    if hasattr(proxy, "score_model"):  # a user's own function of the model
+        return proxy.score_model(model)
+    parts = [
+        proxy.score(
+            b, forward_logits(model, b["input_ids"], b["attention_mask"], last_only=proxy.last_only)
+        )
+        for b in batches
+    ]
+    return proxy.combine(parts)
+
+
+def score_start(
     post_model: Any,
     base_model: Any,
     adapter: Any,
-    batch: dict[str, Any],
-    score_logits: Callable[[Any], dict[str, Any]],
-    intervals: Sequence[Range],
-    *,
-    progress: Callable[[int], None] | None = None,
-    last_only: bool = True,
-) -> dict[Range, dict[str, Any]]:
-    """Score each interval from its logits (last position only, or every position with
-    ``last_only=False``), reusing prefixes (see module doc)."""
-    run = LayerRunner(post_model, adapter, batch["input_ids"], batch.get("attention_mask"))
+    proxy: Any,
+    batches: Sequence[Any],
+    start: int,
+    ends: Sequence[int],
+) -> dict[int, dict[str, Any]]:
+    """Rows of the intervals ``[start, e)``, ``e`` in ``ends``, by prefix reuse (module doc)."""
     post_layers, base_layers = adapter.layers(post_model), adapter.layers(base_model)
-    wanted: dict[int, set[int]] = {}
-    for s, e in intervals:
-        wanted.setdefault(s, set()).add(e)
-    out: dict[Range, dict[str, Any]] = {}
-    for s in sorted(wanted):
-        h = run.hidden[s]  # prefix reuse: post layers < s were run once, in the recording pass
-        for e in range(s + 1, max(wanted[s]) + 1):
-            h = run.layer(base_layers[e - 1], e - 1, h)  # base chain grows by one layer
-            if e in wanted[s]:
+    wanted = set(ends)
+    parts: dict[int, list[Any]] = {e: [] for e in ends}
+    for b in batches:
+        run = LayerRunner(post_model, adapter, b["input_ids"], b["attention_mask"])
+        h = run.run(post_layers, 0, start, run.hidden0)  # the post prefix, once per batch
+        for e in range(start + 1, max(ends) + 1):
+            h = run.layer(base_layers[e - 1], e - 1, h)  # the base chain grows by one layer
+            if e in wanted:
                 final = run.run_from(e, h, post_layers)
-                out[(s, e)] = score_logits(run.logits(final, last_only=last_only))
-                if progress is not None:
-                    progress(1)
-    return out
+                parts[e].append(proxy.score(b, run.logits(final, last_only=proxy.last_only)))
+    return {e: proxy.combine(parts[e]) for e in ends}
 
 
-def sweep_intervals_swap(
+def score_start_swap(
     post_model: Any,
     base_model: Any,
-    score_model: Callable[[Any], dict[str, Any]],
-    intervals: Sequence[Range],
-    *,
-    adapter: Any = None,
-    progress: Callable[[int], None] | None = None,
-) -> dict[Range, dict[str, Any]]:
-    """Score each interval with any ``score_model(model)`` on the swapped hybrid."""
-    out: dict[Range, dict[str, Any]] = {}
-    for r in intervals:
-        with swapped_layers(post_model, base_model, [r], adapter=adapter):
-            out[r] = score_model(post_model)
-        if progress is not None:
-            progress(1)
+    adapter: Any,
+    proxy: Any,
+    batches: Sequence[Any],
+    start: int,
+    ends: Sequence[int],
+) -> dict[int, dict[str, Any]]:
+    """Rows of the intervals ``[start, e)`` by the in-memory swap, each from the embeddings."""
+    out = {}
+    for e in ends:
+        with swapped_layers(post_model, base_model, [(start, e)], adapter=adapter):
+            out[e] = score_model(post_model, proxy, batches)
     return out

@@ -20,7 +20,7 @@ from layergraft.checkpoint.reader import Checkpoint, as_checkpoint
 from layergraft.checkpoint.writer import OutTensor
 from layergraft.errors import InputError
 from layergraft.ranges import Range, format_ranges, layers_of, parse_ranges
-from layergraft.slr.mergekit import mergekit_yaml
+from layergraft.slr.mergekit import check_mergekit_export, mergekit_yaml
 from layergraft.slr.pair import check_compatible
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,8 @@ def restore(
     p = as_checkpoint(post, allow_pickle)
     ranges: list[Range] = parse_ranges(layers, p.adapter.num_layers)
     plan = plan_restore(b, p, ranges, embed_from=embed_from, head_from=head_from)  # type: ignore[arg-type]
+    if export_mergekit is not None:
+        check_mergekit_export(export_mergekit, embed_from=embed_from, head_from=head_from)
     if embed_from != "post" or head_from != "post":
         log.warning(
             "embeddings from %s, lm_head/final norm from %s (recorded in layergraft.json)",
@@ -157,7 +159,8 @@ def restore(
     if export_mergekit is not None:  # after the model is in place: never a recipe without it
         dtype = next(iter(p.tensors.values())).dtype
         mk = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}.get(dtype)
-        write_text_atomic(
-            export_mergekit, mergekit_yaml(b.origin, p.origin, ranges, p.adapter.num_layers, mk)
+        recipe = mergekit_yaml(
+            b.origin, p.origin, ranges, p.adapter.num_layers, mk, outside_from=embed_from
         )
+        write_text_atomic(export_mergekit, recipe)
     return prov

@@ -1,15 +1,21 @@
-"""``sweep``: score every restored interval on the CRC proxy and choose one (the paper's rule).
+"""``sweep``: score every restored interval on a proxy and choose one (the paper's rule).
 
-The base and post models are loaded once; the two references, then every interval
-``[s, e)`` (hybrids made in memory, never written) and, with ``method="soup"|"both"``, 21
-weight soups are scored on the CRC proxy (exact first-token estimator); the rule of
-:mod:`layergraft.slr.selection` picks the interval. The results dict is written as
-``results.json`` plus CSV, heatmaps and a Pareto plot (:mod:`layergraft.report.sweep`), and
-the selected hybrid can be written to disk at once (``restore_best``).
+The steps: validate everything cheap (pair, prompts or text, outputs) -> plan the units
+(:mod:`layergraft.slr.engines`) -> with ``dry_run`` stop at :mod:`layergraft.slr.plan` -> open
+``OUT/intervals.jsonl`` (:mod:`layergraft.slr.journal`; ``resume`` continues it) -> score the
+units not yet done with a :class:`~layergraft.slr.worker.SweepWorker` (the models are loaded
+once, and only if there is work) -> assemble the results from the journal
+(:mod:`layergraft.slr.assemble`) -> write results.json, CSV and plots
+(:mod:`layergraft.report.sweep`) -> optionally restore the selected hybrid.
+
+Proxies: ``crc`` (the CRC task, exact first-token estimator; the paper's rule) or ``ppl``
+(perplexity on ``data``; the lowest is selected). ``method``: intervals (``slr``), the 21 weight
+soups (``soup``) or ``both``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -18,63 +24,52 @@ from pathlib import Path
 from typing import Any
 
 from layergraft.arch import adapter_for_model
-from layergraft.checkpoint.atomic import check_output_target
-from layergraft.errors import InputError
+from layergraft.checkpoint.atomic import check_output_target, write_json_atomic
+from layergraft.errors import InputError, OutputError
+from layergraft.models.batching import fit_context
 from layergraft.models.load import load_model, load_tokenizer, open_loadable
-from layergraft.ranges import Range, format_range
+from layergraft.models.placement import Placement
 from layergraft.report.sweep import write_sweep_outputs
-from layergraft.slr import crc as C
+from layergraft.slr.assemble import assemble_crc, assemble_ppl
+from layergraft.slr.crc import CrcProxy
 from layergraft.slr.crc_prompts import load_crc_prompts
-from layergraft.slr.engines import enumerate_intervals, sweep_intervals_fast, sweep_intervals_swap
+from layergraft.slr.engines import Unit, enumerate_intervals, plan_units
+from layergraft.slr.journal import Journal, row_key
 from layergraft.slr.pair import check_compatible
+from layergraft.slr.plan import sweep_plan, time_layer
+from layergraft.slr.ppl_proxy import PplProxy
 from layergraft.slr.restore import restore
-from layergraft.slr.selection import pareto_front, select_interval
-from layergraft.slr.soup import souped
+from layergraft.slr.soup import soup
+from layergraft.slr.worker import CustomProxy, SweepWorker, WorkerSpec
+from layergraft.version import __version__
 
 log = logging.getLogger(__name__)
 PathLike = str | os.PathLike[str]
 SOUP_ALPHAS = tuple(round(i * 0.05, 2) for i in range(21))
 METHODS = ("slr", "soup", "both")
+PROXIES = ("crc", "ppl")
 
 
-def _scores_json(res: Any) -> dict[str, Any]:
-    return {**{k: res.mean[k] for k in ("V", "H", "H_norm")}, "by_category": res.by_category}
+def _make_proxy(
+    proxy: str, prompts: Any, data: Any, seqlen: int, max_tokens: int | None, batch_size: int | None,
+    score_model: Callable[[Any], dict[str, Any]] | None,
+) -> Any:  # fmt: skip
+    if score_model is not None:
+        return CustomProxy(score_model)
+    if proxy == "ppl":
+        if data is None:
+            raise InputError("--proxy ppl needs --data FILE (text, or JSONL with a text field)")
+        return PplProxy(str(data), seqlen=seqlen, max_tokens=max_tokens, batch_size=batch_size or 4)
+    return CrcProxy(load_crc_prompts(prompts), source=str(prompts), batch_size=batch_size or 64)
 
 
-def _interval_row(r: Range, res: Any) -> dict[str, Any]:
-    return {"interval": format_range(r), "start": r[0], "end": r[1], **_scores_json(res)}
-
-
-class _Scores:
-    """Adapts a user score dict to the ``.mean`` / ``.by_category`` shape of a CrcResult."""
-
-    def __init__(self, d: dict[str, Any]) -> None:
-        missing = [k for k in ("V", "H", "H_norm") if k not in d]
-        if missing:
-            raise InputError(
-                f"custom score function must return V, H and H_norm; {missing[0]} is missing"
-            )
-        self.mean = {k: float(d[k]) for k in ("V", "H", "H_norm")}
-        self.by_category = d.get("by_category", {})
-
-
-def _load_pair(
-    base: Any, post: Any, tokenizer: Any, placement: dict[str, Any]
-) -> tuple[Any, Any, Any, dict[str, str]]:
-    """``(base_model, post_model, tokenizer, inputs)`` from paths (checked as a pair before
-    anything loads) or from models already in memory (``tokenizer`` then required)."""
-    if hasattr(post, "forward"):
-        if tokenizer is None:
-            raise InputError(
-                "a sweep of in-memory models needs the post model's tokenizer: pass tokenizer="
-            )
-        return base, post, load_tokenizer(tokenizer), {"base": "in-memory", "post": "in-memory"}
-    base_ck, post_ck = open_loadable(base), open_loadable(post)
-    check_compatible(base_ck, post_ck)
-    post_model = load_model(post_ck, **placement)
-    base_model = load_model(base_ck, **placement)
-    tok = load_tokenizer(tokenizer if tokenizer is not None else post_ck.path)
-    return base_model, post_model, tok, {"base": str(base_ck.origin), "post": str(post_ck.origin)}
+def _fingerprint(ck: Any) -> dict[str, Any]:
+    """What identifies an input for the journal (no mtime: a copied checkpoint is the same)."""
+    fp = ck.fingerprint()
+    return {
+        "origin": fp["origin"],
+        "files": [(f["name"], f["size"], f["header_sha256"]) for f in fp["files"]],
+    }
 
 
 def sweep(
@@ -83,7 +78,11 @@ def sweep(
     out: PathLike | None = None,
     *,
     tokenizer: Any = None,
+    proxy: str = "crc",
     prompts: str | Path | Iterable[str] = "all",
+    data: PathLike | None = None,
+    seqlen: int = 2048,
+    max_tokens: int | None = None,
     min_len: int = 1,
     max_len: int | None = None,
     starts: Sequence[int] | None = None,
@@ -91,148 +90,248 @@ def sweep(
     diversity_key: str = "H_norm",
     method: str = "slr",
     prefix_reuse: bool = True,
+    batch_size: int | None = None,
     device: str | None = None,
     dtype: Any = "auto",
     device_map: Any = None,
     restore_best: PathLike | None = None,
     force: bool = False,
+    resume: bool = False,
+    dry_run: bool = False,
     progress: bool = True,
     score_model: Callable[[Any], dict[str, Any]] | None = None,
+    executor: Any = None,
 ) -> dict[str, Any]:
-    """Score every interval ``[s, e)`` on the CRC proxy (exact estimator) and select one.
+    """Score every interval ``[s, e)`` (and/or soup) on a proxy and select one.
 
     ``base``/``post``: paths (directory, hub id, ``.gguf``) or loaded models (then pass the
-    post model's ``tokenizer``). ``method``: ``"slr"`` (intervals), ``"soup"`` (21 alphas) or
-    ``"both"``. ``score_model`` replaces the CRC proxy with any function of a model returning
-    ``{"V":..,"H":..,"H_norm":..}`` (scored through the in-memory swap). Returns the results
-    dict (also written to ``out``).
+    post model's ``tokenizer``). ``proxy``: ``"crc"`` (``prompts``) or ``"ppl"`` (``data``,
+    ``seqlen``, ``max_tokens``); ``score_model`` replaces either with any function of a model
+    returning ``{"V":..,"H":..,"H_norm":..}`` (scored through the in-memory swap). With
+    ``out``, every finished unit is appended durably to ``out/intervals.jsonl`` and ``resume``
+    continues a killed sweep. ``dry_run`` returns the plan without scoring. ``executor``
+    (:mod:`layergraft.slr.distributed`) scores the units elsewhere. Returns the results dict
+    (also ``out/results.json``).
     """
     if method not in METHODS:
         raise InputError(f"--method {method!r} is not one of {', '.join(METHODS)}")
+    if proxy not in PROXIES:
+        raise InputError(f"--proxy {proxy!r} is not one of {', '.join(PROXIES)}")
     if diversity_key not in ("H", "H_norm"):
         raise InputError(f"diversity key {diversity_key!r} is not H or H_norm")
-    for target in (out, restore_best):
-        if target is not None:  # fail before minutes of scoring, not after
-            check_output_target(target, force=force)
-    if restore_best is not None and hasattr(post, "forward"):
+    if resume and out is None:
+        raise InputError("--resume needs --out DIR (the sweep to continue)")
+    if resume and force:
+        raise InputError("--resume continues DIR and --force starts it over; give one of them")
+    in_memory = hasattr(post, "forward")
+    if restore_best is not None and in_memory:
         raise InputError("--restore-best needs base/post given as paths, not in-memory models")
-    items = load_crc_prompts(prompts)  # a bad prompt file fails before models load
-    t0 = time.perf_counter()
+    if out is not None and not (resume or force or dry_run) and Path(out).exists():
+        raise OutputError(
+            f"output {out} already exists; pass --resume to continue that sweep or --force to start over"
+        )
+    if restore_best is not None:
+        check_output_target(restore_best, force=force)  # fail before hours of scoring
     placement = {"device": device, "dtype": dtype, "device_map": device_map}
-    base_model, post_model, tok, inputs = _load_pair(base, post, tokenizer, placement)
-    t_load = time.perf_counter() - t0
-
-    adapter = adapter_for_model(post_model)
-    intervals = enumerate_intervals(
-        adapter.num_layers, min_len=min_len, max_len=max_len, starts=starts
-    )
-    batch = C.prepare_batch(tok, items, device=next(post_model.parameters()).device)
-
-    def score_full(model: Any) -> Any:
-        if score_model is not None:
-            return _Scores(score_model(model))
-        return C.score_logits(batch, C.forward_last_logits(model, batch))
-
-    from tqdm.auto import tqdm
-
-    n_steps = 2 + len(intervals) * (method != "soup") + len(SOUP_ALPHAS) * (method != "slr")
-    bar = tqdm(total=n_steps, desc="CRC sweep", unit="model", disable=not progress)
-    t1 = time.perf_counter()
-    refs = {"post": score_full(post_model)}
-    bar.update(1)
-    refs["base"] = score_full(base_model)
-    bar.update(1)
-    results: dict[str, Any] = {
-        "proxy": "crc" if score_model is None else "custom",
-        "estimator": "exact",
-        "method": method,
-        "num_layers": adapter.num_layers,
-        "family": adapter.family,
-        "inputs": inputs,
-        "prompts": {
-            "source": str(prompts),
-            "n": len(items),
-            "categories": sorted({p.category for p in items}),
-        },
-        "references": {k: _scores_json(v) for k, v in refs.items()},
-        "rule": {
-            "validity_ratio": validity_ratio,
-            "diversity_key": diversity_key,
-            "text": f"max {diversity_key} s.t. V >= {validity_ratio:g}·V_post",
-        },
-        "range_convention": "0-based, half-open [start, end)",
-        "intervals": [],
-    }
-    timing: dict[str, Any] = {
-        "load_s": round(t_load, 3),
-        "references_s": round(time.perf_counter() - t1, 3),
-    }
-    v_post = refs["post"].mean["V"]
-    if method in ("slr", "both"):
-        t2 = time.perf_counter()
-        fast = prefix_reuse and score_model is None
-        if fast:
-            scores = sweep_intervals_fast(
-                post_model, base_model, adapter, batch, lambda lg: C.score_logits(batch, lg),
-                intervals, progress=bar.update,
-            )  # fmt: skip
-        else:
-            scores = sweep_intervals_swap(
-                post_model, base_model, score_full, intervals, adapter=adapter, progress=bar.update
+    Placement(**placement)  # a bad --dtype / --device + --device-map fails now
+    if in_memory:
+        if tokenizer is None:
+            raise InputError(
+                "a sweep of in-memory models needs the post model's tokenizer: pass tokenizer="
             )
-        timing["intervals_s"] = round(time.perf_counter() - t2, 3)
-        timing["engine"] = "prefix-reuse" if fast else "swap"
-        results.update(_select_interval(intervals, scores, v_post, validity_ratio, diversity_key))
-    if method in ("soup", "both"):
-        t3 = time.perf_counter()
-        rows = []
-        for a in SOUP_ALPHAS:
-            with souped(post_model, base_model, a):
-                rows.append({"alpha": a, **_scores_json(score_full(post_model))})
-            bar.update(1)
-        timing["soup_s"] = round(time.perf_counter() - t3, 3)
-        ssel = select_interval(
-            {(i, i): r for i, r in enumerate(rows)}, v_post,
-            validity_ratio=validity_ratio, diversity_key=diversity_key,
+        adapter = adapter_for_model(post)
+        num_layers, family, context = adapter.num_layers, adapter.family, adapter.context_length
+        inputs = {"base": "in-memory", "post": "in-memory"}
+        config_inputs: dict[str, Any] = inputs
+    else:
+        base_ck, post_ck = open_loadable(base), open_loadable(post)
+        check_compatible(base_ck, post_ck)
+        num_layers, family = post_ck.adapter.num_layers, post_ck.adapter.family
+        context = post_ck.adapter.context_length
+        inputs = {"base": str(base_ck.origin), "post": str(post_ck.origin)}
+        config_inputs = {"base": _fingerprint(base_ck), "post": _fingerprint(post_ck)}
+        tok_spec = str(tokenizer or post_ck.path)
+    if proxy == "ppl":  # rows longer than the model's context would not be text it can read
+        seqlen = fit_context(seqlen, context, "--ppl-seqlen")
+    px = _make_proxy(proxy, prompts, data, seqlen, max_tokens, batch_size, score_model)
+    intervals = (
+        enumerate_intervals(num_layers, min_len=min_len, max_len=max_len, starts=starts)
+        if method != "soup"
+        else []
+    )
+    units = plan_units(num_layers, intervals, SOUP_ALPHAS if method != "slr" else ())
+    if not in_memory:
+        spec = WorkerSpec(
+            str(base_ck.path), str(post_ck.path), tok_spec, px, placement, prefix_reuse
+        )
+    header = {"proxy": px.kind, "num_layers": num_layers, "family": family, "inputs": inputs}
+    if px.kind == "crc":
+        header = {**header, "estimator": "exact", "prompts": px.describe()}
+    elif px.kind == "custom":
+        header = {**header, "proxy": "custom", "estimator": "exact", "prompts": px.describe()}
+    config = {
+        "proxy": px.kind,
+        "proxy_fingerprint": px.fingerprint(),
+        "inputs": config_inputs,
+        "num_layers": num_layers,
+        "engine": "prefix-reuse" if prefix_reuse and px.kind != "custom" else "swap",
+        "placement": {
+            k: v if isinstance(v, (str, dict, type(None))) else str(v) for k, v in placement.items()
+        },
+        "layergraft": __version__,
+    }
+
+    journal: Journal | None = None
+    rows: list[dict[str, Any]] = []
+    done: set[str] = set()
+    if out is not None and not dry_run:
+        journal = Journal.open(out, config, resume=resume, force=force)
+        rows, done = journal.rows, journal.done
+    pending = [u for u in units if not set(u.keys) <= done]
+
+    t0 = time.perf_counter()
+    if dry_run:
+        return _dry_run(
+            post if in_memory else spec, units, len(units) - len(pending), tokenizer, px, placement
+        )
+    if pending:
+        if executor is None:
+            worker = (
+                SweepWorker(base, post, load_tokenizer(tokenizer), px, prefix_reuse=prefix_reuse)
+                if in_memory
+                else SweepWorker.from_spec(spec)
+            )
+            executor = _LocalExecutor(worker)
+        elif in_memory:
+            raise InputError(
+                "a distributed sweep loads the models on its workers: give paths, not models"
+            )
+        else:
+            executor.prepare(spec)
+        _run_units(executor, pending, num_layers, journal, rows, progress)
+    elapsed = time.perf_counter() - t0
+
+    planned = {k for u in units for k in u.keys}
+    mine = [r for r in rows if row_key(r) in planned]
+    if px.kind == "ppl":
+        ref_tokens = next(r["scores"]["tokens"] for r in mine if r["kind"] == "reference")
+        results = assemble_ppl(
+            mine, header=header, method=method,
+            definition=px.definition(ref_tokens // (px.seqlen - 1)),
         )  # fmt: skip
-        results["soup"] = {
-            "alphas": rows,
-            "formula": "(1 - alpha) * post + alpha * base",
-            "selected": rows[ssel.interval[0]] if ssel.interval else None,
-        }
-        if method == "soup":
-            results["selection"] = {**ssel.as_json(), "interval": None}
-            results["pareto"] = []
-    bar.close()
-    results["timing"] = timing
-    if restore_best is not None and results.get("selected"):
-        restore(
-            inputs["base"], inputs["post"], results["selected"]["interval"], restore_best,
-            force=force, progress=progress,
+    else:
+        results = assemble_crc(
+            mine, header=header, method=method, validity_ratio=validity_ratio,
+            diversity_key=diversity_key,
         )  # fmt: skip
-        results["restored_to"] = str(restore_best)
+    if restore_best is not None:
+        results["restored_to"] = _restore_best(
+            results, inputs, restore_best, method, force, progress
+        )
     if out is not None:
-        write_sweep_outputs(results, Path(out), force=force)
+        write_sweep_outputs(results, Path(out))
+        write_json_atomic(
+            Path(out) / "run.json",
+            {"seconds": round(elapsed, 3), "units_run": len(pending), "units_resumed": len(units) - len(pending),
+             "engine": config["engine"], "executor": getattr(executor, "name", "local")},
+        )  # fmt: skip
     return results
 
 
-def _select_interval(
-    intervals: Sequence[Range],
-    scores: dict[Range, Any],
-    v_post: float,
-    validity_ratio: float,
-    diversity_key: str,
+class _LocalExecutor:
+    """Units scored one after another by one in-process worker."""
+
+    name = "local"
+
+    def __init__(self, worker: SweepWorker) -> None:
+        self.worker = worker
+
+    def run(self, units: Sequence[Unit], num_layers: int) -> Iterable[list[dict[str, Any]]]:
+        for u in units:
+            yield self.worker.run(u)
+
+
+def _run_units(
+    executor: Any,
+    units: Sequence[Unit],
+    num_layers: int,
+    journal: Journal | None,
+    rows: list[dict[str, Any]],
+    progress: bool,
+) -> None:
+    """Score ``units`` and record every unit's rows as it finishes (journal or memory)."""
+    from tqdm.auto import tqdm
+
+    total = sum(len(u.keys) for u in units)
+    with tqdm(total=total, desc="sweep", unit="hybrid", disable=not progress) as bar:
+        for unit_rows in executor.run(units, num_layers):
+            if journal is not None:
+                journal.append(unit_rows)
+            else:
+                rows.extend(json.loads(json.dumps(r)) for r in unit_rows)
+            bar.update(len(unit_rows))
+
+
+def _dry_run(
+    post: Any, units: list[Unit], done: int, tokenizer: Any, px: Any, placement: dict[str, Any]
 ) -> dict[str, Any]:
-    """The interval rows, the selection under the rule, the selected row and the Pareto front."""
-    rows = [_interval_row(r, scores[r]) for r in intervals]
-    flat = {r: scores[r].mean for r in intervals}
-    sel = select_interval(flat, v_post, validity_ratio=validity_ratio, diversity_key=diversity_key)
-    chosen = format_range(sel.interval) if sel.interval else None
+    """Load the post model only, time one layer on the first real batch, return the plan."""
+    if isinstance(post, WorkerSpec):
+        model = load_model(post.post, **placement)
+        tok = load_tokenizer(post.tokenizer)
+    else:
+        model, tok = post, load_tokenizer(tokenizer)
+    if not hasattr(px, "batches") or isinstance(px, CustomProxy):
+        raise InputError("--dry-run needs the crc or ppl proxy, not a custom score function")
+    adapter = adapter_for_model(model)
+    batches = px.batches(tok, next(model.parameters()).device)
+    params = list(model.parameters())
+    elem = params[0].element_size()
     return {
-        "intervals": rows,
-        "selection": sel.as_json(),
-        "selected": next((row for row in rows if row["interval"] == chosen), None),
-        "pareto": pareto_front(
-            {format_range(r): (flat[r]["V"], flat[r][diversity_key]) for r in intervals}
-        ),
+        "dry_run": True,
+        "plan": sweep_plan(
+            units,
+            num_layers=adapter.num_layers,
+            batches=batches,
+            timing=time_layer(model, adapter, batches[0], px.last_only),
+            weights_bytes=2 * sum(p.numel() * p.element_size() for p in params),
+            hidden=adapter.hidden_size,
+            vocab=adapter.vocab_size,
+            element_bytes=elem,
+            done=done,
+        ),  # fmt: skip
     }
+
+
+def _restore_best(
+    results: dict[str, Any], inputs: dict[str, str], target: PathLike, method: str, force: bool,
+    progress: bool,
+) -> str | None:  # fmt: skip
+    """Write the selected hybrid (the selected soup with ``method="soup"``); None, with a
+    warning naming why, when nothing was selected."""
+    if method == "soup":
+        chosen = (results.get("soup") or {}).get("selected")
+        if chosen is None:
+            log.warning("--restore-best: no soup alpha met the rule; nothing written to %s", target)
+            return None
+        soup(
+            inputs["base"], inputs["post"], chosen["alpha"], target, force=force, progress=progress
+        )
+        return str(target)
+    chosen = results.get("selected")
+    if chosen is None:
+        thr = (results.get("selection") or {}).get("validity_threshold")
+        why = f"no interval met V >= {thr:.3f}" if thr is not None else "no interval was scored"
+        log.warning("--restore-best: %s; nothing written to %s", why, target)
+        return None
+    restore(
+        inputs["base"], inputs["post"], chosen["interval"], target, force=force, progress=progress
+    )
+    return str(target)
+
+
+def sweep_ppl(
+    base: Any, post: Any, data: PathLike, out: PathLike | None = None, **kwargs: Any
+) -> dict[str, Any]:
+    """:func:`sweep` with ``proxy="ppl"`` (every interval scored by perplexity on ``data``)."""
+    return sweep(base, post, out, proxy="ppl", data=data, **kwargs)

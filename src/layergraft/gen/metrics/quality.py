@@ -54,10 +54,15 @@ def pass_ks(n: int) -> list[int]:
     return ks
 
 
+#: tasks with a reply format of their own (creative writing has none beyond "a reply")
+FORMAT_TASKS = ("qa", "reasoning")
+
+
 def format_valid(text: str, task: str, finished: bool = True) -> bool:
-    """Is a reply in format? Every task: non-empty and stopped on its own (not cut off by
-    ``max_new_tokens``). Reasoning also needs the ``#### N`` final-answer line; QA a short
-    reply (one line of at most 20 words)."""
+    """Is a reply a complete reply in its task's format? It stopped on its own (not cut off
+    by ``max_new_tokens``) and: reasoning has the ``#### N`` final-answer line; QA is a short
+    reply (one line of at most 20 words). Creative writing has no format rule: its
+    truncation is :func:`finished_rate`, under its own name."""
     body = text.strip()
     if not body or not finished:
         return False
@@ -71,8 +76,15 @@ def format_valid(text: str, task: str, finished: bool = True) -> bool:
 def format_validity(
     texts: Sequence[str], task: str, finished: Sequence[bool] | None = None
 ) -> float:
-    """Fraction of samples in format (:func:`format_valid`)."""
+    """Fraction of samples that are complete replies in format (:func:`format_valid`)."""
     if not texts:
         return 0.0
     fin = finished if finished is not None else [True] * len(texts)
     return sum(format_valid(t, task, f) for t, f in zip(texts, fin, strict=True)) / len(texts)
+
+
+def finished_rate(finished: Sequence[bool]) -> float:
+    """Fraction of replies that ended on their own within the token budget (the rest were cut
+    off by ``max_new_tokens``): a measure of truncation, not of quality — a budget too small
+    for a task's replies shows here."""
+    return sum(bool(f) for f in finished) / len(finished) if finished else 0.0

@@ -1,0 +1,164 @@
+"""A sweep at real size: a durable journal, resume after SIGKILL, a dry-run plan, every flag
+honoured or refused (issue 15, parts 2 and 5)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from layergraft.cli import main
+from layergraft.slr.sweep import sweep
+from layergraft.toy import toy_paths
+from tiny import save_tiny, write_few_crc_prompts
+
+BASE, POST = (str(p) for p in toy_paths())
+
+
+@pytest.fixture(scope="module")
+def prompts(tmp_path_factory) -> Path:
+    return write_few_crc_prompts(tmp_path_factory.mktemp("p") / "few.jsonl", per_category=8)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, prompts) -> Path:
+    out = tmp_path_factory.mktemp("full") / "sweep"
+    sweep(BASE, POST, out, prompts=prompts, method="both", progress=False)
+    return out
+
+
+def _argv(out: Path, prompts: Path, *extra: str) -> list[str]:
+    return ["sweep", "--base", BASE, "--post", POST, "--out", str(out), "--prompts", str(prompts),
+            "--method", "both", "--quiet", *extra]  # fmt: skip
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def test_journal_holds_every_unit_and_results_come_from_it(uninterrupted):
+    rows = _lines(uninterrupted / "intervals.jsonl")
+    assert rows[0]["kind"] == "header" and rows[0]["version"] == 1
+    kinds = [r["kind"] for r in rows[1:]]
+    assert kinds.count("reference") == 2 and kinds.count("interval") == 36
+    assert kinds.count("soup") == 21
+    res = json.loads((uninterrupted / "results.json").read_text())
+    assert [r["interval"] for r in res["intervals"]] == sorted(
+        (r["interval"] for r in res["intervals"]), key=lambda t: tuple(map(int, t.split(":")))
+    )
+    assert "timing" not in res  # timing lives in run.json: results are the same on every run
+    assert json.loads((uninterrupted / "run.json").read_text())["units_run"] == 2 + 8 + 21
+
+
+def test_sigkill_mid_sweep_then_resume_gives_identical_results(tmp_path, uninterrupted, prompts):
+    out = tmp_path / "sweep"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "layergraft", *_argv(out, prompts)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    journal = out / "intervals.jsonl"
+    deadline = time.monotonic() + 120
+    killed_at = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        if journal.is_file() and sum(1 for r in _lines(journal) if r["kind"] == "interval") >= 3:
+            proc.send_signal(signal.SIGKILL)
+            killed_at = len(_lines(journal))
+            break
+        time.sleep(0.005)
+    proc.wait()
+    assert killed_at is not None, "the sweep ended before it could be killed"
+    assert killed_at < 1 + 2 + 36 + 21  # work was left
+    assert not (out / "results.json").exists()
+    assert main(_argv(out, prompts, "--resume")) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["units_resumed"] > 0
+    assert (out / "results.json").read_bytes() == (uninterrupted / "results.json").read_bytes()
+    # a truncated last line (a kill mid-write) is dropped and its unit scored again
+    with open(journal, "ab") as f:
+        f.write(b'{"kind": "interval", "start": 7, "en')
+    assert main(_argv(out, prompts, "--resume")) == 0
+    assert (out / "results.json").read_bytes() == (uninterrupted / "results.json").read_bytes()
+
+
+def test_resume_refuses_another_sweep_and_existing_out_needs_a_flag(
+    tmp_path, uninterrupted, prompts, capsys
+):
+    assert main(_argv(uninterrupted, prompts)) == 2
+    assert "--resume" in capsys.readouterr().err
+    other = write_few_crc_prompts(tmp_path / "other.jsonl", per_category=2)
+    assert main(_argv(uninterrupted, other, "--resume")) == 2
+    err = capsys.readouterr().err
+    assert "records another sweep: proxy_fingerprint" in err and err.count("\n") == 1
+    assert main(_argv(tmp_path / "nothing", prompts, "--resume")) == 2
+    assert main(_argv(tmp_path / "x", prompts, "--resume", "--force")) == 2
+
+
+def test_dry_run_prints_a_plan_and_writes_nothing(tmp_path, prompts, capsys):
+    out = tmp_path / "never"
+    assert main(_argv(out, prompts, "--dry-run")) == 0
+    text = capsys.readouterr().out
+    assert "36 intervals in 31 units" in text and "decoder-layer forwards" in text
+    assert "estimate:" in text and "GiB" in text
+    assert not out.exists()
+
+
+def test_batch_size_does_not_change_the_numbers(tmp_path, uninterrupted, prompts):
+    res = sweep(BASE, POST, None, prompts=prompts, method="slr", batch_size=5, progress=False)
+    ref = json.loads((uninterrupted / "results.json").read_text())
+    for a, b in zip(res["intervals"], ref["intervals"], strict=True):
+        assert a["interval"] == b["interval"]
+        assert a["V"] == pytest.approx(b["V"], abs=1e-6)
+        assert a["H"] == pytest.approx(b["H"], abs=1e-6)
+
+
+def test_restore_best_is_honoured_or_loud(tmp_path, prompts, capsys, caplog):
+    # --method soup writes the selected soup
+    out = tmp_path / "soup"
+    argv = _argv(tmp_path / "s1", prompts, "--restore-best", str(out))
+    argv[argv.index("both")] = "soup"
+    assert main(argv) == 0
+    prov = json.loads((out / "layergraft.json").read_text())
+    assert prov["operation"] == "soup"
+    capsys.readouterr()
+    # nothing qualifies: the results are written, the warning says why, exit status 1
+    out2 = tmp_path / "none"
+    argv = _argv(tmp_path / "s2", prompts, "--validity-ratio", "5", "--restore-best", str(out2))
+    assert main(argv) == 1
+    assert "nothing written" in caplog.text
+    assert not out2.exists() and (tmp_path / "s2" / "results.json").is_file()
+
+
+def test_ppl_proxy_honours_or_refuses_every_flag(tmp_path, capsys):
+    text = tmp_path / "t.txt"
+    text.write_text("The Congress shall have power to lay and collect taxes, duties. " * 40)
+    base_argv = ["sweep", "--base", BASE, "--post", POST, "--proxy", "ppl", "--data", str(text),
+                 "--ppl-seqlen", "64", "--ppl-tokens", "512", "--quiet"]  # fmt: skip
+    assert main([*base_argv, "--validity-ratio", "0.8"]) == 2
+    assert "--validity-ratio applies to --proxy crc" in capsys.readouterr().err
+    best = tmp_path / "best"
+    out = tmp_path / "ppl"
+    argv = [*base_argv, "--method", "both", "--out", str(out), "--restore-best", str(best),
+            "--max-len", "3"]  # fmt: skip
+    assert main(argv) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["proxy"] == "ppl" and len(res["soup"]["alphas"]) == 21
+    assert all(r["end"] - r["start"] <= 3 for r in res["intervals"])
+    prov = json.loads((best / "layergraft.json").read_text())
+    assert prov["details"]["layers"] == res["selected"]["interval"]
+    # the pair is checked for the ppl proxy too
+    other = save_tiny("llama", tmp_path / "other", num_layers=4)
+    assert (
+        main(["sweep", "--base", str(other), "--post", POST, "--proxy", "ppl", "--data", str(text)])
+        == 2
+    )
+    assert "base has 4 layers but post has 8" in capsys.readouterr().err
+    # --no-prefix-reuse gives the same perplexities through the swap engine
+    slow = sweep(BASE, POST, None, proxy="ppl", data=text, seqlen=64, max_tokens=512,
+                 max_len=3, prefix_reuse=False, progress=False)  # fmt: skip
+    for a, b in zip(slow["intervals"], res["intervals"], strict=True):
+        assert a["ppl"] == pytest.approx(b["ppl"], rel=1e-5)
