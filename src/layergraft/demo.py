@@ -128,7 +128,7 @@ class _Run:
         prompts = _crc_subset(self.cfg.crc_prompts, self.tmp / "crc_prompts.jsonl")
         return sweep(
             self.base, self.post, self.tmp / "sweep", prompts=prompts, method="both",
-            progress=self.progress, **self.placement,
+            parts="attn,mlp,norms,all", progress=self.progress, **self.placement,
         )  # fmt: skip
 
     def restore(self, sweep_res: dict[str, Any]) -> dict[str, Any]:

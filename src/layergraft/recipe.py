@@ -16,8 +16,8 @@ from layergraft.errors import InputError
 
 #: keys each operation accepts in a recipe (besides ``operation``)
 RECIPE_KEYS: dict[str, tuple[str, ...]] = {
-    "restore": ("base", "post", "layers", "embed_from", "head_from", "max_shard_size"),
-    "soup": ("base", "post", "alpha", "embed_from", "head_from", "max_shard_size"),
+    "restore": ("base", "post", "layers", "parts", "embed_from", "head_from", "max_shard_size"),
+    "soup": ("base", "post", "alpha", "parts", "embed_from", "head_from", "max_shard_size"),
 }
 
 

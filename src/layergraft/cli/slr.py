@@ -32,6 +32,7 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         v["post"],
         v["layers"],
         args.out,
+        parts=v.get("parts", "all"),
         embed_from=v.get("embed_from", "post"),
         head_from=v.get("head_from", "post"),
         max_shard_bytes=v.get("max_shard_size"),
@@ -41,10 +42,20 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     )
     d = prov["details"]
     print(
-        f"wrote {args.out}: layers {d['layers']} from base ({d['tensors_from']['base']} tensors), "
+        f"wrote {args.out}: layers {_parts_label(d)} from base ({d['tensors_from']['base']} tensors), "
         f"{d['tensors_from']['post']} tensors from post; embeddings from {d['embed_from']}, head from {d['head_from']}"
     )
     return 0
+
+
+def _parts_label(details: dict[str, Any]) -> str:
+    parts = details.get("parts") or {}
+    return (
+        ", ".join(
+            r if p == ["attn", "mlp", "norms"] else f"{r} ({','.join(p)})" for r, p in parts.items()
+        )
+        or details["layers"]
+    )
 
 
 def _cmd_soup(args: argparse.Namespace) -> int:
@@ -54,6 +65,7 @@ def _cmd_soup(args: argparse.Namespace) -> int:
         v["post"],
         v["alpha"],
         args.out,
+        parts=v.get("parts", "all"),
         max_shard_bytes=v.get("max_shard_size"),
         command=command_line(),
         **output_kwargs(args),
@@ -127,6 +139,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         starts=_parse_starts(args.starts),
         validity_ratio=0.9 if args.validity_ratio is None else args.validity_ratio,
         method=args.method,
+        parts=args.parts,
         prefix_reuse=not args.no_prefix_reuse,
         batch_size=args.batch_size,
         restore_best=args.restore_best,
@@ -156,6 +169,13 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         print(
             f"rule: {res['rule']['text']} -> threshold V >= {sel['validity_threshold']:.3f}; selected: {sel['interval'] or 'none'}"
         )
+        for part, sub in (res.get("by_part") or {}).items():
+            best = sub.get("selected")
+            print(f"  restoring {part}: selected {best['interval'] if best else 'none'}"
+                  + (f" (V {best['V']:.3f}, H_norm {best['H_norm']:.3f})" if best else ""))  # fmt: skip
+        if res.get("best_overall"):
+            b = res["best_overall"]
+            print(f"most diverse over the parts: {b['interval']} restoring {b['parts']}")
     if args.out:
         print(f"wrote {args.out}/results.json (rows in {args.out}/intervals.jsonl), CSV and plots")
     if args.restore_best:
@@ -180,6 +200,12 @@ def register(sub: Any) -> None:
     add_pair_args(r)
     r.add_argument(
         "--layers", metavar="RANGES", help="layer ranges to take from the base, e.g. 2:5 or 0:2,5:7"
+    )
+    r.add_argument(
+        "--parts",
+        metavar="PARTS",
+        help="restore only these parts of the layers: attn, mlp, norms (several as attn,norms; "
+        "default all); a recipe can give each range its own",
     )
     r.add_argument(
         "--embed-from", choices=("post", "base"), help="who supplies the embeddings (default post)"
@@ -209,6 +235,12 @@ def register(sub: Any) -> None:
     )
     add_pair_args(so)
     so.add_argument("--alpha", type=float, help="blend weight of the base model, in [0, 1]")
+    so.add_argument(
+        "--parts",
+        metavar="PARTS",
+        help="blend only these parts of every layer: attn, mlp, norms (default all: every "
+        "floating tensor, embeddings and head too)",
+    )
     so.add_argument(
         "--recipe",
         metavar="FILE.yaml",
@@ -301,6 +333,13 @@ def register(sub: Any) -> None:
         choices=("slr", "soup", "both"),
         default="slr",
         help="intervals, 21 soup alphas, or both",
+    )
+    w.add_argument(
+        "--parts",
+        default="all",
+        metavar="PARTS",
+        help="restore whole layers (all, default) or only their attn, mlp or norms; several "
+        "(attn,mlp,all) score every interval once per part, each with its own selection",
     )
     w.add_argument("--min-len", type=int, default=1, help="shortest interval (layers)")
     w.add_argument("--max-len", type=int, help="longest interval (layers)")

@@ -79,7 +79,66 @@ def _sweep_blocks(res: dict[str, Any]) -> list[Block]:
             "sweep/pareto.png",
             "Validity vs diversity: intervals, Pareto front, soup curve and references.",
         ),
+        *_parts_blocks(sw),
     ]
+
+
+def _parts_blocks(sw: dict[str, Any]) -> list[Block]:
+    """Which part of the selected interval carries the diversity gain (issue 14): the same
+    interval with only its attention, MLP or norms restored, and how far post-training moved
+    each part (``diff``)."""
+    sel, by_part = sw.get("selected"), sw.get("by_part") or {}
+    if not sel or not by_part:
+        return []
+    post = sw["references"]["post"]
+    rows = []
+    for part in ("attn", "mlp", "norms", "all"):
+        row = next((r for r in by_part.get(part, {}).get("intervals", []) if r["interval"] == sel["interval"]), None)  # fmt: skip
+        if row is None:
+            continue
+        gain = row["H_norm"] - post["H_norm"]
+        total = sel["H_norm"] - post["H_norm"]
+        share = f"{gain / total:.0%}" if total > 1e-12 else "–"
+        best = by_part[part].get("selected")
+        rows.append([
+            "whole layers" if part == "all" else part, _f(row["V"]), _f(row["H_norm"]), _f(gain),
+            share, best["interval"] if best else "none",
+        ])  # fmt: skip
+    change = sw.get("weight_change") or {}
+    rho = change.get("spearman")
+    text = (
+        f"The selected interval {sel['interval']} restored part by part (everything else stays "
+        "the post model's): how much of the diversity gain each part carries, and which "
+        "interval the same rule selects when only that part is restored."
+    )
+    if rho is not None:
+        text += (
+            f" Does the weight change of a layer predict the gain of restoring it? Across the "
+            f"layers, Spearman ρ = {rho:.2f} between the relative weight change and the H_norm "
+            "gain of restoring that layer alone (diff.png)."
+        )
+    blocks: list[Block] = [
+        ("h3", "Which part carries the gain"),
+        ("p", text),
+        (
+            "table",
+            [
+                "restored",
+                "V",
+                "H_norm",
+                "H_norm gain",
+                "share of the whole-layer gain",
+                "selected when only this part is restored",
+            ],
+            rows,
+        ),  # fmt: skip
+        (
+            "img",
+            "sweep/diff.png",
+            "How far post-training moved each layer and part (relative Frobenius change).",
+        ),  # fmt: skip
+    ]
+    return blocks
 
 
 def _compare_blocks(res: dict[str, Any]) -> list[Block]:

@@ -7,12 +7,14 @@ a plot can always be re-rendered from ``results.json`` alone (never the other wa
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 from pathlib import Path
 from typing import Any
 
 from layergraft.checkpoint.atomic import write_json_atomic, write_text_atomic
+from layergraft.report.diff import plot_diff
 from layergraft.report.plotting import pyplot as _plt
 
 
@@ -34,9 +36,23 @@ def write_sweep_outputs(results: dict[str, Any], out: Path) -> Path:
     _atomic_plot(write_sweep_csv, results, out / "results.csv")
     if results["intervals"]:
         _atomic_plot(plot_sweep_heatmaps, results, out / "heatmaps.png")
+    for part, sub in _other_parts(results):
+        if sub["intervals"]:
+            view = {**results, **sub, "restored_parts": part}
+            _atomic_plot(plot_sweep_heatmaps, view, out / f"heatmaps_{part}.png")
     _atomic_plot(plot_pareto, results, out / "pareto.png")
+    if (out / "diff.json").is_file():  # weight change per layer and part, beside the heatmaps
+        change = json.loads((out / "diff.json").read_text())
+        _atomic_plot(lambda _r, p: plot_diff(change, p), results, out / "diff.png")
     write_text_atomic(out / "summary.md", sweep_table(results) + "\n")
     return out
+
+
+def _other_parts(results: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The per-part results besides the top-level ones (whole layers, or the first part)."""
+    by_part = results.get("by_part") or {}
+    main = "all" if "all" in by_part else next(iter(by_part), None)
+    return [(p, sub) for p, sub in by_part.items() if p != main]
 
 
 def _atomic_plot(draw: Any, results: dict[str, Any], path: Path) -> None:
@@ -90,8 +106,12 @@ def plot_sweep_heatmaps(results: dict[str, Any], path: Path) -> Path:
         fig.colorbar(im, ax=ax, shrink=0.85)
         ref = results["references"]["post"][key]
         ax.text(0.0, -0.16, f"post model: {ref:.3f}", transform=ax.transAxes, fontsize=8)
+    what = results.get("restored_parts", "all")
+    restored = (
+        "restored intervals" if what == "all" else f"intervals with only their {what} restored"
+    )
     fig.suptitle(
-        f"CRC sweep of restored intervals [start, end) — selected {sel or 'none'} "
+        f"CRC sweep of {restored} [start, end) — selected {sel or 'none'} "
         f"({results['rule']['text']})",
         fontsize=10,
     )
@@ -185,6 +205,13 @@ def write_sweep_csv(results: dict[str, Any], path: Path) -> Path:
                 + [r["interval"], r["start"], r["end"]]
                 + [f"{r[k]:.6f}" for k in ("V", "H", "H_norm")]
             )
+        for part, sub in _other_parts(results):
+            for r in sub["intervals"]:
+                w.writerow(
+                    [f"interval:{part}"]
+                    + [r["interval"], r["start"], r["end"]]
+                    + [f"{r[k]:.6f}" for k in ("V", "H", "H_norm")]
+                )
         for r in (results.get("soup") or {}).get("alphas", []):
             w.writerow(
                 ["soup", f"alpha={r['alpha']:g}", "", ""]
@@ -211,6 +238,14 @@ def sweep_table(results: dict[str, Any], top: int = 5) -> str:
             rows.append((f"SLR {r['interval']}", r))
     lines = ["| model | V | H (nats) | H_norm |", "|---|---:|---:|---:|"]
     lines += [f"| {name} | {r['V']:.3f} | {r['H']:.3f} | {r['H_norm']:.3f} |" for name, r in rows]
+    change = results.get("weight_change") or {}
+    if change.get("spearman") is not None:
+        lines.append("")
+        lines.append(
+            f"Weight change vs the gain of restoring that layer alone: Spearman ρ = "
+            f"{change['spearman']:.2f} over {sum(r['gain'] is not None for r in change['layers'])} layers "
+            "(see diff.png)."
+        )
     return "\n".join(lines)
 
 

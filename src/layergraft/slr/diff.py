@@ -232,3 +232,53 @@ def _ranking(rows: list[dict[str, Any]]) -> list[int]:
         return (-(math.inf if rel is None else rel), r["layer"])
 
     return [r["layer"] for r in sorted(rows, key=key)]
+
+
+def _ranks(xs: list[float]) -> list[float]:
+    order = sorted(range(len(xs)), key=lambda i: xs[i])
+    ranks = [0.0] * len(xs)
+    i = 0
+    while i < len(order):  # average ranks over ties
+        j = i
+        while j + 1 < len(order) and xs[order[j + 1]] == xs[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2
+        i = j + 1
+    return ranks
+
+
+def spearman(xs: list[float], ys: list[float]) -> float | None:
+    """Spearman's rank correlation (None when either side is constant or too short)."""
+    if len(xs) < 3:
+        return None
+    rx, ry = _ranks(xs), _ranks(ys)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
+    sxx = sum((a - mx) ** 2 for a in rx)
+    syy = sum((b - my) ** 2 for b in ry)
+    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else None
+
+
+def change_vs_gain(
+    weight_change: dict[str, Any], intervals: list[dict[str, Any]], key: str, post: float
+) -> dict[str, Any]:
+    """Does "most changed by post-training" predict "best to restore"? Per layer: the relative
+    change of its weights (all parts) beside the diversity gain of restoring that layer alone
+    (interval ``[i, i+1)``, ``key`` minus the post model's), and their rank correlation."""
+    single = {r["start"]: r[key] - post for r in intervals if r["end"] - r["start"] == 1}
+    rows = [
+        {"layer": r["layer"], "rel_change": r["all"]["rel_change"], "gain": single.get(r["layer"])}
+        for r in weight_change["layers"]
+    ]
+    pairs = [
+        (r["rel_change"], r["gain"])
+        for r in rows
+        if r["gain"] is not None and r["rel_change"] is not None
+    ]
+    return {
+        "definition": f"per layer: relative weight change ||W_post - W_base|| / ||W_base|| (all "
+        f"parts) vs the {key} gain of restoring that layer alone; Spearman rank correlation",
+        "layers": rows,
+        "spearman": spearman([a for a, _ in pairs], [b for _, b in pairs]) if pairs else None,
+    }

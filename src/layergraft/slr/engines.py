@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from layergraft.errors import RangeError
+from layergraft.errors import InputError, RangeError
 from layergraft.models.batching import forward_logits
 from layergraft.ranges import Range
 from layergraft.slr.runner import LayerRunner
@@ -56,13 +56,15 @@ def enumerate_intervals(
 @dataclass(frozen=True)
 class Unit:
     """One piece of sweep work: ``reference`` (``name`` post/base), ``start`` (all intervals
-    ``[start, e)`` for ``e`` in ``ends``) or ``soup`` (one ``alpha``)."""
+    ``[start, e)`` for ``e`` in ``ends``, restoring ``parts`` of their layers: ``all`` or one
+    of ``attn``, ``mlp``, ``norms``) or ``soup`` (one ``alpha``)."""
 
     kind: str
     name: str = ""
     start: int = -1
     ends: tuple[int, ...] = field(default_factory=tuple)
     alpha: float = 0.0
+    parts: str = "all"
 
     @property
     def keys(self) -> list[str]:
@@ -71,7 +73,8 @@ class Unit:
             return [f"reference:{self.name}"]
         if self.kind == "soup":
             return [f"soup:{self.alpha:g}"]
-        return [f"interval:{self.start}:{e}" for e in self.ends]
+        tail = "" if self.parts == "all" else f":{self.parts}"
+        return [f"interval:{self.start}:{e}{tail}" for e in self.ends]
 
     def cost(self, num_layers: int, prefix_reuse: bool = True) -> int:
         """Decoder-layer forwards per batch (for the plan and for balancing workers)."""
@@ -83,16 +86,39 @@ class Unit:
         return self.start + chain + sum(num_layers - e for e in self.ends)
 
 
-def plan_units(num_layers: int, intervals: Sequence[Range], soups: Sequence[float]) -> list[Unit]:
-    """References first, then one unit per start (ascending), then the soups."""
+def plan_units(
+    num_layers: int,
+    intervals: Sequence[Range],
+    soups: Sequence[float],
+    parts: Sequence[str] = ("all",),
+) -> list[Unit]:
+    """References first, then one unit per (part, start), starts ascending, then the soups."""
     ends: dict[int, list[int]] = {}
     for s, e in intervals:
         ends.setdefault(s, []).append(e)
-    return (
-        [Unit("reference", name="post"), Unit("reference", name="base")]
-        + [Unit("start", start=s, ends=tuple(sorted(es))) for s, es in sorted(ends.items())]
-        + [Unit("soup", alpha=a) for a in soups]
-    )
+    starts = [
+        Unit("start", start=s, ends=tuple(sorted(es)), parts=p)
+        for p in parts
+        for s, es in sorted(ends.items())
+    ]
+    refs = [Unit("reference", name="post"), Unit("reference", name="base")]
+    return refs + starts + [Unit("soup", alpha=a) for a in soups]
+
+
+SWEEP_PARTS = ("attn", "mlp", "norms", "all")
+
+
+def parse_sweep_parts(text: str | Sequence[str]) -> tuple[str, ...]:
+    """``--parts attn,mlp,all`` -> the variants a sweep scores, each once: one part of the
+    layers or ``all`` (whole layers), in the order attn, mlp, norms, all."""
+    words = [w.strip() for w in (text.split(",") if isinstance(text, str) else text) if w.strip()]
+    bad = [w for w in words if w not in SWEEP_PARTS]
+    if bad or not words:
+        raise InputError(
+            f"--parts {bad[0] if bad else text!r} is not a part; give attn, mlp, norms or all "
+            "(several as attn,mlp,all: one sweep each)"
+        )
+    return tuple(p for p in SWEEP_PARTS if p in words)
 
 
 def score_model(model: Any, proxy: Any, batches: Sequence[Any]) -> dict[str, Any]:
@@ -116,20 +142,28 @@ def score_start(
     batches: Sequence[Any],
     start: int,
     ends: Sequence[int],
+    parts: str = "all",
 ) -> dict[int, dict[str, Any]]:
-    """Rows of the intervals ``[start, e)``, ``e`` in ``ends``, by prefix reuse (module doc)."""
+    """Rows of the intervals ``[start, e)``, ``e`` in ``ends``, by prefix reuse (module doc).
+
+    With ``parts`` other than ``all`` the chain's layer ``i`` is the post layer carrying the
+    base's tensors of that part (swapped in for its one call, no copy)."""
     post_layers, base_layers = adapter.layers(post_model), adapter.layers(base_model)
     wanted = set(ends)
-    parts: dict[int, list[Any]] = {e: [] for e in ends}
+    got: dict[int, list[Any]] = {e: [] for e in ends}
     for b in batches:
         run = LayerRunner(post_model, adapter, b["input_ids"], b["attention_mask"])
         h = run.run(post_layers, 0, start, run.hidden0)  # the post prefix, once per batch
         for e in range(start + 1, max(ends) + 1):
-            h = run.layer(base_layers[e - 1], e - 1, h)  # the base chain grows by one layer
+            if parts == "all":  # the base chain grows by one layer
+                h = run.layer(base_layers[e - 1], e - 1, h)
+            else:
+                with swapped_layers(post_model, base_model, [(e - 1, e)], adapter, parts):
+                    h = run.layer(post_layers[e - 1], e - 1, h)
             if e in wanted:
                 final = run.run_from(e, h, post_layers)
-                parts[e].append(proxy.score(b, run.logits(final, last_only=proxy.last_only)))
-    return {e: proxy.combine(parts[e]) for e in ends}
+                got[e].append(proxy.score(b, run.logits(final, last_only=proxy.last_only)))
+    return {e: proxy.combine(got[e]) for e in ends}
 
 
 def score_start_swap(
@@ -140,10 +174,11 @@ def score_start_swap(
     batches: Sequence[Any],
     start: int,
     ends: Sequence[int],
+    parts: str = "all",
 ) -> dict[int, dict[str, Any]]:
     """Rows of the intervals ``[start, e)`` by the in-memory swap, each from the embeddings."""
     out = {}
     for e in ends:
-        with swapped_layers(post_model, base_model, [(start, e)], adapter=adapter):
+        with swapped_layers(post_model, base_model, [(start, e)], adapter, parts):
             out[e] = score_model(post_model, proxy, batches)
     return out

@@ -30,7 +30,8 @@ def row_key(row: dict[str, Any]) -> str:
         return f"reference:{row['name']}"
     if row["kind"] == "soup":
         return f"soup:{row['alpha']:g}"
-    return f"interval:{row['start']}:{row['end']}"
+    tail = f":{row['parts']}" if row.get("parts", "all") != "all" else ""
+    return f"interval:{row['start']}:{row['end']}{tail}"
 
 
 def _short(v: Any) -> str:

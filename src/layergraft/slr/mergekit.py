@@ -4,22 +4,38 @@ A mergekit ``passthrough`` merge stacks layer slices of several models and takes
 outside the layers (embeddings, final norm, lm_head) from ``base_model``. So a restore is
 expressible exactly when embeddings and head come from the same model (that model becomes
 ``base_model``); embeddings from one model and the head from the other is not, and is refused
-before anything is written.
+before anything is written, as is restoring only some parts of layers (passthrough copies
+whole layers).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from layergraft.errors import InputError
 from layergraft.ranges import Range, complement, format_ranges
+from layergraft.slr.restored import Restored
 
 
-def check_mergekit_export(path: str | os.PathLike[str], *, embed_from: str, head_from: str) -> None:
+def check_mergekit_export(
+    path: str | os.PathLike[str],
+    *,
+    embed_from: str,
+    head_from: str,
+    restored: Sequence[Restored] = (),
+) -> None:
     """Refuse, before a restore writes anything, an export mergekit cannot express or a
     recipe path that cannot be written."""
+    partial = [r for r in restored if not r.whole]
+    if partial:
+        raise InputError(
+            f"--export-mergekit: mergekit's passthrough copies whole layers, so it cannot express "
+            f"restoring only {partial[0].label()}; drop --export-mergekit or restore whole layers "
+            "(--parts all)"
+        )
     if embed_from != head_from:
         raise InputError(
             f"--export-mergekit: mergekit's passthrough takes embeddings and lm_head from one "

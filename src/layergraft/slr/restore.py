@@ -1,4 +1,5 @@
-"""Selective Layer Restoration on disk: post model with some layers taken from the base.
+"""Selective Layer Restoration on disk: post model with some layers (or some parts of them:
+attention, MLP, norms) taken from the base.
 
 Why pure IO: the hybrid differs from the post model only in *which file* each tensor's bytes
 come from. Every tensor is copied verbatim as a byte range (bit-identical to its source, in
@@ -14,14 +15,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from layergraft.arch.spec import LAYER_PARTS
 from layergraft.checkpoint.atomic import write_text_atomic
 from layergraft.checkpoint.model_dir import write_model_dir
 from layergraft.checkpoint.reader import Checkpoint, as_checkpoint
 from layergraft.checkpoint.writer import OutTensor
 from layergraft.errors import InputError
-from layergraft.ranges import Range, format_ranges, layers_of, parse_ranges
 from layergraft.slr.mergekit import check_mergekit_export, mergekit_yaml
 from layergraft.slr.pair import check_compatible
+from layergraft.slr.restored import (
+    Restored,
+    all_whole,
+    format_restored,
+    layer_parts,
+    parse_restored,
+    plain_ranges,
+    range_text,
+)
 
 log = logging.getLogger(__name__)
 PathLike = str | os.PathLike[str]
@@ -32,7 +42,7 @@ Source = Literal["post", "base"]
 class RestorePlan:
     """Which checkpoint supplies each output tensor; built and checked before any write."""
 
-    ranges: list[Range]
+    restored: list[Restored]
     embed_from: Source
     head_from: Source
     tensors: list[OutTensor]
@@ -48,13 +58,15 @@ class RestorePlan:
 def plan_restore(
     base: Checkpoint,
     post: Checkpoint,
-    ranges: list[Range],
+    restored: list[Restored],
     *,
     embed_from: Source = "post",
     head_from: Source = "post",
 ) -> RestorePlan:
-    """Decide, per tensor, base or post: layers in ``ranges`` from base, the rest from post;
-    embeddings and head (with the final norm) from whichever model the caller names."""
+    """Decide, per tensor, base or post: the tensors of the restored parts of the restored
+    layers from base, the rest from post; embeddings and head (with the final norm) from
+    whichever model the caller names. A tensor of a partly restored layer that the adapter
+    cannot place in a part is an error naming it."""
     check_compatible(base, post)
     ad = post.adapter
     for label, v in (("--embed-from", embed_from), ("--head-from", head_from)):
@@ -64,13 +76,16 @@ def plan_restore(
         raise InputError(
             "this model ties embeddings and lm_head (one tensor); pass the same model to --embed-from and --head-from"
         )
-    chosen = set(layers_of(ranges))
-    plan = RestorePlan(list(ranges), embed_from, head_from, [])
+    chosen = layer_parts(restored)
+    whole = set(LAYER_PARTS)
+    plan = RestorePlan(list(restored), embed_from, head_from, [])
     # keep the post checkpoint's tensor order (it is the order transformers wrote)
     for name in post.tensors:
         part = ad.classify(name)
         if part.section == "layer":
-            src: Source = "base" if part.layer in chosen else "post"
+            parts = chosen.get(part.layer, set())
+            take = parts == whole or (bool(parts) and ad.layer_part(name) in parts)
+            src: Source = "base" if take else "post"
         elif part.section == "pre":
             src = embed_from
         else:
@@ -87,6 +102,7 @@ def restore(
     layers: str | Iterable[Any],
     out: PathLike,
     *,
+    parts: str | Iterable[str] = "all",
     embed_from: str = "post",
     head_from: str = "post",
     force: bool = False,
@@ -101,23 +117,30 @@ def restore(
 ) -> dict[str, Any]:
     """Write the post model with the decoder layers in ``layers`` copied from the base.
 
-    ``layers`` uses the range convention (``"2:5"`` = layers 2, 3, 4; ``"0:2,5:7"``).
-    Tensors are copied bit-identically; embeddings and lm_head come from the post model
-    unless ``embed_from`` / ``head_from`` say ``"base"``. Returns the provenance record.
+    ``layers`` uses the range convention (``"2:5"`` = layers 2, 3, 4; ``"0:2,5:7"``) or a
+    recipe list whose items may name their own parts (:mod:`layergraft.slr.restored`);
+    ``parts`` (``attn``, ``mlp``, ``norms``, several as ``attn,norms``; default ``all``)
+    restores only those tensors of the other ranges. Tensors are copied bit-identically;
+    embeddings and lm_head come from the post model unless ``embed_from`` / ``head_from`` say
+    ``"base"``. Returns the provenance record.
     """
     b = as_checkpoint(base, allow_pickle)
     p = as_checkpoint(post, allow_pickle)
-    ranges: list[Range] = parse_ranges(layers, p.adapter.num_layers)
-    plan = plan_restore(b, p, ranges, embed_from=embed_from, head_from=head_from)  # type: ignore[arg-type]
+    restored = parse_restored(layers, parts, p.adapter.num_layers)
+    plan = plan_restore(b, p, restored, embed_from=embed_from, head_from=head_from)  # type: ignore[arg-type]
     if export_mergekit is not None:
-        check_mergekit_export(export_mergekit, embed_from=embed_from, head_from=head_from)
+        check_mergekit_export(
+            export_mergekit, embed_from=embed_from, head_from=head_from, restored=restored
+        )
     if embed_from != "post" or head_from != "post":
         log.warning(
             "embeddings from %s, lm_head/final norm from %s (recorded in layergraft.json)",
             embed_from,
             head_from,
         )
-    rtext = format_ranges(ranges)
+    rtext, label = range_text(restored), format_restored(restored)
+    whole = all_whole(restored)
+    what = "decoder layers" if whole else "parts of decoder layers"
     prov = write_model_dir(
         out,
         operation="restore",
@@ -127,23 +150,25 @@ def restore(
         recipe={
             "base": b.origin,
             "post": p.origin,
-            "layers": rtext,
+            "layers": rtext if whole else [r.as_recipe() for r in restored],
             "embed_from": embed_from,
             "head_from": head_from,
         },
         details={
             "layers": rtext,
-            "ranges": [list(r) for r in ranges],
-            "layers_from_base": [i for s, e in ranges for i in range(s, e)],
+            "parts": {f"{r.range[0]}:{r.range[1]}": list(r.parts) for r in restored},
+            "ranges": [list(r.range) for r in restored],
+            "layers_from_base": sorted(layer_parts(restored)),
             "embed_from": embed_from,
             "head_from": head_from,
             "tensors_from": plan.counts(),
             "family": p.adapter.family,
             "num_layers": p.adapter.num_layers,
         },
-        title=f"{Path(p.origin).name} with layers {rtext} restored from {Path(b.origin).name}",
-        summary=f"Selective Layer Restoration: the post-trained model `{p.origin}` with decoder layers "
-        f"`{rtext}` (0-based, end excluded) copied bit-identically from the base model `{b.origin}`. "
+        title=f"{Path(p.origin).name} with layers {label} restored from {Path(b.origin).name}",
+        summary=f"Selective Layer Restoration: the post-trained model `{p.origin}` with {what} "
+        f"`{label}` (0-based, end excluded; parts: attention, MLP or norms) copied bit-identically "
+        f"from the base model `{b.origin}`. "
         f"Embeddings from **{embed_from}**, lm_head and final norm from **{head_from}**; config, tokenizer "
         "and chat template from the post model. Same architecture and size as the post model; loads with "
         "`AutoModelForCausalLM.from_pretrained`.",
@@ -151,7 +176,7 @@ def restore(
         max_shard_bytes=max_shard_bytes,
         hash_inputs=hash_inputs,
         progress=progress,
-        desc=f"restore {rtext}",
+        desc=f"restore {label}",
         command=command,
         hash_outputs=hash_outputs,
         fsync=fsync,
@@ -160,7 +185,8 @@ def restore(
         dtype = next(iter(p.tensors.values())).dtype
         mk = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}.get(dtype)
         recipe = mergekit_yaml(
-            b.origin, p.origin, ranges, p.adapter.num_layers, mk, outside_from=embed_from
-        )
+            b.origin, p.origin, plain_ranges(restored), p.adapter.num_layers, mk,
+            outside_from=embed_from,
+        )  # fmt: skip
         write_text_atomic(export_mergekit, recipe)
     return prov

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from layergraft.arch import adapter_for_model
+from layergraft.arch.parts import parse_parts
+from layergraft.arch.spec import LAYER_PARTS
 from layergraft.checkpoint.atomic import check_output_target
 from layergraft.checkpoint.dtypes import tensor_bytes
 from layergraft.checkpoint.finite import has_nonfinite, nonfinite_error
@@ -48,14 +51,27 @@ def blend(post: Any, base: Any, alpha: float) -> Any:
     return out.to(post.dtype)
 
 
-def plan_soup(base: Checkpoint, post: Checkpoint, alpha: float) -> list[OutTensor]:
-    """One output tensor per post tensor; floats blended lazily at write time, others copied
-    verbatim from the post model. alpha 0 / 1 are exact byte copies of post / base."""
+def _blended(ck: Checkpoint, parts: tuple[str, ...]) -> Any:
+    """Which tensors a soup of ``parts`` blends: every floating one for all parts, else the
+    layer tensors of those parts (embeddings, final norm and head stay the post model's)."""
+    if parts == LAYER_PARTS:
+        return lambda name: True
+    ad = ck.adapter
+    return lambda name: ad.classify(name).section == "layer" and ad.layer_part(name) in parts
+
+
+def plan_soup(
+    base: Checkpoint, post: Checkpoint, alpha: float, parts: str | Iterable[str] = "all"
+) -> list[OutTensor]:
+    """One output tensor per post tensor; floats blended lazily at write time (only those of
+    ``parts``), others copied verbatim from the post model. alpha 0 / 1 are exact byte copies
+    of post / base."""
     check_compatible(base, post)
+    wanted = _blended(post, parse_parts(parts))
     out: list[OutTensor] = []
     for name, e in post.tensors.items():
         b = base.tensors[name]
-        if e.dtype not in _FLOAT or alpha == 0.0:
+        if e.dtype not in _FLOAT or alpha == 0.0 or not wanted(name):
             out.append(OutTensor.copy_of(e))
         elif alpha == 1.0:
             out.append(OutTensor.copy_of(b))
@@ -81,11 +97,13 @@ def _refuse_nonfinite(name: str, inputs: tuple[tuple[Checkpoint, Any], ...]) -> 
 
 
 @contextlib.contextmanager
-def souped(post_model: Any, base_model: Any, alpha: float) -> Iterator[Any]:
-    """Within the block, every floating parameter of ``post_model`` is the blend with the
-    base model's; the original tensors are put back on exit (exception or not). Offloaded
-    parameters (accelerate ``device_map``) are blended on demand, one module per forward
-    (:func:`~layergraft.slr.swap.overridden`)."""
+def souped(
+    post_model: Any, base_model: Any, alpha: float, parts: str | Iterable[str] = "all"
+) -> Iterator[Any]:
+    """Within the block, every floating parameter of ``post_model`` (of the layers' ``parts``
+    only, when given) is the blend with the base model's; the original tensors are put back on
+    exit (exception or not). Offloaded parameters (accelerate ``device_map``) are blended on
+    demand, one module per forward (:func:`~layergraft.slr.swap.overridden`)."""
     import torch
 
     post_off, base_off = offloaded_params(post_model), offloaded_params(base_model)
@@ -101,8 +119,16 @@ def souped(post_model: Any, base_model: Any, alpha: float) -> Iterator[Any]:
             bv = param_value(base_params[name], name, base_off).to(pv.device)
             return blend(pv, bv, alpha)
 
+    chosen = parse_parts(parts)
+    if chosen != LAYER_PARTS:
+        adapter = adapter_for_model(post_model)
+        keep = {
+            n
+            for i in range(adapter.num_layers)
+            for n, _ in adapter.layer_parameters(post_model, i, chosen)
+        }
     for name, p in post_model.named_parameters():
-        if not p.is_floating_point():
+        if not p.is_floating_point() or (chosen != LAYER_PARTS and name not in keep):
             continue
         if name in post_off:
             values[name] = lambda n=name, q=p: blended(n, q)
@@ -118,6 +144,7 @@ def soup(
     alpha: float,
     out: PathLike,
     *,
+    parts: str | Iterable[str] = "all",
     force: bool = False,
     max_shard_bytes: int | None = None,
     hash_inputs: bool = False,
@@ -128,26 +155,39 @@ def soup(
     fsync: bool = False,
 ) -> dict[str, Any]:
     """Write the weight interpolation ``(1 - alpha) * post + alpha * base`` (every floating
-    tensor, streamed one at a time). The proxy-soup baseline SLR is compared with."""
+    tensor, or the layer tensors of ``parts``; streamed one at a time). The proxy-soup
+    baseline SLR is compared with."""
     a = check_alpha(alpha)
+    chosen = parse_parts(parts)
     b = as_checkpoint(base, allow_pickle)
     p = as_checkpoint(post, allow_pickle)
     check_output_target(out, force=force, inputs=[b.path, p.path])
-    tensors = plan_soup(b, p, a)
+    tensors = plan_soup(b, p, a, chosen)
+    what = (
+        "every floating tensor"
+        if chosen == LAYER_PARTS
+        else f"the {'/'.join(chosen)} tensors of every layer"
+    )
     return write_model_dir(
         out,
         operation="soup",
         inputs={"base": b, "post": p},
         sidecars_from=p,
         tensors=tensors,
-        recipe={"base": b.origin, "post": p.origin, "alpha": a},
+        recipe={
+            "base": b.origin,
+            "post": p.origin,
+            "alpha": a,
+            "parts": "all" if chosen == LAYER_PARTS else ",".join(chosen),
+        },
         details={
             "alpha": a,
+            "parts": list(chosen),
             "formula": "(1 - alpha) * post + alpha * base",
             "family": p.adapter.family,
         },
         title=f"soup of {Path(p.origin).name} and {Path(b.origin).name}, alpha={a:g}",
-        summary=f"Weight interpolation `(1 - {a:g}) * post + {a:g} * base` of every floating tensor "
+        summary=f"Weight interpolation `(1 - {a:g}) * post + {a:g} * base` of {what} "
         f"(post `{p.origin}`, base `{b.origin}`), computed in float32 and stored in the input dtype. "
         "Config, tokenizer and chat template from the post model.",
         force=force,

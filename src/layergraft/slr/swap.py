@@ -21,7 +21,8 @@ from typing import Any
 from layergraft.arch import adapter_for_model
 from layergraft.errors import MismatchError
 from layergraft.models.offload import OffloadOverlay, offloaded_params, param_value
-from layergraft.ranges import Range, layers_of
+from layergraft.ranges import Range
+from layergraft.slr.restored import Restored
 
 
 @contextlib.contextmanager
@@ -60,29 +61,38 @@ def overridden(
                 hook.weights_map = hook.weights_map.base
 
 
-def _pairs(post_layer: Any, base_layer: Any, i: int) -> list[tuple[Any, Any]]:
-    pp = dict(post_layer.named_parameters())
-    bp = dict(base_layer.named_parameters())
-    if pp.keys() != bp.keys():
+def _pairs(
+    post_model: Any, base_model: Any, adapter: Any, i: int, parts: Any
+) -> list[tuple[str, Any, str, Any]]:
+    """``(post name, post param, base name, base param)`` of layer ``i``'s ``parts``."""
+    pp = adapter.layer_parameters(post_model, i, parts)
+    bp = dict(adapter.layer_parameters(base_model, i, parts))
+    if {n for n, _ in pp} != set(bp):
         raise MismatchError(
             f"layer {i}: base and post have different parameters; the models differ in structure"
         )
     out = []
-    for name, p in pp.items():
+    for name, p in pp:
         b = bp[name]
         if b.shape != p.shape:
             raise MismatchError(
                 f"layer {i}: {name} is {list(b.shape)} in base but {list(p.shape)} in post"
             )
-        out.append((p, b))
+        out.append((name, p, name, b))
     return out
 
 
 @contextlib.contextmanager
 def swapped_layers(
-    post_model: Any, base_model: Any, ranges: Iterable[Range], adapter: Any = None
+    post_model: Any,
+    base_model: Any,
+    ranges: Iterable[Range | Restored],
+    adapter: Any = None,
+    parts: str | Iterable[str] = "all",
 ) -> Iterator[Any]:
-    """Within the block, ``post_model``'s decoder layers in ``ranges`` carry the base's weights.
+    """Within the block, ``post_model``'s decoder layers in ``ranges`` carry the base's
+    weights — for ``parts`` only (``attn``, ``mlp``, ``norms``; a :class:`Restored` item
+    brings its own parts).
 
     The base tensors are moved to the device/dtype of the post layer they replace (so models
     placed with ``device_map`` work); on one device they are shared, not copied — treat the
@@ -90,16 +100,15 @@ def swapped_layers(
     """
     if adapter is None:
         adapter = adapter_for_model(post_model)
-    post_layers = adapter.layers(post_model)
-    base_layers = adapter.layers(base_model)
-    if len(post_layers) != len(base_layers):
-        raise MismatchError(f"base has {len(base_layers)} layers but post has {len(post_layers)}")
+    n_post, n_base = len(adapter.layers(post_model)), len(adapter.layers(base_model))
+    if n_post != n_base:
+        raise MismatchError(f"base has {n_base} layers but post has {n_post}")
     post_off, base_off = offloaded_params(post_model), offloaded_params(base_model)
-    post_names = {id(p): n for n, p in post_model.named_parameters()}
-    base_names = {id(p): n for n, p in base_model.named_parameters()}
     values: dict[str, Any] = {}
-    for i in layers_of(ranges):
-        for p, b in _pairs(post_layers[i], base_layers[i], i):
-            values[post_names[id(p)]] = param_value(b, base_names[id(b)], base_off)
+    for item in ranges:
+        rng, item_parts = (item.range, item.parts) if isinstance(item, Restored) else (item, parts)
+        for i in range(*rng):
+            for pname, _, bname, b in _pairs(post_model, base_model, adapter, i, item_parts):
+                values[pname] = param_value(b, bname, base_off)
     with overridden(post_model, values, post_off):
         yield post_model

@@ -33,7 +33,8 @@ from layergraft.report.sweep import write_sweep_outputs
 from layergraft.slr.assemble import assemble_crc, assemble_ppl
 from layergraft.slr.crc import CrcProxy
 from layergraft.slr.crc_prompts import load_crc_prompts
-from layergraft.slr.engines import Unit, enumerate_intervals, plan_units
+from layergraft.slr.diff import change_vs_gain, diff
+from layergraft.slr.engines import Unit, enumerate_intervals, parse_sweep_parts, plan_units
 from layergraft.slr.journal import Journal, row_key
 from layergraft.slr.pair import check_compatible
 from layergraft.slr.plan import sweep_plan, time_layer
@@ -89,6 +90,7 @@ def sweep(
     validity_ratio: float = 0.9,
     diversity_key: str = "H_norm",
     method: str = "slr",
+    parts: str | Sequence[str] = "all",
     prefix_reuse: bool = True,
     batch_size: int | None = None,
     device: str | None = None,
@@ -106,7 +108,9 @@ def sweep(
 
     ``base``/``post``: paths (directory, hub id, ``.gguf``) or loaded models (then pass the
     post model's ``tokenizer``). ``proxy``: ``"crc"`` (``prompts``) or ``"ppl"`` (``data``,
-    ``seqlen``, ``max_tokens``); ``score_model`` replaces either with any function of a model
+    ``seqlen``, ``max_tokens``); ``parts`` (``"attn,mlp,all"``) scores every interval once
+    per part — restoring only the layers' attention, MLP or norms, or whole layers — with one
+    selection each; ``score_model`` replaces the proxy with any function of a model
     returning ``{"V":..,"H":..,"H_norm":..}`` (scored through the in-memory swap). With
     ``out``, every finished unit is appended durably to ``out/intervals.jsonl`` and ``resume``
     continues a killed sweep. ``dry_run`` returns the plan without scoring. ``executor``
@@ -119,6 +123,7 @@ def sweep(
         raise InputError(f"--proxy {proxy!r} is not one of {', '.join(PROXIES)}")
     if diversity_key not in ("H", "H_norm"):
         raise InputError(f"diversity key {diversity_key!r} is not H or H_norm")
+    sweep_parts = parse_sweep_parts(parts)
     if resume and out is None:
         raise InputError("--resume needs --out DIR (the sweep to continue)")
     if resume and force:
@@ -159,7 +164,7 @@ def sweep(
         if method != "soup"
         else []
     )
-    units = plan_units(num_layers, intervals, SOUP_ALPHAS if method != "slr" else ())
+    units = plan_units(num_layers, intervals, SOUP_ALPHAS if method != "slr" else (), sweep_parts)
     if not in_memory:
         spec = WorkerSpec(
             str(base_ck.path), str(post_ck.path), tok_spec, px, placement, prefix_reuse
@@ -217,13 +222,21 @@ def sweep(
         ref_tokens = next(r["scores"]["tokens"] for r in mine if r["kind"] == "reference")
         results = assemble_ppl(
             mine, header=header, method=method,
-            definition=px.definition(ref_tokens // (px.seqlen - 1)),
+            definition=px.definition(ref_tokens // (px.seqlen - 1)), parts=sweep_parts,
         )  # fmt: skip
     else:
         results = assemble_crc(
             mine, header=header, method=method, validity_ratio=validity_ratio,
-            diversity_key=diversity_key,
+            diversity_key=diversity_key, parts=sweep_parts,
         )  # fmt: skip
+    if not in_memory and px.kind == "crc" and results["intervals"]:
+        change = diff(base_ck, post_ck, progress=False)
+        post_div = results["references"]["post"][diversity_key]
+        results["weight_change"] = change_vs_gain(
+            change, results["intervals"], diversity_key, post_div
+        )
+        if out is not None:
+            write_json_atomic(Path(out) / "diff.json", change)
     if restore_best is not None:
         results["restored_to"] = _restore_best(
             results, inputs, restore_best, method, force, progress

@@ -102,9 +102,11 @@ class SweepWorker:
             return [{"kind": "soup", "alpha": unit.alpha, "scores": scores}]
         engine = score_start if self.fast else score_start_swap
         rows = engine(
-            self.post, self.base, self.adapter, self.proxy, self.batches, unit.start, unit.ends
-        )
+            self.post, self.base, self.adapter, self.proxy, self.batches, unit.start, unit.ends,
+            unit.parts,
+        )  # fmt: skip
+        extra = {} if unit.parts == "all" else {"parts": unit.parts}
         return [
-            {"kind": "interval", "start": unit.start, "end": e, "scores": rows[e]}
+            {"kind": "interval", "start": unit.start, "end": e, **extra, "scores": rows[e]}
             for e in unit.ends
         ]
