@@ -68,6 +68,28 @@ def windows(n: int, seqlen: int, stride: int | None = None) -> list[tuple[int, i
     return out
 
 
+#: positions whose log-softmax is taken at once: with a 262k vocabulary a whole window in
+#: float64 would be gigabytes; a slice of 64 positions is 134 MB
+NLL_CHUNK = 64
+
+
+def token_nll(logits: Any, targets: Any) -> float:
+    """Sum of the NLLs of ``targets`` (``[..., n]``) under ``logits`` (``[..., n, vocab]``), in
+    float64, a slice of positions at a time."""
+    import torch
+
+    total = 0.0
+    for i in range(0, targets.shape[-1], NLL_CHUNK):
+        lg = logits[..., i : i + NLL_CHUNK, :].double()
+        tg = targets[..., i : i + NLL_CHUNK]
+        total += float(
+            torch.nn.functional.cross_entropy(
+                lg.reshape(-1, lg.shape[-1]), tg.reshape(-1), reduction="sum"
+            )
+        )
+    return total
+
+
 def nll_sum(model: Any, ids: Any, first_scored: int) -> tuple[float, int]:
     """Sum of token NLLs (float64) of positions ``>= first_scored`` of one window ``ids``
     (1-D tensor), and how many tokens that is."""
@@ -76,11 +98,10 @@ def nll_sum(model: Any, ids: Any, first_scored: int) -> tuple[float, int]:
     dev = next(model.parameters()).device
     x = ids[None].to(dev)
     with torch.no_grad():
-        logits = model(input_ids=x, use_cache=False).logits[0, :-1].float()
+        logits = model(input_ids=x, use_cache=False).logits[0, :-1]
     targets = x[0, 1:]
-    lp = torch.log_softmax(logits, -1).gather(-1, targets[:, None])[:, 0]
-    keep = lp[first_scored - 1 :]
-    return float(-keep.double().sum()), int(keep.numel())
+    keep = slice(first_scored - 1, None)
+    return token_nll(logits[keep], targets[keep]), int(targets[keep].numel())
 
 
 def perplexity(

@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from layergraft.errors import InputError
+from layergraft.evaluate.perplexity import token_nll
 from layergraft.text import read_text, tokenize
 
 PathLike = str | os.PathLike[str]
-#: positions whose log-softmax is computed at once (bounds the float64 working set)
-_CHUNK = 64
 
 
 def ppl_batches(
@@ -55,19 +54,8 @@ def ppl_batches(
 
 def nll_of(batch: dict[str, Any], logits: Any) -> tuple[float, int]:
     """``(sum of token NLLs, tokens)`` of every next token in the rows, in float64."""
-    import torch
-
     targets = batch["input_ids"][:, 1:]
-    total = 0.0
-    for i in range(0, targets.shape[1], _CHUNK):
-        lg = logits[:, i : min(i + _CHUNK, targets.shape[1])].double()
-        tg = targets[:, i : i + lg.shape[1]]
-        total += float(
-            torch.nn.functional.cross_entropy(
-                lg.reshape(-1, lg.shape[-1]), tg.reshape(-1), reduction="sum"
-            )
-        )
-    return total, int(targets.numel())
+    return token_nll(logits[:, :-1], targets), int(targets.numel())
 
 
 @dataclass
