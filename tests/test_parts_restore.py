@@ -17,7 +17,7 @@ from layergraft.slr.restore import restore
 from layergraft.slr.restored import parse_restored
 from layergraft.slr.soup import soup, souped
 from layergraft.slr.swap import swapped_layers
-from tiny import FAMILIES, make_tiny, save_tiny
+from tiny import FAMILIES, LogitsProxy, make_tiny, save_tiny
 
 PARTS = ("attn", "mlp", "norms")
 
@@ -185,19 +185,10 @@ def test_prefix_reuse_by_part_equals_the_swapped_hybrid(fam, part):
     mask = torch.ones_like(ids)
     mask[0, :2] = 0
 
-    class _Logits:
-        last_only = True
-
-        def score(self, batch, logits):
-            return logits.clone()
-
-        def combine(self, parts):
-            return {"logits": torch.cat(parts)}
-
     b = {"input_ids": ids, "attention_mask": mask}
-    fast = score_start(post, base, ad, _Logits(), [b], 1, (2, 3, 4), part)
-    slow = score_start_swap(post, base, ad, _Logits(), [b], 1, (2, 3, 4), part)
-    whole = score_start(post, base, ad, _Logits(), [b], 1, (2, 3, 4), "all")
+    fast = score_start(post, base, ad, LogitsProxy(), [b], 1, (2, 3, 4), part)
+    slow = score_start_swap(post, base, ad, LogitsProxy(), [b], 1, (2, 3, 4), part)
+    whole = score_start(post, base, ad, LogitsProxy(), [b], 1, (2, 3, 4), "all")
     for e in (2, 3, 4):
         torch.testing.assert_close(fast[e]["logits"], slow[e]["logits"], rtol=1e-5, atol=1e-5)
         assert not torch.allclose(fast[e]["logits"], whole[e]["logits"])

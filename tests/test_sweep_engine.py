@@ -16,7 +16,7 @@ from layergraft.slr.engines import (
 )
 from layergraft.slr.runner import LayerRunner
 from layergraft.slr.selection import pareto_front, select_interval
-from tiny import make_tiny
+from tiny import LogitsProxy, make_tiny
 
 FAMILIES = ["llama", "qwen2", "gemma2", "gemma3_text", "gpt2", "gpt_neox", "phi3"]
 
@@ -53,27 +53,15 @@ def test_fast_sweep_equals_swap_sweep(fam):
     for u in plan_units(4, iv, ()):
         if u.kind != "start":
             continue
-        for e, row in score_start(post, base, ad, _Logits(), [b], u.start, u.ends).items():
+        for e, row in score_start(post, base, ad, LogitsProxy(), [b], u.start, u.ends).items():
             fast[(u.start, e)] = row
-        for e, row in score_start_swap(post, base, ad, _Logits(), [b], u.start, u.ends).items():
+        for e, row in score_start_swap(post, base, ad, LogitsProxy(), [b], u.start, u.ends).items():
             slow[(u.start, e)] = row
     assert fast.keys() == slow.keys() == set(iv)
     for r in iv:
         torch.testing.assert_close(fast[r]["logits"], slow[r]["logits"], rtol=1e-5, atol=1e-5)
     # the full-range hybrid is the base model itself (except embeddings/head from post)
     assert not torch.allclose(fast[(0, 4)]["logits"], fast[(0, 1)]["logits"])
-
-
-class _Logits:
-    """A proxy whose row is the last-position logits themselves."""
-
-    last_only = True
-
-    def score(self, batch, logits):
-        return logits.clone()
-
-    def combine(self, parts):
-        return {"logits": torch.cat(parts)}
 
 
 def test_enumerate_intervals_options():

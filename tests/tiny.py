@@ -159,3 +159,18 @@ def write_few_crc_prompts(path: Path, per_category: int = 4) -> Path:
     ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+class LogitsProxy:
+    """A sweep proxy whose row is the last-position logits themselves: engines that agree on
+    it agree on every proxy."""
+
+    last_only = True
+
+    def score(self, batch: Any, logits: Any) -> Any:
+        return logits.clone()
+
+    def combine(self, parts: list[Any]) -> dict[str, Any]:
+        import torch
+
+        return {"logits": torch.cat(parts)}

@@ -61,7 +61,6 @@ def _data(args: argparse.Namespace, name: str, default: Any) -> Any:
 
 
 def _cmd_scores(args: argparse.Namespace) -> int:
-
     res = api.scores(
         args.model,
         _data(args, "data", DEFAULT_CALIB),
@@ -194,7 +193,6 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_ppl(args: argparse.Namespace) -> int:
-
     res = api.ppl(
         args.model,
         _data(args, "data", DEFAULT_HELDOUT),
