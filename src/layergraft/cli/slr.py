@@ -15,13 +15,16 @@ from layergraft.cli.options import (
     add_placement_args,
     add_ppl_args,
     add_quiet_arg,
+    add_ray_args,
     merge_recipe,
     output_kwargs,
     placement_kwargs,
     print_json,
+    ray_kwargs,
 )
 from layergraft.errors import LayergraftError
 from layergraft.report.sweep import sweep_table
+from layergraft.slr.distributed import RayExecutor
 from layergraft.slr.plan import format_plan
 
 
@@ -125,6 +128,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         )
     if args.proxy == "crc" and args.data is not None:
         raise LayergraftError("--data is the text of --proxy ppl; remove it or pass --proxy ppl")
+    ray = ray_kwargs(args)
     res = api.sweep(
         args.base,
         args.post,
@@ -147,6 +151,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         resume=args.resume,
         dry_run=args.dry_run,
         progress=not args.quiet,
+        executor=RayExecutor(**ray) if ray is not None and not args.dry_run else None,
         **placement_kwargs(args),
     )
     if args.dry_run:
@@ -362,3 +367,4 @@ def register(sub: Any) -> None:
     )
     add_quiet_arg(w)
     add_placement_args(w)
+    add_ray_args(w)

@@ -80,6 +80,7 @@ def compare(
     chat_template: bool = True,
     progress: bool = True,
     plots: bool = True,
+    executor: Any = None,
 ) -> dict[str, Any]:
     """Generate (or reuse) samples of every model in ``DIR/gens``, score them, and write
     ``DIR/results.json``, ``DIR/report.md`` and PNG plots.
@@ -97,7 +98,9 @@ def compare(
     else the tokenizer of ``baseline_model`` — the paper evaluates base and hybrids in the post
     model's chat format. Beside the given models, ``baseline_model`` is also sampled at
     temperature 1.5 and without min-p (``baselines``): restoring layers must beat simply
-    turning up the randomness at the same quality.
+    turning up the randomness at the same quality. ``executor``
+    (:mod:`layergraft.gen.distributed`) generates the runs still to do elsewhere, each loading
+    its model from its path; scoring stays here.
     """
     settings = settings or SamplingSettings()
     if not models:
@@ -172,6 +175,15 @@ def compare(
         },
         "runs": {},
     }
+    if executor is not None:  # the runs not yet complete, generated on workers at once
+        todo = [
+            (r, gens_dir / f"{_safe_name(r)}.jsonl", label, s) for r, label, s in runs
+            if not _complete(gens_dir / f"{_safe_name(r)}.jsonl", prompts, n, s, cache.record_name(label))
+        ]  # fmt: skip
+        executor.generate(
+            todo, cache, prompts, n=n, batch_size=batch_size, chat_template=chat_template,
+            backend=backend, progress=progress,
+        )  # fmt: skip
     for run_name, label, s in runs:
         path = gens_dir / f"{_safe_name(run_name)}.jsonl"
         model_name = cache.record_name(label)

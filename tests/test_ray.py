@@ -1,0 +1,159 @@
+"""Sweeps and comparisons on a Ray cluster (issue 12): the same files as a local run, a killed
+worker costs only its unit, and without Ray ``--ray`` is one line naming the install.
+
+One local cluster (2 CPUs) serves every Ray test of this module; the tests skip cleanly where
+``ray`` cannot be imported (the no-Ray test runs everywhere).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from layergraft.cli import main
+from layergraft.gen.compare import compare
+from layergraft.gen.sampling import SamplingSettings
+from layergraft.slr.sweep import sweep
+from layergraft.toy import toy_paths
+from tiny import write_few_crc_prompts
+
+try:
+    import ray
+except ImportError:  # pragma: no cover - the extra is not installed
+    ray = None
+
+needs_ray = pytest.mark.skipif(ray is None, reason="ray is not installed (layergraft[ray])")
+BASE, POST = (str(p) for p in toy_paths())
+SHORT = SamplingSettings(max_new_tokens=8)
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def _sweep_argv(out: Path, prompts: Path, *extra: str) -> list[str]:
+    return ["sweep", "--base", BASE, "--post", POST, "--out", str(out), "--prompts", str(prompts),
+            "--method", "both", "--quiet", *extra]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def prompts(tmp_path_factory) -> Path:
+    return write_few_crc_prompts(tmp_path_factory.mktemp("p") / "few.jsonl", per_category=3)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Every process of these tests at one torch thread, as a Ray CPU worker (num_cpus=1):
+    float sums depend on the thread count (the driver's too: the weight change beside a sweep
+    is summed there), and CI runs without OMP_NUM_THREADS."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def local_sweep(tmp_path_factory, prompts) -> Path:
+    out = tmp_path_factory.mktemp("local") / "sweep"
+    assert main(_sweep_argv(out, prompts)) == 0
+    return out
+
+
+def test_without_ray_the_flag_is_one_line_naming_the_extra(monkeypatch, tmp_path, prompts, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    assert main(_sweep_argv(tmp_path / "s", prompts, "--ray")) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'layergraft[ray]'" in err and err.count("\n") == 1
+    assert not (tmp_path / "s").exists()  # refused before any work
+    argv = ["compare", "--models", f"post={POST}", "--task", "qa", "--out", str(tmp_path / "c"),
+            "--quiet", "--ray", "--workers", "2"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'layergraft[ray]'" in err and err.count("\n") == 1
+    assert main(_sweep_argv(tmp_path / "s", prompts, "--workers", "2")) == 2
+    assert "--workers applies to --ray" in capsys.readouterr().err
+
+
+@needs_ray
+def test_sweep_on_ray_writes_the_local_results(cluster, local_sweep, prompts, tmp_path):
+    out = tmp_path / "sweep"
+    assert main(_sweep_argv(out, prompts, "--ray", "--workers", "2")) == 0
+    assert (out / "results.json").read_bytes() == (local_sweep / "results.json").read_bytes()
+    # the journal holds the same rows (in the order the units finished)
+    key = lambda r: json.dumps(r, sort_keys=True)  # noqa: E731
+    assert sorted(map(key, _lines(out / "intervals.jsonl"))) == sorted(
+        map(key, _lines(local_sweep / "intervals.jsonl"))
+    )
+    assert json.loads((out / "run.json").read_text())["executor"] == "ray"
+
+
+@needs_ray
+def test_a_killed_worker_costs_only_its_unit(cluster, local_sweep, prompts, tmp_path):
+    from layergraft.slr.distributed import RayExecutor
+
+    out = tmp_path / "sweep"
+    ex = RayExecutor(workers=2)
+    killed: list[int] = []
+
+    def kill_one_mid_sweep() -> None:
+        journal, deadline = out / "intervals.jsonl", time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if journal.is_file() and len(_lines(journal)) >= 3:  # header + 2 units
+                pid = ex.worker_pids()[0]
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                return
+            time.sleep(0.01)
+
+    killer = threading.Thread(target=kill_one_mid_sweep, daemon=True)
+    killer.start()
+    sweep(BASE, POST, out, prompts=prompts, method="both", progress=False, executor=ex)
+    killer.join(timeout=5)
+    assert killed, "the sweep ended before a worker could be killed"
+    assert ex.requeued >= 1  # the killed worker's unit was scored again elsewhere
+    assert (out / "results.json").read_bytes() == (local_sweep / "results.json").read_bytes()
+    assert len(_lines(out / "intervals.jsonl")) == 1 + 2 + 36 + 21  # each unit once
+
+
+@needs_ray
+def test_compare_on_ray_gives_the_same_generations(cluster, tmp_path):
+    from layergraft.gen.distributed import RayGenerator
+
+    models = {"post": POST, "base": BASE}
+    kw = dict(n=2, settings=SHORT, limit=2, embedder="none", bootstrap=20, progress=False,
+              backend="transformers", batch_size=3, plots=False)  # fmt: skip
+    compare(models, "qa", tmp_path / "local", **kw)
+    ex = RayGenerator(workers=2)
+    res = compare(models, "qa", tmp_path / "ray", executor=ex, **kw)
+    assert list(res["runs"]) == ["post", "post@T1.5", "post@no-min-p", "base"]
+    gens = sorted(p.name for p in (tmp_path / "local" / "gens").iterdir())
+    assert gens == sorted(p.name for p in (tmp_path / "ray" / "gens").iterdir())
+    for name in gens:
+        a = (tmp_path / "local" / "gens" / name).read_bytes()
+        assert a == (tmp_path / "ray" / "gens" / name).read_bytes(), name
+    local = json.loads((tmp_path / "local" / "results.json").read_text())
+    assert json.loads((tmp_path / "ray" / "results.json").read_text())["runs"] == local["runs"]
+    # in-memory models cannot be shipped: one line, before anything runs
+    from layergraft.errors import InputError
+    from layergraft.toy.tokenizer import build_tokenizer
+
+    with pytest.raises(InputError, match="give post=PATH"):
+        compare({"post": (object(), build_tokenizer())}, "qa", tmp_path / "mem", executor=ex,
+                **kw)  # fmt: skip
