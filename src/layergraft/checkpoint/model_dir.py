@@ -50,8 +50,24 @@ def copy_sidecars(src: Checkpoint, dst: Path, *, skip: Sequence[str] = ()) -> li
     return names
 
 
+class _NoProgress:
+    """What :func:`byte_progress` returns when hidden: importing tqdm alone costs ~30 ms,
+    a sixth of copying a 400 MB model with ``cp``."""
+
+    def __enter__(self) -> _NoProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def update(self, n: int) -> None:
+        return None
+
+
 def byte_progress(total: int, desc: str, enabled: bool) -> Any:
     """A tqdm bar counting bytes (the unit of every write), hidden when not ``enabled``."""
+    if not enabled:
+        return _NoProgress()
     from tqdm.auto import tqdm
 
     return tqdm(
@@ -60,7 +76,6 @@ def byte_progress(total: int, desc: str, enabled: bool) -> Any:
         unit="B",
         unit_scale=True,
         unit_divisor=1024,
-        disable=not enabled,
         leave=False,
     )
 

@@ -6,11 +6,18 @@ header, then tensor bytes copied from a byte range of an input file (no torch, n
 or taken from an in-memory tensor. Output bytes are hashed while they are written, so the
 sha256 recorded in provenance costs no second pass over the data.
 
-Every floating tensor written is also scanned for NaN/Inf (:mod:`layergraft.checkpoint.finite`), on the
-bytes already in hand: a copied tensor in the background pass that hashes it (so the scan
-costs no extra read, and with ``hash_outputs=False`` that pass still runs, for the scan alone,
-overlapped with the kernel copy), an in-memory tensor right before it is written. A non-finite weight raises
-:class:`~layergraft.errors.NonFiniteError`, so the output directory is never completed.
+Every floating tensor written is also scanned for NaN/Inf (:mod:`layergraft.checkpoint.finite`): an
+in-memory tensor right before it is written, a copied range while the kernel copies it. A
+non-finite weight raises :class:`~layergraft.errors.NonFiniteError`, so the output directory is
+never completed.
+
+Why several threads (measured on 2 cores, warm page cache, 2026-11-30): the kernel copy runs
+at the speed of ``cp`` (~4 GB/s), sha256 at ~2 GB/s per core, the scan at ~15 GB/s. So the
+calling thread does the kernel copies, and background lanes (:mod:`layergraft.checkpoint.lanes`)
+read the same source ranges for the rest: each file's sha256 is fed in order, starting
+*before* the copy of each range, while other files are hashed on other lanes and later
+shards are copied. The scan goes to the lanes when nothing is hashed, else to the calling
+thread right after each copy.
 """
 
 from __future__ import annotations
@@ -20,22 +27,23 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from layergraft.checkpoint.dtypes import safetensors_dtype, tensor_bytes
 from layergraft.checkpoint.finite import has_nonfinite, nonfinite_error
-from layergraft.checkpoint.format import (
-    DTYPE_SIZES,
-    TensorEntry,
-    encode_header,
-    iter_blocks,
-)
+from layergraft.checkpoint.format import DTYPE_SIZES, PAGE, TensorEntry, encode_header
+from layergraft.checkpoint.lanes import Lanes, Sources, default_lanes, hash_range, scan_ranges
 
 DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3  # the Hugging Face default of "5GB"
-_CHUNK = 8 * 1024 * 1024
+_CHUNK = 8 * 1024 * 1024  # userspace copy fallback
+_ALIGN_MIN_BYTES = 1024 * 1024  # copied bytes worth padding a header for (see _page_offset)
+# A kernel copy into an output offset that is not a multiple of 64 KiB took 0.35 s for 0.94 GB
+# here, from an aligned one 0.26 s, as fast as `cp` (large page-cache folios, Linux 6.18,
+# ext4): so a long range is copied as a head up to the next 2 MiB boundary, then the rest.
+_COPY_ALIGN = 2 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -105,79 +113,68 @@ class _ShardWriter:
     """Writes one shard through a raw file descriptor.
 
     Verbatim tensor copies go through the kernel (``os.copy_file_range``: no bytes pass
-    through Python, as with ``cp``). A single worker thread reads the same source ranges
-    (from the page cache), scans them for NaN/Inf and, when hashing, feeds sha256 in output
-    order, so that work runs on the other core *while* the kernel copies instead of after it. A failure in the worker (a non-finite weight, a read error) is
-    kept and raised in the writing thread at its next step, so writing stops early.
+    through Python, as with ``cp``). This file's sha256 is fed on its own background queue,
+    in output order, reading the same source ranges; each range is queued *before* it is
+    copied, so hashing and copying overlap, and the hash may still run after :meth:`finish`
+    (:meth:`digest` is read once the background is drained). The NaN/Inf scan of a copied
+    range runs on the queue when not hashing, else here, right after the copy.
     """
 
-    def __init__(self, path: Path, pool: ThreadPoolExecutor, hash_output: bool) -> None:
+    def __init__(self, path: Path, bg: Lanes, sources: Sources, hash_output: bool) -> None:
         self.path = path
         self.fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         self.h = hashlib.sha256() if hash_output else None
-        self.pool = pool
-        self.last: Future[None] | None = None
+        self.bg = bg
+        self.queue = bg.queue()  # this file's jobs, in order
+        self.sources = sources
         self.size = 0
-        self.error: BaseException | None = None
-
-    def _background(self, fn: Callable[[], None]) -> None:
-        self.last = self.pool.submit(self._guarded, fn)  # one worker: jobs run in order
-
-    def _guarded(self, fn: Callable[[], None]) -> None:
-        if self.error is not None:
-            return  # the shard is lost anyway; skip the remaining reads
-        try:
-            fn()
-        except BaseException as e:  # handed to the writing thread by _raise_pending
-            self.error = e
-
-    def _raise_pending(self) -> None:
-        if self.error is not None:
-            raise self.error
+        self.buffer_job: Future[None] | None = None
 
     def write(self, data: Any) -> None:
-        self._raise_pending()
+        self.bg.raise_pending()
         mv = memoryview(data).cast("B")
         pos = 0
         while pos < mv.nbytes:
             pos += os.write(self.fd, mv[pos:])
         self.size += mv.nbytes
         if self.h is not None:
+            if self.buffer_job is not None:  # bound memory: one in-memory buffer in flight
+                self.buffer_job.result()
+                self.bg.raise_pending()
             h = self.h
-            self._background(lambda: h.update(mv))
+            self.buffer_job = self.queue.submit(lambda: h.update(mv))
 
     def copy(self, run: list[TensorEntry]) -> None:
         """Copy consecutive byte ranges of one source file with as few kernel calls as the
         kernel allows (a restore's output mirrors the input layout, so runs are long)."""
-        self._raise_pending()
+        self.bg.raise_pending()
         first, last = run[0], run[-1]
-        span = TensorEntry(
-            first.name,
-            first.dtype,
-            (),
-            first.file,
-            first.offset,
-            last.offset + last.nbytes - first.offset,
-        )
-        with open(span.file, "rb", buffering=0) as f:
-            fd = f.fileno()
-            remaining, offset = span.nbytes, span.offset
-            try:
-                while remaining:
-                    n = os.copy_file_range(fd, self.fd, remaining, offset)
-                    if n == 0:
-                        raise OSError(
-                            f"{span.file}: unexpected end of file while copying {span.name!r}"
-                        )
-                    remaining -= n
-                    offset += n
-            except OSError as e:
-                if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
-                    raise
-                self._copy_userspace(fd, offset, remaining, span)
-        self.size += span.nbytes
-        h, entries = self.h, list(run)
-        self._background(lambda: _scan_and_hash(entries, h))
+        src, start = first.file, first.offset
+        nbytes = last.offset + last.nbytes - start
+        entries, sources, h = list(run), self.sources, self.h
+        if h is not None:  # submitted before the copy, so the hash starts at once
+            self.queue.submit(lambda: hash_range(sources, src, start, nbytes, h))
+        else:
+            self.queue.submit(lambda: scan_ranges(sources, entries))
+        fd = sources.fd(src)
+        remaining, offset, pos = nbytes, start, self.size
+        try:
+            while remaining:
+                # the bulk from a 2 MiB boundary of the output: see _COPY_ALIGN
+                head = -pos % _COPY_ALIGN if remaining > _COPY_ALIGN else 0
+                n = os.copy_file_range(fd, self.fd, head or remaining, offset)
+                if n == 0:
+                    raise OSError(f"{src}: unexpected end of file while copying {first.name!r}")
+                remaining -= n
+                offset += n
+                pos += n
+        except OSError as e:
+            if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            self._copy_userspace(fd, offset, remaining, first)
+        self.size += nbytes
+        if h is not None:  # a lane hashes: scan here, overlapped with that
+            scan_ranges(sources, entries)
 
     def _copy_userspace(self, fd: int, offset: int, remaining: int, src: TensorEntry) -> None:
         """Fallback where the kernel copy is not available (other filesystems, old kernels)."""
@@ -191,20 +188,16 @@ class _ShardWriter:
             remaining -= len(chunk)
             offset += len(chunk)
 
-    def finish(self, fsync: bool) -> str | None:
-        if self.last is not None:
-            self.last.result()
-        self._raise_pending()
+    def finish(self, fsync: bool) -> None:
+        """Close the file once every byte is written (the hash may still be running)."""
+        self.bg.raise_pending()
         if fsync:
             os.fsync(self.fd)
         self.close()
-        return self.h.hexdigest() if self.h is not None else None
 
-    def abort(self) -> None:
-        """Stop after a failure: cancel pending hash jobs, close the file."""
-        if self.last is not None:
-            self.last.cancel()
-        self.close()
+    def digest(self) -> str | None:
+        """The file's sha256; call after the background work is drained."""
+        return self.h.hexdigest() if self.h is not None else None
 
     def close(self) -> None:
         if self.fd is not None:
@@ -216,16 +209,20 @@ def _continues(prev: TensorEntry, nxt: TensorEntry) -> bool:
     return nxt.file == prev.file and nxt.offset == prev.offset + prev.nbytes
 
 
-def _scan_and_hash(entries: list[TensorEntry], h: Any | None) -> None:
-    """Scan the bytes of consecutive ``entries`` (one file) for NaN/Inf and feed them to the
-    hash ``h`` (when hashing): one read serves both."""
-    largest = max(e.nbytes for e in entries)
-    chunk = min(_CHUNK, max(8, (largest + 7) // 8 * 8))  # no 8 MiB buffer for small tensors
-    for src, block in iter_blocks(entries, chunk):
-        if h is not None:
-            h.update(block)
-        if has_nonfinite(block, src.dtype):
-            raise nonfinite_error(src.name, src.dtype, block, src.file)
+def _page_offset(shard: list[OutTensor]) -> int | None:
+    """Where in a page this shard's tensor data should start so that the most copied bytes
+    keep their source's offset in the page (then the kernel copies them ~1.5x faster:
+    measured 0.26 s vs 0.40 s for 0.94 GB). None (no padding) when that is under 1 MiB:
+    the up to 4 KiB of header padding would then buy nothing measurable."""
+    votes: dict[int, int] = {}
+    pos = 0
+    for t in shard:
+        if t.slice_of is not None and (t.slice_of.offset - pos) % 8 == 0:
+            key = (t.slice_of.offset - pos) % PAGE
+            votes[key] = votes.get(key, 0) + t.nbytes
+        pos += t.nbytes
+    best = max(votes, key=lambda k: votes[k], default=None)
+    return best if best is not None and votes[best] >= _ALIGN_MIN_BYTES else None
 
 
 def shard_file_names(n: int, stem: str = "model") -> list[str]:
@@ -244,6 +241,7 @@ def write_checkpoint(
     progress: Callable[[int], None] | None = None,
     hash_outputs: bool = True,
     fsync: bool = False,
+    lanes: int | None = None,
 ) -> WriteResult:
     """Write ``tensors`` as safetensors shards (plus ``{stem}.safetensors.index.json`` when
     there is more than one) into ``out_dir``; ``progress`` is called with bytes written.
@@ -252,7 +250,8 @@ def write_checkpoint(
     speed of the kernel copy, and ``WrittenFile.sha256`` is None). Every floating tensor is
     scanned for NaN/Inf either way (:class:`~layergraft.errors.NonFiniteError`). ``fsync`` flushes each
     shard to the device before returning: needed for durability across a power loss, not
-    for atomicity (the output directory is renamed into place only when complete)."""
+    for atomicity (the output directory is renamed into place only when complete).
+    ``lanes``: background threads hashing/scanning (default: one per core, at most 8)."""
     out_dir = Path(out_dir)
     tensors = list(tensors)
     names = [t.name for t in tensors]
@@ -263,50 +262,56 @@ def write_checkpoint(
     shards = plan_shards(tensors, max_shard_bytes)
     file_names = shard_file_names(len(shards), stem)
     result = WriteResult()
-    pool = ThreadPoolExecutor(max_workers=1)
+    bg, sources = Lanes(default_lanes() if lanes is None else lanes), Sources()
+    writers: list[_ShardWriter] = []
     try:
         for fname, shard in zip(file_names, shards, strict=True):
-            header, _ = encode_header([(t.name, t.dtype, t.shape, t.nbytes) for t in shard], meta)
-            w = _ShardWriter(out_dir / fname, pool, hash_outputs)
-            try:
-                w.write(header)
-                run: list[TensorEntry] = []  # consecutive byte ranges of one source file
-                for t in shard:
-                    src = t.slice_of
-                    if run and (src is None or not _continues(run[-1], src)):
-                        w.copy(run)
-                        run = []
-                    if src is not None:
-                        if src.nbytes != t.nbytes:
-                            raise ValueError(
-                                f"tensor {t.name!r}: source has {src.nbytes} bytes, expected {t.nbytes}"
-                            )
-                        run.append(src)
-                    elif t.load is not None:
-                        before = w.size
-                        data = t.load()
-                        if has_nonfinite(data, t.dtype):
-                            raise nonfinite_error(t.name, t.dtype, data, None)
-                        w.write(data)
-                        if w.size - before != t.nbytes:
-                            raise ValueError(
-                                f"tensor {t.name!r}: wrote {w.size - before} bytes, expected {t.nbytes}"
-                            )
-                    else:  # pragma: no cover - constructors guarantee one source
-                        raise ValueError(f"tensor {t.name!r} has no source")
-                    result.weight_map[t.name] = fname
-                    result.total_size += t.nbytes
-                    if progress is not None:
-                        progress(t.nbytes)
-                if run:
+            header, _ = encode_header(
+                [(t.name, t.dtype, t.shape, t.nbytes) for t in shard], meta, _page_offset(shard)
+            )
+            w = _ShardWriter(out_dir / fname, bg, sources, hash_outputs)
+            writers.append(w)
+            w.write(header)
+            run: list[TensorEntry] = []  # consecutive byte ranges of one source file
+            for t in shard:
+                src = t.slice_of
+                if run and (src is None or not _continues(run[-1], src)):
                     w.copy(run)
-                digest = w.finish(fsync)
-            except BaseException:
-                w.abort()
-                raise
-            result.files.append(WrittenFile(fname, w.size, digest))
+                    run = []
+                if src is not None:
+                    if src.nbytes != t.nbytes:
+                        raise ValueError(
+                            f"tensor {t.name!r}: source has {src.nbytes} bytes, expected {t.nbytes}"
+                        )
+                    run.append(src)
+                elif t.load is not None:
+                    before = w.size
+                    data = t.load()
+                    if has_nonfinite(data, t.dtype):
+                        raise nonfinite_error(t.name, t.dtype, data, None)
+                    w.write(data)
+                    if w.size - before != t.nbytes:
+                        raise ValueError(
+                            f"tensor {t.name!r}: wrote {w.size - before} bytes, expected {t.nbytes}"
+                        )
+                else:  # pragma: no cover - constructors guarantee one source
+                    raise ValueError(f"tensor {t.name!r} has no source")
+                result.weight_map[t.name] = fname
+                result.total_size += t.nbytes
+                if progress is not None:
+                    progress(t.nbytes)
+            if run:
+                w.copy(run)
+            w.finish(fsync)
+        bg.drain()  # every hash fed and every range scanned (raises the first failure)
+        for fname, w in zip(file_names, writers, strict=True):
+            result.files.append(WrittenFile(fname, w.size, w.digest()))
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        for w in writers:
+            w.close()
+        sources.stop()  # after a failure: a running job ends at its next block
+        bg.close()  # skips queued jobs, waits for a running one before its files are closed
+        sources.close()
     if len(shards) > 1:
         index = {"metadata": {"total_size": result.total_size}, "weight_map": result.weight_map}
         (out_dir / f"{stem}.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
