@@ -85,8 +85,18 @@ def test_inspect_gguf(tmp_path):
         64,
     )
     assert info["source"] == "gguf" and info["origin"] == str(g)
-    # second open reuses the dequantised cache
-    assert inspect_model(g)["path"] == info["path"]
+    # read from the header: nothing was converted
+    from layergraft.checkpoint.convert import gguf_cache_path
+
+    assert info["converted"] is False and not gguf_cache_path(g).exists()
+    # once converted (any command that runs the model), inspect reads the converted
+    # directory, and the two descriptions agree on every count
+    ck = open_checkpoint(g)
+    full = inspect_model(g)
+    assert full["path"] == str(ck.path) and "converted" not in full
+    for key in ("num_layers", "hidden_size", "vocab_size", "params_total", "params_pre",
+                "params_post", "params_per_layer", "tied_embeddings", "family"):  # fmt: skip
+        assert info[key] == full[key], key
 
 
 def _digest(p):
@@ -185,3 +195,21 @@ def test_fingerprint_full_hash(llama_dir):
         rec["sha256"] == hashlib.sha256((llama_dir / "model.safetensors").read_bytes()).hexdigest()
     )
     assert len(rec["header_sha256"]) == 64
+
+
+def test_a_converted_gguf_stops_on_the_end_of_turn_tokens_its_vocabulary_has():
+    """A GGUF records one EOS id; a chat model ends its turn with <end_of_turn> / <|im_end|>
+    / ... — the converted directory's generation config stops on those too."""
+    from layergraft.checkpoint.convert import stop_ids
+    from layergraft.toy.tokenizer import build_tokenizer
+
+    tok = build_tokenizer()  # has <|end|> (the toy's end of turn)
+    end = tok.get_vocab()["<|end|>"]
+    assert stop_ids(2, tok) == [2, end]
+    assert stop_ids([2, end], tok) == [2, end]
+
+    class NoChat:
+        def get_vocab(self):
+            return {"<s>": 1, "</s>": 2}
+
+    assert stop_ids(2, NoChat()) == 2

@@ -125,3 +125,24 @@ def test_loader_errors(tmp_path) -> None:
     f.write_text('{"prompt": "a or b", "valid": ["a", "b", "a"]}\n')
     (p,) = load_crc_prompts(f)
     assert p.valid == ("a", "b") and p.category == "x"
+
+
+@pytest.mark.parametrize("which", ["toy", "wordpiece"])
+def test_only_short_tokens_need_decoding_for_character_ids(which):
+    """The CRC character lookup decodes only tokens whose raw form can be one character
+    (a 262k vocabulary is mostly longer tokens) and finds exactly what decoding all finds."""
+    import string
+    import warnings
+
+    from layergraft.gen.metrics.diversity import default_embedder_path
+    from layergraft.models.load import load_tokenizer
+    from layergraft.slr.crc_scoring import _candidates, _char_token_ids
+    from layergraft.toy.tokenizer import build_tokenizer
+
+    tok = build_tokenizer() if which == "toy" else load_tokenizer(default_embedder_path())
+    chars = set(string.ascii_letters + string.digits + "é!?☃")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert _char_token_ids(tok, chars) == _char_token_ids(tok, chars, exhaustive=True)
+    if which == "wordpiece":
+        assert len(_candidates(tok)) < len(tok) / 3

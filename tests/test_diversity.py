@@ -157,3 +157,22 @@ def test_truncation_is_its_own_metric_and_creative_has_no_format_rule():
     m = score_records(recs, bootstrap=10, embedder=None)["per_prompt"]["p"]
     assert m["finished_rate"] == 0.5 and "format_validity" not in m
     assert Q.finished_rate([True, False, False, True]) == 0.5
+
+
+def test_cut_off_or_out_of_format_runs_carry_a_caveat():
+    from layergraft.gen.score import score_records
+
+    def recs(task, finished, text="1 + 1 = 2. #### 2"):
+        return [
+            {"prompt_id": "p", "sample": i, "task": task, "prompt": "q", "text": text,
+             "finished": f, "num_tokens": 9, "reference": {"answer": "2"}}
+            for i, f in enumerate(finished)
+        ]  # fmt: skip
+
+    ok = score_records(recs("reasoning", [True] * 4), bootstrap=10, embedder=None)
+    assert ok["caveats"] == []
+    cut = score_records(recs("reasoning", [True, False, False, False]), bootstrap=10, embedder=None)
+    assert any("ended within the token budget" in c for c in cut["caveats"])
+    assert any("in the task's format" in c for c in cut["caveats"])
+    loop = score_records(recs("qa", [True] * 4, text="a\nb\nc"), bootstrap=10, embedder=None)
+    assert len(loop["caveats"]) == 1 and "format" in loop["caveats"][0]

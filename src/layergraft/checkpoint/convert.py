@@ -29,10 +29,20 @@ def _file_key(path: Path) -> str:
     ]
 
 
+#: bumped when the conversion's output changes (2: end-of-turn stop tokens), so a cached
+#: directory written by an older layergraft is converted again rather than reused
+GGUF_CONVERSION = 2
+
+
+def gguf_cache_path(path: Path) -> Path:
+    """Where the converted directory of ``path`` is (or will be) cached."""
+    return cache_dir() / "gguf" / f"{path.stem}-{_file_key(path)}-v{GGUF_CONVERSION}"
+
+
 def gguf_to_dir(path: Path) -> Path:
     """Dequantise a GGUF file once into a cached safetensors directory (transformers' gguf
     support does the dequantisation), so every later step sees an ordinary checkpoint."""
-    out = cache_dir() / "gguf" / f"{path.stem}-{_file_key(path)}"
+    out = gguf_cache_path(path)
     if (out / "config.json").is_file():
         return out
     try:
@@ -64,16 +74,37 @@ def gguf_to_dir(path: Path) -> Path:
                 del state[name]
     with atomic_dir(out, force=True) as tmp:
         config.save_pretrained(tmp)
-        if getattr(model, "generation_config", None) is not None:
-            model.generation_config.save_pretrained(tmp)
         write_checkpoint(tmp, [OutTensor.from_torch(k, v) for k, v in state.items()])
+        tok = None
         try:
-            AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name).save_pretrained(
-                tmp
-            )
+            tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+            tok.save_pretrained(tmp)
         except Exception as e:  # a GGUF without tokenizer metadata still gives weights
             log.warning("%s: no usable tokenizer in the GGUF file (%s)", path, e)
+        gen = getattr(model, "generation_config", None)
+        if gen is not None:
+            if tok is not None:
+                gen.eos_token_id = stop_ids(gen.eos_token_id, tok)
+            gen.save_pretrained(tmp)
     return out
+
+
+#: end-of-turn tokens of common chat formats: a GGUF records one EOS id, but a chat model
+#: ends its turn with one of these (Gemma's <end_of_turn>, ChatML's <|im_end|>, Llama 3's
+#: <|eot_id|>, Phi's <|end|>); without them generation runs to the token budget
+END_OF_TURN = ("<end_of_turn>", "<|im_end|>", "<|eot_id|>", "<|end|>")
+
+
+def stop_ids(eos: Any, tokenizer: Any) -> Any:
+    """The EOS id(s) plus the end-of-turn tokens the vocabulary has (a list; ``eos`` itself
+    when there are none)."""
+    ids = [eos] if isinstance(eos, int) else list(eos or [])
+    vocab = tokenizer.get_vocab()
+    for name in END_OF_TURN:
+        i = vocab.get(name)
+        if i is not None and i not in ids:
+            ids.append(i)
+    return ids if len(ids) != 1 else ids[0]
 
 
 def pickle_to_dir(path: Path) -> Path:

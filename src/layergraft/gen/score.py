@@ -7,6 +7,7 @@ per-prompt values, with a seeded numpy generator (same seed -> same intervals).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -20,6 +21,7 @@ from layergraft.gen.metrics.judge import HFJudge
 from layergraft.gen.records import group_by_prompt, read_records
 
 PathLike = str | os.PathLike[str]
+log = logging.getLogger(__name__)
 
 
 def make_embedder(spec: Any) -> D.Embedder | None:
@@ -115,6 +117,31 @@ def aggregate(
     return mean, ci
 
 
+#: below this share of complete, in-format replies, text diversity measures something else
+CAVEAT_BELOW = 0.5
+
+
+def format_caveats(mean: Mapping[str, Any]) -> list[str]:
+    """Why this run's diversity numbers may not compare with others': most replies cut off by
+    the token budget, or out of the task's format. A model that loops or ignores the chat
+    format scores high on distinct-n and low on self-BLEU without being diverse in any useful
+    sense; the quality columns and embedding metrics are the fairer comparison then."""
+    out = []
+    fin, fmt = mean.get("finished_rate"), mean.get("format_validity")
+    if fin is not None and fin < CAVEAT_BELOW:
+        out.append(
+            f"only {fin:.0%} of replies ended within the token budget: its text diversity "
+            "is mostly of cut-off text (raise --max-new-tokens, or read embedding diversity and "
+            "the quality columns)"
+        )
+    if fmt is not None and fmt < CAVEAT_BELOW:
+        out.append(
+            f"only {fmt:.0%} of replies are complete and in the task's format: distinct-n and "
+            "self-BLEU of out-of-format text are not comparable with an in-format model's"
+        )
+    return out
+
+
 def score_records(
     records: Sequence[dict[str, Any]],
     *,
@@ -140,6 +167,9 @@ def score_records(
             js = judge.score([str(r["prompt"]) for r in g], [str(r["text"]) for r in g])
         per_prompt[pid] = score_prompt(g, embs.get(pid), js)
     mean, ci = aggregate(per_prompt, bootstrap=bootstrap, seed=seed)
+    caveats = format_caveats(mean)
+    for c in caveats:
+        log.warning("%s: %s", records[0].get("model") if records else "generations", c)
     first = records[0] if records else {}
     tasks = sorted({str(r.get("task")) for r in records})
     return {
@@ -153,6 +183,7 @@ def score_records(
         "bootstrap": {"resamples": bootstrap, "seed": seed, "level": 0.95, "unit": "prompt"},
         "mean": mean,
         "ci95": ci,
+        "caveats": caveats,
         "per_prompt": per_prompt,
     }
 

@@ -89,6 +89,10 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         label = f"{name} (T={st.get('temperature')}, min-p={st.get('min_p')})"
         cells = [fmt_ci(r["mean"][m], r["ci95"].get(m)) if m in r["mean"] else "–" for m in metrics]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    caveats = [(name, c) for name, r in results["runs"].items() for c in r.get("caveats", [])]
+    if caveats:
+        lines += ["", "## Read with care", ""]
+        lines += [f"- `{name}`: {c}" for name, c in caveats]
     lines += ["", "## Models", ""]
     lines += [f"- `{k}`: {v}" for k, v in results["models"].items()]
     if results.get("plots"):

@@ -165,6 +165,9 @@ def _compare_blocks(res: dict[str, Any]) -> list[Block]:
             )
         )
         blocks.append(("table", ["run", *metrics], rows))
+        notes = [f"{name}: {c}" for name, r in cr["runs"].items() for c in r.get("caveats", [])]
+        if notes:
+            blocks.append(("p", "Read with care — " + "; ".join(notes) + "."))
         for p in cr.get("plots") or []:
             blocks.append(
                 ("img", f"compare/{task}/{p}", f"{task}: {Path(p).stem.replace('_', ' ')}")
