@@ -4,9 +4,10 @@
 * Packages are layered: a module imports only its own package or lower layers (the table
   below, the same as README's development section), so a capability never reaches up into
   the command line, the demo, or a sibling capability.
-* A function-local import of a layergraft module is allowed only where it keeps torch (or
-  another heavy library) out of start-up, and each such place is listed here with its reason:
-  none exists to hide a cycle.
+* A function-local import of a layergraft module is allowed only where it keeps start-up fast:
+  in the command-line modules (a command loads its own code when it runs, so ``layergraft
+  restore`` does not import the sweep, generation and pruning code), and in the places listed
+  here with their reason. None exists to hide a cycle: the graph counts them too.
 * No module over 400 lines; one ``load_model``; plots and reports rendered in ``report/`` only.
 * ``import layergraft.api`` (and the CLI) imports no torch, transformers or matplotlib.
 """
@@ -167,8 +168,8 @@ def test_lower_layers_never_import_higher_ones():
     assert bad == []
 
 
-def test_function_local_imports_are_only_for_heavy_libraries():
-    local = {(a, b) for a, b, top in EDGES if not top}
+def test_function_local_imports_are_only_for_start_up():
+    local = {(a, b) for a, b, top in EDGES if not top and group(a) != "cli"}
     assert local == set(LAZY_ALLOWED), sorted(local ^ set(LAZY_ALLOWED))
 
 

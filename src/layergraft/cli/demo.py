@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from layergraft import api
 from layergraft.cli.options import add_command, add_placement_args, add_quiet_arg, placement_kwargs
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    res = api.run_demo(
+    from layergraft.demo import run_demo
+
+    res = run_demo(
         args.out, quick=args.quick, force=args.force, progress=not args.quiet,
         **placement_kwargs(args),
     )  # fmt: skip

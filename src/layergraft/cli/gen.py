@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from layergraft import api
-from layergraft.checkpoint.atomic import write_json_atomic
 from layergraft.cli.options import (
     add_command,
     add_json_arg,
@@ -18,8 +16,6 @@ from layergraft.cli.options import (
     ray_kwargs,
 )
 from layergraft.errors import InputError
-from layergraft.gen.distributed import RayGenerator
-from layergraft.report.compare import headline_metrics
 
 
 def _add_decoding(s: argparse.ArgumentParser) -> None:
@@ -95,7 +91,9 @@ def _decoding_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    recs = api.generate(
+    from layergraft.gen.generate import generate
+
+    recs = generate(
         args.model,
         args.task,
         n=args.n,
@@ -126,9 +124,10 @@ def _print_summary(res: dict[str, Any]) -> None:
 
 
 def _cmd_diversity(args: argparse.Namespace) -> int:
-    res = api.diversity(
-        args.gens, embedder=args.embedder, judge=args.judge, bootstrap=args.bootstrap
-    )
+    from layergraft.checkpoint.atomic import write_json_atomic
+    from layergraft.gen.score import diversity
+
+    res = diversity(args.gens, embedder=args.embedder, judge=args.judge, bootstrap=args.bootstrap)
     if args.out:
         write_json_atomic(args.out, res)
     if args.json:
@@ -151,13 +150,18 @@ def _parse_models(items: list[str]) -> dict[str, str]:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
+    from layergraft.gen.compare import compare
+    from layergraft.gen.distributed import RayGenerator
+    from layergraft.gen.sampling import SamplingSettings
+    from layergraft.report.compare import headline_metrics
+
     ray = ray_kwargs(args)
-    res = api.compare(
+    res = compare(
         _parse_models(args.models),
         args.task,
         args.out,
         n=args.n,
-        settings=api.SamplingSettings(**_decoding_kwargs(args)),
+        settings=SamplingSettings(**_decoding_kwargs(args)),
         baselines=args.baselines,
         baseline_model=args.baseline_model,
         tokenizer=args.tokenizer,

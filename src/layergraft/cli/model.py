@@ -5,15 +5,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from layergraft import api
-from layergraft.checkpoint.describe import format_inspect
 from layergraft.cli.options import add_command, add_json_arg, add_quiet_arg, print_json
-from layergraft.report.diff import diff_table
-from layergraft.toy import build_pair
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    info = api.inspect_model(args.model, allow_pickle=args.allow_pickle)
+    from layergraft.checkpoint.describe import format_inspect, inspect_model
+
+    info = inspect_model(args.model, allow_pickle=args.allow_pickle)
     if args.json:
         print_json(info)
     else:
@@ -22,7 +20,10 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_diff(args: argparse.Namespace) -> int:
-    res = api.diff(
+    from layergraft.report.diff import diff_table
+    from layergraft.slr.diff import diff
+
+    res = diff(
         args.base,
         args.post,
         plot=args.plot,
@@ -39,20 +40,26 @@ def _cmd_diff(args: argparse.Namespace) -> int:
 
 
 def _cmd_toy_path(args: argparse.Namespace) -> int:
-    base, post = api.toy_paths()
+    from layergraft.toy import toy_paths
+
+    base, post = toy_paths()
     print(base)
     print(post)
     return 0
 
 
 def _cmd_toy_build(args: argparse.Namespace) -> int:
+    from layergraft.toy import build_pair
+
     result = build_pair(args.out, seed=args.seed, progress=not args.quiet)
     print_json(result)
     return 0
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    rep = api.verify_model_dir(args.dir, load=not args.no_load)
+    from layergraft.models.verify import verify_model_dir
+
+    rep = verify_model_dir(args.dir, load=not args.no_load)
     if args.json:
         print_json(rep)
     else:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from layergraft import api
-from layergraft.checkpoint.provenance import command_line
 from layergraft.cli.options import (
     add_calib_args,
     add_command,
@@ -20,7 +18,6 @@ from layergraft.cli.options import (
     print_json,
 )
 from layergraft.errors import LayergraftError
-from layergraft.text import DEFAULT_CALIB, DEFAULT_HELDOUT
 
 
 def _add_removal_args(s: argparse.ArgumentParser) -> None:
@@ -61,7 +58,10 @@ def _data(args: argparse.Namespace, name: str, default: Any) -> Any:
 
 
 def _cmd_scores(args: argparse.Namespace) -> int:
-    res = api.scores(
+    from layergraft.prune.scores import scores
+    from layergraft.text import DEFAULT_CALIB
+
+    res = scores(
         args.model,
         _data(args, "data", DEFAULT_CALIB),
         block=args.block,
@@ -91,6 +91,11 @@ def _cmd_scores(args: argparse.Namespace) -> int:
 
 
 def _cmd_prune(args: argparse.Namespace) -> int:
+    from layergraft.checkpoint.provenance import command_line
+    from layergraft.prune.compare import compare_recovery
+    from layergraft.prune.pipeline import prune
+    from layergraft.text import DEFAULT_CALIB, DEFAULT_HELDOUT
+
     calib = _data(args, "calib", DEFAULT_CALIB)
     if args.compare:
         given = [f for f, v in (("--recover", args.recover), ("--out", args.out),
@@ -101,7 +106,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
                 "(or remove --compare to write one model)"
             )
         return _print_compare(
-            api.compare_recovery(
+            compare_recovery(
                 args.model,
                 remove=args.remove,
                 auto=args.auto,
@@ -125,7 +130,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         )
     if args.out is None:
         raise LayergraftError("--out DIR is required (or pass --compare to only compare methods)")
-    prov = api.prune(
+    prov = prune(
         args.model,
         args.out,
         remove=args.remove,
@@ -193,7 +198,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_ppl(args: argparse.Namespace) -> int:
-    res = api.ppl(
+    from layergraft.evaluate.perplexity import ppl
+    from layergraft.text import DEFAULT_HELDOUT
+
+    res = ppl(
         args.model,
         _data(args, "data", DEFAULT_HELDOUT),
         seqlen=args.ppl_seqlen,
@@ -212,7 +220,9 @@ def _cmd_ppl(args: argparse.Namespace) -> int:
 
 
 def _cmd_lm_eval(args: argparse.Namespace) -> int:
-    res = api.lm_eval(
+    from layergraft.evaluate.harness import lm_eval
+
+    res = lm_eval(
         args.model,
         args.tasks,
         limit=args.limit,

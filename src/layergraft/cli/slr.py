@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from layergraft import api
-from layergraft.checkpoint.provenance import command_line
 from layergraft.cli.options import (
     add_command,
     add_json_arg,
@@ -23,14 +21,14 @@ from layergraft.cli.options import (
     ray_kwargs,
 )
 from layergraft.errors import LayergraftError
-from layergraft.report.sweep import sweep_table
-from layergraft.slr.distributed import RayExecutor
-from layergraft.slr.plan import format_plan
 
 
 def _cmd_restore(args: argparse.Namespace) -> int:
+    from layergraft.checkpoint.provenance import command_line
+    from layergraft.slr.restore import restore
+
     v = merge_recipe(args, "restore", ("base", "post", "layers"))
-    prov = api.restore(
+    prov = restore(
         v["base"],
         v["post"],
         v["layers"],
@@ -62,8 +60,11 @@ def _parts_label(details: dict[str, Any]) -> str:
 
 
 def _cmd_soup(args: argparse.Namespace) -> int:
+    from layergraft.checkpoint.provenance import command_line
+    from layergraft.slr.soup import soup
+
     v = merge_recipe(args, "soup", ("base", "post", "alpha"))
-    api.soup(
+    soup(
         v["base"],
         v["post"],
         v["alpha"],
@@ -87,7 +88,9 @@ def _crc_table(res: dict[str, Any]) -> str:
 
 
 def _cmd_crc(args: argparse.Namespace) -> int:
-    res = api.crc(
+    from layergraft.slr.crc import crc
+
+    res = crc(
         args.model,
         args.tokenizer,
         prompts=args.prompts,
@@ -120,6 +123,11 @@ def _parse_starts(text: str | None) -> list[int] | None:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
+    from layergraft.report.sweep import sweep_table
+    from layergraft.slr.distributed import RayExecutor
+    from layergraft.slr.plan import format_plan
+    from layergraft.slr.sweep import sweep
+
     if args.base is None or args.post is None:
         raise LayergraftError("--base and --post are required")
     if args.proxy == "ppl" and args.validity_ratio is not None:
@@ -129,7 +137,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if args.proxy == "crc" and args.data is not None:
         raise LayergraftError("--data is the text of --proxy ppl; remove it or pass --proxy ppl")
     ray = ray_kwargs(args)
-    res = api.sweep(
+    res = sweep(
         args.base,
         args.post,
         args.out,
