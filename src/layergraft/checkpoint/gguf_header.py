@@ -10,6 +10,7 @@ arrays), skipping the big arrays (the vocabulary) without building them.
 
 from __future__ import annotations
 
+import math
 import mmap
 import struct
 from dataclasses import dataclass
@@ -36,10 +37,7 @@ class GgufTensor:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for s in self.shape:
-            n *= s
-        return n
+        return math.prod(self.shape)
 
 
 @dataclass
