@@ -1,9 +1,10 @@
 """Keep the README's numbers equal to a demo run's results.json.
 
-The README holds tables between markers ``<!-- demo:NAME -->`` and ``<!-- /demo:NAME -->``.
-This script renders each table from ``docs/demo/results.json`` (the committed output of a
-full ``layergraft demo`` run) and either rewrites the README or, with ``--check``, fails if
-any table differs — so no number in the README can drift from a measured run.
+The README holds tables between markers ``<!-- SOURCE:NAME -->`` and ``<!-- /SOURCE:NAME -->``.
+This script renders each table from the committed results of a measured run —
+``docs/demo/results.json`` (a full ``layergraft demo``) for ``demo:``, ``docs/gemma3/results.json``
+(``experiments/gemma3/pipeline.py``) for ``gemma3:`` — and either rewrites the README or, with
+``--check``, fails if any table differs, so no number in the README can drift from a run.
 
     python tools/readme_numbers.py --from demo-out   # copy a fresh run's results + plots, rewrite README
     python tools/readme_numbers.py --check           # used by the test suite
@@ -21,6 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 DEMO = ROOT / "docs" / "demo"
+GEMMA = ROOT / "docs" / "gemma3"  # experiments/gemma3/pipeline.py writes it
 
 
 def _f(x: float, nd: int = 3) -> str:
@@ -46,8 +48,37 @@ def table_sweep(res: dict) -> str:
     return "\n".join(out)
 
 
+def table_parts(res: dict) -> str:
+    """Which part of the layers carries the gain: the rule applied to each part's sweep."""
+    sw = res["sweep"]
+    by_part = sw.get("by_part") or {}
+    out = [
+        "| parts restored | selected interval | validity V | H_norm | intervals qualifying |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for part, b in by_part.items():
+        sel, n = b.get("selected"), len(b.get("intervals") or [])
+        eligible = f"{b['selection']['eligible_intervals']} of {n}"
+        if sel:
+            out.append(
+                f"| {part} | `{sel['interval']}` | {_f(sel['V'])} | {_f(sel['H_norm'])} | {eligible} |"
+            )
+        else:
+            out.append(f"| {part} | none | – | – | {eligible} |")
+    wc = sw.get("weight_change")
+    if wc and wc.get("spearman") is not None:
+        out.append("")
+        out.append(
+            f"Spearman rank correlation between how far post-training moved a layer's weights and "
+            f"the H_norm gain of restoring that layer alone: {wc['spearman']:.2f} over "
+            f"{len(wc['layers'])} layers."
+        )
+    return "\n".join(out)
+
+
 def table_compare(res: dict) -> str:
     keys = (
+        "finished_rate",
         "valid_rate",
         "accuracy",
         "format_validity",
@@ -92,20 +123,65 @@ def table_timing(res: dict) -> str:
     return "\n".join(out)
 
 
-TABLES = {
-    "sweep": table_sweep,
-    "compare": table_compare,
-    "prune": table_prune,
-    "timing": table_timing,
+def table_crc(res: dict) -> str:
+    """CRC of the two models of the pair, before any surgery."""
+    out = ["| model | validity V | H (nats) | H_norm |", "|---|---:|---:|---:|"]
+    out += [
+        f"| {n} | {_f(r['V'])} | {_f(r['H'])} | {_f(r['H_norm'])} |" for n, r in res["crc"].items()
+    ]
+    return "\n".join(out)
+
+
+def table_steps(res: dict) -> str:
+    """Each command of the experiment in its own process: wall time and peak resident memory."""
+    out = ["| step | wall (s) | peak RSS (MiB) |", "|---|---:|---:|"]
+    out += [
+        f"| `{k}` | {v['wall_s']:.0f} | {v['peak_rss_mib']:,.0f} |" for k, v in res["steps"].items()
+    ]
+    total = sum(v["wall_s"] for v in res["steps"].values())
+    out.append(f"| **total** | {total:.0f} | |")
+    return "\n".join(out)
+
+
+#: marker prefix -> (committed results file, tables rendered from it)
+SOURCES = {
+    "demo": (
+        DEMO / "results.json",
+        {
+            "sweep": table_sweep,
+            "parts": table_parts,
+            "compare": table_compare,
+            "prune": table_prune,
+            "timing": table_timing,
+        },
+    ),
+    "gemma3": (
+        GEMMA / "results.json",
+        {
+            "crc": table_crc,
+            "sweep": table_sweep,
+            "parts": table_parts,
+            "compare": table_compare,
+            "prune": table_prune,
+            "steps": table_steps,
+        },
+    ),
 }
 
 
-def render(readme: str, res: dict) -> str:
-    for name, fn in TABLES.items():
-        pat = re.compile(rf"(<!-- demo:{name} -->)(.*?)(<!-- /demo:{name} -->)", re.S)
-        if not pat.search(readme):
-            raise SystemExit(f"README.md has no <!-- demo:{name} --> block")
-        readme = pat.sub(lambda m, fn=fn: m.group(1) + "\n" + fn(res) + "\n" + m.group(3), readme)
+def render(readme: str) -> str:
+    """Rewrite every marked table from its results file (a block whose file is absent is an error)."""
+    for prefix, (path, tables) in SOURCES.items():
+        if f"<!-- {prefix}:" not in readme:
+            continue
+        res = json.loads(path.read_text())
+        for name, fn in tables.items():
+            pat = re.compile(rf"(<!-- {prefix}:{name} -->)(.*?)(<!-- /{prefix}:{name} -->)", re.S)
+            if not pat.search(readme):
+                raise SystemExit(f"README.md has no <!-- {prefix}:{name} --> block")
+            readme = pat.sub(
+                lambda m, fn=fn, res=res: m.group(1) + "\n" + fn(res) + "\n" + m.group(3), readme
+            )
     return readme
 
 
@@ -124,19 +200,19 @@ def main() -> int:
         shutil.copyfile(args.src / "results.json", DEMO / "results.json")
         for name in ("heatmaps.png", "pareto.png"):
             shutil.copyfile(args.src / name, DEMO / name)
-    res = json.loads((DEMO / "results.json").read_text())
+        shutil.copyfile(args.src / "sweep" / "diff.png", DEMO / "diff.png")
     text = README.read_text()
-    new = render(text, res)
+    new = render(text)
     if args.check:
         if new != text:
             print(
-                "README.md tables differ from docs/demo/results.json: run python tools/readme_numbers.py",
+                "README.md tables differ from docs/*/results.json: run python tools/readme_numbers.py",
                 file=sys.stderr,
             )
             return 1
         return 0
     README.write_text(new)
-    print("README.md tables rendered from docs/demo/results.json")
+    print("README.md tables rendered from docs/demo/results.json and docs/gemma3/results.json")
     return 0
 
 

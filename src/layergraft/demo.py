@@ -42,6 +42,9 @@ PathLike = str | os.PathLike[str]
 #: these budgets cut none of them; the base model, which never learned to stop, runs to them
 TOY_BUDGETS = {"qa": 96, "creative": 128, "reasoning": 96}
 
+#: the toy pair's context (max_position_embeddings): the perplexity chunk length of the demo
+TOY_CONTEXT = 512
+
 
 @dataclass(frozen=True)
 class DemoSettings:
@@ -190,6 +193,7 @@ class _Run:
                 metric="angular",
                 calib_tokens=self.cfg.calib_tokens,
                 ppl_max_tokens=self.cfg.ppl_max_tokens,
+                ppl_seqlen=TOY_CONTEXT,  # the papers' 2048 does not fit the toy's context
                 progress=self.progress,
                 **self.placement,
             )  # fmt: skip

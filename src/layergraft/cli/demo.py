@@ -26,7 +26,7 @@ def register(sub: Any) -> None:
         sub,
         "demo",
         _cmd_demo,
-        "run everything on the bundled toy pair and write a report (about a minute on 2 CPU cores)",
+        "run everything on the bundled toy pair and write a report (about two minutes on 2 CPU cores)",
         "Inspect the toy base/post pair, sweep every restored interval on the CRC proxy, select and "
         "restore one, compare base/post/SLR/soup generations, prune the base with every recovery method, and "
         "write report.md, report.html and results.json.",
