@@ -91,6 +91,47 @@ def test_without_ray_the_flag_is_one_line_naming_the_extra(monkeypatch, tmp_path
     assert "--workers applies to --ray" in capsys.readouterr().err
 
 
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nobody listens once the socket is closed
+
+
+def test_an_address_nobody_listens_on_is_refused_at_once(monkeypatch, tmp_path, prompts, capsys):
+    """ray.init retries such an address for minutes; a socket connect answers at once."""
+    from layergraft.cluster import connect, unreachable
+    from layergraft.errors import InputError
+
+    port = _closed_port()
+    assert unreachable(f"127.0.0.1:{port}") and unreachable(f"ray://127.0.0.1:{port}")
+    assert unreachable("auto") is None and unreachable("head-node") is None  # left to Ray
+
+    class NeverInit:  # a Ray whose init must not be reached
+        def is_initialized(self) -> bool:
+            return False
+
+        def init(self, **kw):
+            raise AssertionError("ray.init was called with an unreachable address")
+
+    with pytest.raises(InputError, match=f"cannot join the Ray cluster at 127.0.0.1:{port}"):
+        connect(NeverInit(), f"127.0.0.1:{port}")
+    if ray is not None:  # the command: exit 2, one line, nothing written
+        monkeypatch.setattr(ray, "is_initialized", lambda: False)
+        monkeypatch.setattr(ray, "init", NeverInit().init)
+        assert main(_sweep_argv(tmp_path / "s", prompts, "--ray", f"127.0.0.1:{port}")) == 2
+        err = capsys.readouterr().err
+        assert "cannot join the Ray cluster" in err and err.count("\n") == 1
+        assert not (tmp_path / "s").exists()
+        argv = ["compare", "--models", f"post={POST}", "--task", "qa", "--out", str(tmp_path / "c"),
+                "--quiet", "--ray", f"127.0.0.1:{port}"]  # fmt: skip
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "cannot join the Ray cluster" in err and err.count("\n") == 1
+        assert not (tmp_path / "c").exists()
+
+
 @needs_ray
 def test_sweep_on_ray_writes_the_local_results(cluster, local_sweep, prompts, tmp_path):
     out = tmp_path / "sweep"

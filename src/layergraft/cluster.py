@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
 from typing import Any
 
 from layergraft.errors import InputError
@@ -40,12 +41,41 @@ def last_line(e: BaseException) -> str:
     return re.sub(r"^[\w.]+(Error|Exception): ", "", lines[-1]) if lines else type(e).__name__
 
 
+def unreachable(address: str, timeout: float = 5.0) -> str | None:
+    """Why ``host:port`` (optionally ``ray://host:port``) takes no TCP connection, or None.
+
+    ``ray.init`` retries an address nobody listens on for minutes before it gives up; one
+    socket connect answers in at most ``timeout`` seconds. Addresses without a port are left
+    to Ray."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return None
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    return None
+
+
+def check_address(address: str | None) -> None:
+    """Refuse, in one line, an explicit address that takes no connection (before any output
+    is written: executors call this when they are built, ``connect`` again when they join)."""
+    where = None if address in (None, "auto") else address
+    why = unreachable(where) if where else None
+    if why:
+        raise InputError(
+            f"cannot join the Ray cluster at {address}: {why}; start one there with `ray start "
+            "--head`, check host and port, or pass --ray without an address (a local cluster)"
+        )
+
+
 def connect(ray: Any, address: str | None) -> bool:
     """Join the cluster at ``address``; ``"auto"``/None: the one this machine belongs to
     (``RAY_ADDRESS``, or the one ``ray start`` started here), else a new local one. True when
     this call started Ray (the caller then shuts it down)."""
     if ray.is_initialized():
         return False
+    check_address(address)
     where = None if address in (None, "auto") else address
     try:
         ray.init(

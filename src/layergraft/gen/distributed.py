@@ -24,7 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from layergraft.cluster import check_worker_options, connect, import_ray, last_line, plan_workers
+from layergraft.cluster import (
+    check_address,
+    check_worker_options,
+    connect,
+    import_ray,
+    last_line,
+    plan_workers,
+)
 from layergraft.errors import InputError, LayergraftError
 from layergraft.gen.engine import hf_generate_batch
 from layergraft.gen.jobs import pending_jobs, stop_token_ids
@@ -98,6 +105,7 @@ class RayGenerator:
         max_retries: int = 3,
     ) -> None:
         check_worker_options(workers, gpus_per_worker)
+        check_address(address)
         self.ray = import_ray()
         self.address, self.workers, self.gpus, self.max_retries = (
             address, workers, gpus_per_worker, max_retries,

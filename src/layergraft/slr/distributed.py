@@ -28,7 +28,14 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from layergraft.cluster import check_worker_options, connect, import_ray, last_line, plan_workers
+from layergraft.cluster import (
+    check_address,
+    check_worker_options,
+    connect,
+    import_ray,
+    last_line,
+    plan_workers,
+)
 from layergraft.errors import InputError, LayergraftError
 from layergraft.slr.engines import Unit
 from layergraft.slr.worker import SweepWorker, WorkerSpec
@@ -73,6 +80,7 @@ class RayExecutor:
         actor: type = UnitActor,
     ) -> None:
         check_worker_options(workers, gpus_per_worker)
+        check_address(address)
         self.ray = import_ray()
         self.address, self.workers, self.gpus = address, workers, gpus_per_worker
         self.max_unit_retries, self.actor = max_unit_retries, actor
