@@ -1,10 +1,10 @@
-"""Keep the README's numbers equal to a demo run's results.json.
+"""Keep the numbers of the README (and of docs/gemma3/README.md) equal to measured runs.
 
-The README holds tables between markers ``<!-- SOURCE:NAME -->`` and ``<!-- /SOURCE:NAME -->``.
+Each page holds tables between markers ``<!-- SOURCE:NAME -->`` and ``<!-- /SOURCE:NAME -->``.
 This script renders each table from the committed results of a measured run —
 ``docs/demo/results.json`` (a full ``layergraft demo``) for ``demo:``, ``docs/gemma3/results.json``
-(``experiments/gemma3/pipeline.py``) for ``gemma3:`` — and either rewrites the README or, with
-``--check``, fails if any table differs, so no number in the README can drift from a run.
+(``experiments/gemma3/pipeline.py``) for ``gemma3:`` — and either rewrites the pages or, with
+``--check``, fails if any table differs, so no published number can drift from a run.
 
     python tools/readme_numbers.py --from demo-out   # copy a fresh run's results + plots, rewrite README
     python tools/readme_numbers.py --check           # used by the test suite
@@ -23,6 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 DEMO = ROOT / "docs" / "demo"
 GEMMA = ROOT / "docs" / "gemma3"  # experiments/gemma3/pipeline.py writes it
+#: the pages whose marked tables are rendered (the experiment's report holds its timing tables)
+PAGES = (README, GEMMA / "README.md")
 
 
 def _f(x: float, nd: int = 3) -> str:
@@ -87,6 +89,7 @@ def table_compare(res: dict) -> str:
         "embedding_diversity",
         "vendi",
         "distinct_answers",
+        "distinct_valid_answers",
     )
     out = []
     for task, cr in (res.get("compare") or {}).items():
@@ -116,6 +119,26 @@ def table_prune(res: dict) -> str:
     return "\n".join(out).rstrip()
 
 
+def table_prune_summary(res: dict) -> str:
+    """One row per removal: the perplexity after each recovery method, dense alongside."""
+    prs = list((res.get("pruning") or {}).values())
+    if not prs:
+        return ""
+    methods = [r["method"] for r in prs[0]["rows"] if r["method"] != "dense"]
+    dense = next(r["ppl"] for r in prs[0]["rows"] if r["method"] == "dense")
+    out = [f"| removal (dense PPL {dense:.2f}) | " + " | ".join(methods) + " |"]
+    out.append("|---|" + "---:|" * len(methods))
+    for pr in prs:
+        ppl = {r["method"]: r["ppl"] for r in pr["rows"]}
+        best = min(ppl[m] for m in methods)
+        cells = [f"**{ppl[m]:.2f}**" if ppl[m] == best else f"{ppl[m]:.2f}" for m in methods]
+        n = sum(b - a for a, b in (map(int, g.split(":")) for g in pr["removed"].split(",")))
+        out.append(
+            f"| {n} layers, {pr['metric']} → `{pr['removed']}` | " + " | ".join(cells) + " |"
+        )
+    return "\n".join(out)
+
+
 def table_timing(res: dict) -> str:
     t = res["timing_s"]
     out = ["| step | seconds |", "|---|---:|"] + [f"| {k} | {v:.1f} |" for k, v in t.items()]
@@ -125,10 +148,24 @@ def table_timing(res: dict) -> str:
 
 def table_crc(res: dict) -> str:
     """CRC of the two models of the pair, before any surgery."""
-    out = ["| model | validity V | H (nats) | H_norm |", "|---|---:|---:|---:|"]
-    out += [
-        f"| {n} | {_f(r['V'])} | {_f(r['H'])} | {_f(r['H_norm'])} |" for n, r in res["crc"].items()
-    ]
+    cats = sorted({c for r in res["crc"].values() for c in r.get("by_category", {})})
+    out = ["| model (`layergraft crc`) | validity V | H (nats) | H_norm |"]
+    out[0] += "".join(f" V {c} | H_norm {c} |" for c in cats)
+    out.append("|---|---:|---:|---:|" + "---:|---:|" * len(cats))
+    for n, r in res["crc"].items():
+        m, by = r["mean"], r.get("by_category", {})
+        row = f"| {n} | {_f(m['V'])} | {_f(m['H'])} | {_f(m['H_norm'])} |"
+        row += "".join(f" {_f(by[c]['V'])} | {_f(by[c]['H_norm'])} |" for c in cats)
+        out.append(row)
+    return "\n".join(out)
+
+
+def table_candidates(res: dict) -> str:
+    """The models put to the generation tasks, with their CRC scores and why each is there."""
+    out = ["| model | restores | validity V | H_norm | why |", "|---|---|---:|---:|---|"]
+    for name, c in (res.get("candidates") or {}).items():
+        what = f"layers `{c['interval']}`" if "interval" in c else f"α = {c['alpha']:g} of base"
+        out.append(f"| {name} | {what} | {_f(c['V'])} | {_f(c['H_norm'])} | {c['why']} |")
     return "\n".join(out)
 
 
@@ -161,8 +198,10 @@ SOURCES = {
             "crc": table_crc,
             "sweep": table_sweep,
             "parts": table_parts,
+            "candidates": table_candidates,
             "compare": table_compare,
             "prune": table_prune,
+            "prune_summary": table_prune_summary,
             "steps": table_steps,
         },
     ),
@@ -170,15 +209,20 @@ SOURCES = {
 
 
 def render(readme: str) -> str:
-    """Rewrite every marked table from its results file (a block whose file is absent is an error)."""
+    """Rewrite every marked table of a page from its results file (a missing file is an error)."""
     for prefix, (path, tables) in SOURCES.items():
         if f"<!-- {prefix}:" not in readme:
             continue
+        unknown = set(re.findall(rf"<!-- {prefix}:(\w+) -->", readme)) - set(tables)
+        if unknown:
+            raise SystemExit(
+                f"no table named {prefix}:{', '.join(sorted(unknown))}; known: {', '.join(tables)}"
+            )
         res = json.loads(path.read_text())
         for name, fn in tables.items():
             pat = re.compile(rf"(<!-- {prefix}:{name} -->)(.*?)(<!-- /{prefix}:{name} -->)", re.S)
             if not pat.search(readme):
-                raise SystemExit(f"README.md has no <!-- {prefix}:{name} --> block")
+                continue  # a page shows the tables it wants
             readme = pat.sub(
                 lambda m, fn=fn, res=res: m.group(1) + "\n" + fn(res) + "\n" + m.group(3), readme
             )
@@ -201,18 +245,25 @@ def main() -> int:
         for name in ("heatmaps.png", "pareto.png"):
             shutil.copyfile(args.src / name, DEMO / name)
         shutil.copyfile(args.src / "sweep" / "diff.png", DEMO / "diff.png")
-    text = README.read_text()
-    new = render(text)
-    if args.check:
+    stale = []
+    for page in (p for p in PAGES if p.is_file()):
+        text = page.read_text()
+        new = render(text)
         if new != text:
-            print(
-                "README.md tables differ from docs/*/results.json: run python tools/readme_numbers.py",
-                file=sys.stderr,
-            )
-            return 1
-        return 0
-    README.write_text(new)
-    print("README.md tables rendered from docs/demo/results.json and docs/gemma3/results.json")
+            stale.append(page.relative_to(ROOT))
+            if not args.check:
+                page.write_text(new)
+    if args.check and stale:
+        print(
+            f"tables in {', '.join(map(str, stale))} differ from docs/*/results.json: "
+            "run python tools/readme_numbers.py",
+            file=sys.stderr,
+        )
+        return 1
+    if not args.check:
+        print(
+            f"rendered from docs/*/results.json: {', '.join(map(str, stale)) or 'nothing changed'}"
+        )
     return 0
 
 
