@@ -60,8 +60,7 @@ def unreachable(address: str, timeout: float = 5.0) -> str | None:
 def check_address(address: str | None) -> None:
     """Refuse, in one line, an explicit address that takes no connection (before any output
     is written: executors call this when they are built, ``connect`` again when they join)."""
-    where = None if address in (None, "auto") else address
-    why = unreachable(where) if where else None
+    why = unreachable(address) if address else None  # "auto" has no port: left to Ray
     if why:
         raise InputError(
             f"cannot join the Ray cluster at {address}: {why}; start one there with `ray start "
