@@ -31,7 +31,8 @@ LAYERS: list[set[str]] = [
     {"checkpoint"},
     {"models", "report"},
     {"evaluate"},
-    {"slr", "prune", "gen"},
+    {"gen"},  # below slr/prune: a sweep validates candidates, and prune checks chat, by generating
+    {"slr", "prune"},
     {"toy"},
     {"demo"},
     {"api"},
