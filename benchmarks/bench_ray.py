@@ -47,8 +47,8 @@ class NullActor:
 
 def overhead_per_unit(units: int) -> tuple[float, float]:
     """Seconds per trivial unit through the Ray executor (1 worker) and in-process."""
-    from layergraft.slr.distributed import RayExecutor
-    from layergraft.slr.engines import Unit
+    from layergraft.slr.sweep.distributed import RayExecutor
+    from layergraft.slr.sweep.engines import Unit
 
     def through_ray(n: int) -> float:
         ex = RayExecutor(workers=1, actor=NullActor)
@@ -108,9 +108,9 @@ def main() -> None:
     import torch
 
     from layergraft.checkpoint.reader import open_checkpoint
-    from layergraft.slr.distributed import RayExecutor
-    from layergraft.slr.engines import enumerate_intervals
-    from layergraft.slr.sweep import sweep
+    from layergraft.slr.sweep.distributed import RayExecutor
+    from layergraft.slr.sweep.engines import enumerate_intervals
+    from layergraft.slr.sweep.run import sweep
 
     torch.set_num_threads(1)  # as each Ray worker (num_cpus=1): the same float sums
     post = open_checkpoint(smollm2_gguf()).path  # dequantised once into the cache

@@ -152,7 +152,7 @@ def bench_one(
         "restore --no-hash": [*lg, "--no-hash", "--out", str(out)],
     }
     if mk_bin:
-        from layergraft.slr.restore import mergekit_yaml
+        from layergraft.slr.hybrid.restore import mergekit_yaml
 
         mk_yaml = pair / "passthrough.yaml"
         mk_yaml.write_text(mergekit_yaml(str(base), str(post), [(lo, hi)], layers, "bfloat16"))

@@ -39,9 +39,9 @@ def run_case(name: str, base: str, post: str, repeat: int, disk_sample: int | No
     from layergraft.arch import adapter_for_model
     from layergraft.checkpoint.reader import open_checkpoint
     from layergraft.models.load import load_model, load_tokenizer
-    from layergraft.slr.crc import CrcProxy
-    from layergraft.slr.crc_prompts import load_crc_prompts
-    from layergraft.slr.engines import (
+    from layergraft.slr.proxy.crc import CrcProxy
+    from layergraft.slr.proxy.crc_prompts import load_crc_prompts
+    from layergraft.slr.sweep.engines import (
         enumerate_intervals,
         plan_units,
         score_model,

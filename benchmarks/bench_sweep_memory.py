@@ -21,7 +21,7 @@ from pathlib import Path
 
 
 def prompt_file(path: Path, copies: int) -> Path:
-    from layergraft.slr.crc_prompts import load_crc_prompts
+    from layergraft.slr.proxy.crc_prompts import load_crc_prompts
 
     items = load_crc_prompts("all")
     rows = [

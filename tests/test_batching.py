@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from layergraft.arch import adapter_for_model
-from layergraft.slr.crc import CrcProxy, crc_exact
-from layergraft.slr.crc_prompts import load_crc_prompts
-from layergraft.slr.engines import score_start
+from layergraft.slr.proxy.crc import CrcProxy, crc_exact
+from layergraft.slr.proxy.crc_prompts import load_crc_prompts
+from layergraft.slr.sweep.engines import score_start
 from layergraft.toy.tokenizer import build_tokenizer
 from tiny import FAMILIES, make_tiny
 
@@ -62,8 +62,8 @@ def test_sweep_rows_do_not_depend_on_the_batch(fam):
 
 
 def test_a_character_with_no_single_token_is_reported():
-    from layergraft.slr.crc_prompts import CrcPrompt
-    from layergraft.slr.crc_scoring import CrcWarning
+    from layergraft.slr.proxy.crc_prompts import CrcPrompt
+    from layergraft.slr.proxy.crc_scoring import CrcWarning
 
     model = make_tiny("llama", num_layers=1)
     p = CrcPrompt("x", "emoji", "pick one: a or ☃", ("a", "☃"))
@@ -82,7 +82,7 @@ def test_crc_batches_hold_one_batch_of_prompts():
 
 def _item_v(post, base, ad, tok, prompts, p, e):
     """V of prompt ``p`` inside the full batch, read from the swapped hybrid's items."""
-    from layergraft.slr.swap import swapped_layers
+    from layergraft.slr.hybrid.swap import swapped_layers
 
     with swapped_layers(post, base, [(1, e)]):
         items = crc_exact(post, tok, prompts, batch_size=len(prompts)).items

@@ -159,7 +159,7 @@ def test_compare_in_memory_swap_hybrid(tok, tmp_path):
     import torch
 
     from layergraft.ranges import parse_ranges
-    from layergraft.slr.swap import swapped_layers
+    from layergraft.slr.hybrid.swap import swapped_layers
 
     post = make_tiny("llama", num_layers=2, seed=1)
     base = make_tiny("llama", num_layers=2, seed=2)

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from layergraft.errors import InputError
-from layergraft.slr.crc import crc_exact
-from layergraft.slr.crc_prompts import CrcPrompt, bundled_crc_sets, load_crc_prompts
+from layergraft.slr.proxy.crc import crc_exact
+from layergraft.slr.proxy.crc_prompts import CrcPrompt, bundled_crc_sets, load_crc_prompts
 
 VOCAB = ["<pad>", "<unk>", "<s>", "<|go|>", "k", " k", "d", "q", "x", "\tq"]
 
@@ -136,7 +136,7 @@ def test_only_short_tokens_need_decoding_for_character_ids(which):
 
     from layergraft.gen.metrics.diversity import default_embedder_path
     from layergraft.models.load import load_tokenizer
-    from layergraft.slr.crc_scoring import _candidates, _char_token_ids
+    from layergraft.slr.proxy.crc_scoring import _candidates, _char_token_ids
     from layergraft.toy.tokenizer import build_tokenizer
 
     tok = build_tokenizer() if which == "toy" else load_tokenizer(default_embedder_path())

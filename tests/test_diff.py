@@ -19,7 +19,7 @@ from layergraft.checkpoint.reader import open_checkpoint
 from layergraft.checkpoint.writer import OutTensor, write_checkpoint
 from layergraft.cli.app import main
 from layergraft.errors import NonFiniteError
-from layergraft.slr.diff import diff
+from layergraft.slr.hybrid.diff import diff
 from layergraft.toy import toy_paths
 from tiny import save_tiny
 
@@ -116,7 +116,7 @@ def test_cells_match_torch_and_untouched_cells_are_exact(pair: tuple[Path, Path]
 
 
 def test_single_tensor_known_amounts() -> None:
-    from layergraft.slr.diff import tensor_sums
+    from layergraft.slr.hybrid.diff import tensor_sums
 
     t = torch.randn(7, 5, generator=torch.Generator().manual_seed(3))
     s = tensor_sums(t, -t, chunk=4)  # chunks smaller than the tensor

@@ -15,8 +15,8 @@ import torch
 
 from layergraft.models.load import load_model
 from layergraft.models.offload import offloaded_params
-from layergraft.slr.soup import souped
-from layergraft.slr.swap import swapped_layers
+from layergraft.slr.hybrid.soup import souped
+from layergraft.slr.hybrid.swap import swapped_layers
 from layergraft.toy import toy_paths
 from tiny import save_tiny, write_few_crc_prompts
 
@@ -76,7 +76,7 @@ def test_swap_and_soup_reach_offloaded_layers(pair):
 
 
 def test_sweep_with_offloaded_layers_equals_the_plain_sweep(tmp_path):
-    from layergraft.slr.sweep import sweep
+    from layergraft.slr.sweep.run import sweep
 
     base, post = toy_paths()
     prompts = write_few_crc_prompts(tmp_path / "few.jsonl", per_category=2)

@@ -13,10 +13,10 @@ from layergraft.arch import adapter_for_model
 from layergraft.checkpoint.reader import open_checkpoint
 from layergraft.cli import main
 from layergraft.models.load import load_model
-from layergraft.slr.restore import restore
-from layergraft.slr.restored import parse_restored
-from layergraft.slr.soup import soup, souped
-from layergraft.slr.swap import swapped_layers
+from layergraft.slr.hybrid.restore import restore
+from layergraft.slr.hybrid.restored import parse_restored
+from layergraft.slr.hybrid.soup import soup, souped
+from layergraft.slr.hybrid.swap import swapped_layers
 from tiny import FAMILIES, LogitsProxy, make_tiny, save_tiny
 
 PARTS = ("attn", "mlp", "norms")
@@ -176,7 +176,7 @@ def test_unknown_tensor_in_a_partly_restored_layer_is_named(tmp_path):
 @pytest.mark.parametrize("fam", ["llama", "gemma2", "gpt2", "phi3", "gpt_neox"])
 @pytest.mark.parametrize("part", ["attn", "mlp", "norms"])
 def test_prefix_reuse_by_part_equals_the_swapped_hybrid(fam, part):
-    from layergraft.slr.engines import score_start, score_start_swap
+    from layergraft.slr.sweep.engines import score_start, score_start_swap
 
     post, base = make_tiny(fam, num_layers=4, seed=2), make_tiny(fam, num_layers=4, seed=1)
     ad = adapter_for_model(post)
@@ -195,9 +195,9 @@ def test_prefix_reuse_by_part_equals_the_swapped_hybrid(fam, part):
 
 
 def test_sweep_by_part_gives_one_selection_per_part(tmp_path):
-    from layergraft.slr.crc import crc_exact
-    from layergraft.slr.crc_prompts import load_crc_prompts
-    from layergraft.slr.sweep import sweep
+    from layergraft.slr.proxy.crc import crc_exact
+    from layergraft.slr.proxy.crc_prompts import load_crc_prompts
+    from layergraft.slr.sweep.run import sweep
     from layergraft.toy import toy_paths
     from tiny import write_few_crc_prompts
 

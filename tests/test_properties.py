@@ -259,7 +259,7 @@ class _Boom(Exception):
 
 def test_swap_is_its_own_inverse(request):
     from layergraft.arch import adapter_for_model
-    from layergraft.slr.swap import swapped_layers
+    from layergraft.slr.hybrid.swap import swapped_layers
 
     @_settings(request, default=20, slow=300)
     @given(cfg=tiny_configs(), data=st.data())
@@ -313,8 +313,8 @@ def _without_timing(res: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_sweep_is_deterministic(request, tmp_path, few_prompts):
-    from layergraft.slr.crc import crc
-    from layergraft.slr.sweep import sweep
+    from layergraft.slr.proxy.crc import crc
+    from layergraft.slr.sweep.run import sweep
     from layergraft.toy.tokenizer import save_tokenizer
 
     @_settings(request, default=8, slow=80)

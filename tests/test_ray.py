@@ -21,7 +21,7 @@ import pytest
 from layergraft.cli import main
 from layergraft.gen.compare import compare
 from layergraft.gen.sampling import SamplingSettings
-from layergraft.slr.sweep import sweep
+from layergraft.slr.sweep.run import sweep
 from layergraft.toy import toy_paths
 from tiny import write_few_crc_prompts
 
@@ -147,7 +147,7 @@ def test_sweep_on_ray_writes_the_local_results(cluster, local_sweep, prompts, tm
 
 @needs_ray
 def test_a_killed_worker_costs_only_its_unit(cluster, local_sweep, prompts, tmp_path):
-    from layergraft.slr.distributed import RayExecutor
+    from layergraft.slr.sweep.distributed import RayExecutor
 
     out = tmp_path / "sweep"
     ex = RayExecutor(workers=2)

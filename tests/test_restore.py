@@ -15,7 +15,7 @@ from layergraft.api import restore
 from layergraft.checkpoint.reader import open_checkpoint
 from layergraft.cli import main
 from layergraft.errors import MismatchError, OutputError, RangeError
-from layergraft.slr.swap import swapped_layers
+from layergraft.slr.hybrid.swap import swapped_layers
 from tiny import make_tiny, save_tiny
 
 FAMILIES = ["llama", "qwen2", "gemma2"]
@@ -178,7 +178,7 @@ def test_tied_embeddings_stay_tied(tmp_path):
 
 def test_soup_on_disk_and_in_memory(pairs, tmp_path):
     from layergraft.api import soup
-    from layergraft.slr.soup import souped
+    from layergraft.slr.hybrid.soup import souped
 
     base, post = pairs["qwen2"]
     tb, tp = _all_tensors(base), _all_tensors(post)

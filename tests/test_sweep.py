@@ -10,10 +10,10 @@ import pytest
 from layergraft.cli import main
 from layergraft.errors import InputError, OutputError
 from layergraft.models.load import load_model, load_with_tokenizer
-from layergraft.slr import crc as crcmod
-from layergraft.slr.crc import crc
-from layergraft.slr.swap import swapped_layers
-from layergraft.slr.sweep import sweep
+from layergraft.slr.proxy import crc as crcmod
+from layergraft.slr.proxy.crc import crc
+from layergraft.slr.hybrid.swap import swapped_layers
+from layergraft.slr.sweep.run import sweep
 from layergraft.toy import toy_paths
 from tiny import write_few_crc_prompts
 
@@ -100,7 +100,7 @@ def test_crc_cli_and_determinism(prompts_file, capsys):
 
 
 def test_parse_answer():
-    from layergraft.slr.crc_sampled import parse_answer
+    from layergraft.slr.proxy.crc_sampled import parse_answer
 
     assert parse_answer(" k", ["k", "q"]) == "k"
     assert parse_answer("k.", ["k", "q"]) == "k"
@@ -130,8 +130,8 @@ def test_sweep_bad_input(tmp_path, capsys):
 def test_ppl_proxy_sweep(tmp_path, capsys):
     import torch
 
-    from layergraft.slr.ppl_proxy import nll_of, ppl_batches
-    from layergraft.slr.sweep import sweep_ppl
+    from layergraft.slr.proxy.ppl import nll_of, ppl_batches
+    from layergraft.slr.sweep.run import sweep_ppl
 
     base, post = toy_paths()
     text = tmp_path / "t.txt"

@@ -8,14 +8,14 @@ import torch
 from layergraft.arch import adapter_for_model
 from layergraft.errors import RangeError
 from layergraft.models.batching import forward_logits
-from layergraft.slr.engines import (
+from layergraft.slr.sweep.engines import (
     enumerate_intervals,
     plan_units,
     score_start,
     score_start_swap,
 )
-from layergraft.slr.runner import LayerRunner
-from layergraft.slr.selection import pareto_front, select_interval
+from layergraft.models.runner import LayerRunner
+from layergraft.slr.sweep.selection import pareto_front, select_interval
 from tiny import LogitsProxy, make_tiny
 
 FAMILIES = ["llama", "qwen2", "gemma2", "gemma3_text", "gpt2", "gpt_neox", "phi3"]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from layergraft.cli import main
-from layergraft.slr.sweep import sweep
+from layergraft.slr.sweep.run import sweep
 from layergraft.toy import toy_paths
 from tiny import save_tiny, write_few_crc_prompts
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from layergraft.errors import InputError, OutputError
-from layergraft.slr.crc import crc_exact
-from layergraft.slr.crc_prompts import load_crc_prompts
+from layergraft.slr.proxy.crc import crc_exact
+from layergraft.slr.proxy.crc_prompts import load_crc_prompts
 from layergraft.toy import BuildSettings, build_pair, toy_paths
 
 

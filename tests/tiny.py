@@ -150,7 +150,7 @@ def write_few_crc_prompts(path: Path, per_category: int = 4) -> Path:
     categories), in the JSON-lines format ``--prompts`` reads: a sweep over it takes seconds."""
     import json
 
-    from layergraft.slr.crc_prompts import load_crc_prompts
+    from layergraft.slr.proxy.crc_prompts import load_crc_prompts
 
     items = load_crc_prompts("all")
     rows = [

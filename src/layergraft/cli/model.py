@@ -21,7 +21,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 def _cmd_diff(args: argparse.Namespace) -> int:
     from layergraft.report.diff import diff_table
-    from layergraft.slr.diff import diff
+    from layergraft.slr.hybrid.diff import diff
 
     res = diff(
         args.base,

@@ -25,7 +25,7 @@ from layergraft.errors import LayergraftError
 
 def _cmd_restore(args: argparse.Namespace) -> int:
     from layergraft.checkpoint.provenance import command_line
-    from layergraft.slr.restore import restore
+    from layergraft.slr.hybrid.restore import restore
 
     v = merge_recipe(args, "restore", ("base", "post", "layers"))
     prov = restore(
@@ -61,7 +61,7 @@ def _parts_label(details: dict[str, Any]) -> str:
 
 def _cmd_soup(args: argparse.Namespace) -> int:
     from layergraft.checkpoint.provenance import command_line
-    from layergraft.slr.soup import soup
+    from layergraft.slr.hybrid.soup import soup
 
     v = merge_recipe(args, "soup", ("base", "post", "alpha"))
     soup(
@@ -88,7 +88,7 @@ def _crc_table(res: dict[str, Any]) -> str:
 
 
 def _cmd_crc(args: argparse.Namespace) -> int:
-    from layergraft.slr.crc import crc
+    from layergraft.slr.proxy.crc import crc
 
     res = crc(
         args.model,
@@ -124,9 +124,9 @@ def _parse_starts(text: str | None) -> list[int] | None:
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from layergraft.report.sweep import sweep_table
-    from layergraft.slr.distributed import RayExecutor
-    from layergraft.slr.plan import format_plan
-    from layergraft.slr.sweep import sweep
+    from layergraft.slr.sweep.distributed import RayExecutor
+    from layergraft.slr.sweep.plan import format_plan
+    from layergraft.slr.sweep.run import sweep
 
     if args.base is None or args.post is None:
         raise LayergraftError("--base and --post are required")

@@ -2,7 +2,7 @@
 
 Models are given as paths (directory, ``.gguf``, hub id) or, for the transformers backend, as
 in-memory objects with their tokenizer, so a hybrid made with
-:func:`layergraft.slr.swap.swapped_layers` is sampled without saving it.
+:func:`layergraft.slr.hybrid.swap.swapped_layers` is sampled without saving it.
 """
 
 from __future__ import annotations

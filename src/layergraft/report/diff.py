@@ -1,6 +1,6 @@
 """The outputs of ``layergraft diff``: a text table and a layers x parts heatmap.
 
-Both are drawn from the JSON-ready dict :func:`layergraft.slr.diff.diff` returns, so the plot
+Both are drawn from the JSON-ready dict :func:`layergraft.slr.hybrid.diff.diff` returns, so the plot
 can be re-rendered from a saved ``--json`` output alone.
 """
 

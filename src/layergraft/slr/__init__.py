@@ -1,10 +1,15 @@
 """Selective Layer Restoration: base layers restored into the post-trained model.
 
-Reading order: ``pair`` (is this a base/post pair?) -> ``restore`` (on disk: pure byte copies;
-``mergekit`` exports the same recipe) -> ``soup`` (the weight-interpolation baseline) ->
-``swap`` (a hybrid in memory, undone exactly) -> ``crc_prompts`` and ``crc`` (the proxy task:
-validity V and diversity H from the first answer token) -> ``runner`` and ``engines`` (every
-interval scored with prefix reuse) -> ``selection`` (the paper's rule) -> ``sweep`` (the
-command, end to end: ``journal``, ``worker``, ``assemble``, ``plan``); ``ppl_proxy`` scores
-intervals by perplexity instead of CRC.
+Three sub-packages, read in this order:
+
+* :mod:`~layergraft.slr.hybrid` — how a hybrid is made: on disk (``restore``: pure byte
+  copies; ``soup``: the weight interpolation, over all layers or an interval) and in memory
+  (``swap``, ``souped``), with ``pair`` (is this a base/post pair?), ``diff`` (how far
+  post-training moved each layer) and the ``mergekit`` export.
+* :mod:`~layergraft.slr.proxy` — what scores a model: CRC (validity V, diversity H and the
+  format score V_end, exactly from packed first-answer continuations, or sampled), perplexity,
+  or a user's function.
+* :mod:`~layergraft.slr.sweep` — how many hybrids get scored and which one is chosen: the
+  typed settings, units and engines, the journal, workers and Ray, the selection rules, the
+  validation of candidates by generation, and ``sweep`` itself (``run``).
 """

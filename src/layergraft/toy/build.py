@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from layergraft.errors import InputError, OutputError
-from layergraft.slr.crc import crc_exact
-from layergraft.slr.crc_prompts import load_crc_prompts
+from layergraft.slr.proxy.crc import crc_exact
+from layergraft.slr.proxy.crc_prompts import load_crc_prompts
 from layergraft.toy.corpus import pretraining_text
 from layergraft.toy.sft_data import sft_examples
 from layergraft.toy.tokenizer import CHAT_TEMPLATE, build_tokenizer

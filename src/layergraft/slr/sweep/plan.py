@@ -11,8 +11,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from layergraft.slr.engines import Unit
-from layergraft.slr.runner import LayerRunner
+from layergraft.slr.sweep.engines import Unit
+from layergraft.models.runner import LayerRunner
 
 _GIB = 1024**3
 

@@ -3,10 +3,10 @@
 Why actors and a pull queue: each actor (:class:`UnitActor`) loads the base/post pair once from
 its paths (paths are shipped, never weights: every node must see the checkpoints at the same
 path) and then scores any number of units with :meth:`SweepWorker.run
-<layergraft.slr.worker.SweepWorker.run>`, the code a local sweep runs, so the rows are the
+<layergraft.slr.sweep.worker.SweepWorker.run>`, the code a local sweep runs, so the rows are the
 same. The driver keeps every actor busy with the most expensive pending unit (longest first,
-by :meth:`Unit.cost <layergraft.slr.engines.Unit.cost>`: early starts cost the most) and
-yields each finished unit's rows to :func:`~layergraft.slr.sweep.sweep`, which appends them
+by :meth:`Unit.cost <layergraft.slr.sweep.engines.Unit.cost>`: early starts cost the most) and
+yields each finished unit's rows to :func:`~layergraft.slr.sweep.run.sweep`, which appends them
 durably to ``OUT/intervals.jsonl`` as on one machine; ``results.json`` is assembled from that
 journal in canonical order, so it does not depend on which worker scored what, or when.
 
@@ -37,8 +37,8 @@ from layergraft.cluster import (
     plan_workers,
 )
 from layergraft.errors import InputError, LayergraftError
-from layergraft.slr.engines import Unit
-from layergraft.slr.worker import SweepWorker, WorkerSpec
+from layergraft.slr.sweep.engines import Unit
+from layergraft.slr.sweep.worker import SweepWorker, WorkerSpec
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from layergraft.errors import InputError
 from layergraft.ranges import Range, complement, format_ranges
-from layergraft.slr.restored import Restored
+from layergraft.slr.hybrid.restored import Restored
 
 
 def check_mergekit_export(

@@ -7,8 +7,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from layergraft.slr.crc_prompts import CrcPrompt
-from layergraft.slr.crc_scoring import CrcResult, item_scores, prepare_batch, result_of
+from layergraft.slr.proxy.crc_prompts import CrcPrompt
+from layergraft.slr.proxy.crc_scoring import CrcResult, item_scores, prepare_batch, result_of
 
 
 def parse_answer(text: str, valid: Sequence[str]) -> str | None:

@@ -12,10 +12,10 @@ answers we read the model's next-token distribution after the chat prompt, once 
 * diversity ``H`` = entropy (nats) of the per-character masses renormalised to sum to 1, and
   ``H_norm = H / log|S|`` (1 = uniform over the set, 0 = one character always).
 
-Prompts are data (:mod:`layergraft.slr.crc_prompts`). Batches are left-padded with
+Prompts are data (:mod:`layergraft.slr.proxy.crc_prompts`). Batches are left-padded with
 padding-aware positions, so a prompt scores the same alone and in any batch. The estimators
-use these pieces: :mod:`layergraft.slr.crc` (exact; also the sweep's :class:`CrcProxy`) and
-:mod:`layergraft.slr.crc_sampled`.
+use these pieces: :mod:`layergraft.slr.proxy.crc` (exact; also the sweep's :class:`CrcProxy`) and
+:mod:`layergraft.slr.proxy.crc_sampled`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any
 
 from layergraft.errors import InputError
 from layergraft.models.batching import left_pad
-from layergraft.slr.crc_prompts import CrcPrompt, parse_prompt
+from layergraft.slr.proxy.crc_prompts import CrcPrompt, parse_prompt
 
 
 class CrcWarning(UserWarning):

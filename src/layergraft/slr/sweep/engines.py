@@ -25,8 +25,8 @@ from typing import Any
 from layergraft.errors import InputError, RangeError
 from layergraft.models.batching import forward_logits
 from layergraft.ranges import Range
-from layergraft.slr.runner import LayerRunner
-from layergraft.slr.swap import swapped_layers
+from layergraft.models.runner import LayerRunner
+from layergraft.slr.hybrid.swap import swapped_layers
 
 
 def enumerate_intervals(

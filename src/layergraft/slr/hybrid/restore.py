@@ -21,9 +21,9 @@ from layergraft.checkpoint.model_dir import write_model_dir
 from layergraft.checkpoint.reader import Checkpoint, as_checkpoint
 from layergraft.checkpoint.writer import OutTensor
 from layergraft.errors import InputError
-from layergraft.slr.mergekit import check_mergekit_export, mergekit_yaml
-from layergraft.slr.pair import check_compatible
-from layergraft.slr.restored import (
+from layergraft.slr.hybrid.mergekit import check_mergekit_export, mergekit_yaml
+from layergraft.slr.hybrid.pair import check_compatible
+from layergraft.slr.hybrid.restored import (
     Restored,
     all_whole,
     format_restored,
@@ -118,7 +118,7 @@ def restore(
     """Write the post model with the decoder layers in ``layers`` copied from the base.
 
     ``layers`` uses the range convention (``"2:5"`` = layers 2, 3, 4; ``"0:2,5:7"``) or a
-    recipe list whose items may name their own parts (:mod:`layergraft.slr.restored`);
+    recipe list whose items may name their own parts (:mod:`layergraft.slr.hybrid.restored`);
     ``parts`` (``attn``, ``mlp``, ``norms``, several as ``attn,norms``; default ``all``)
     restores only those tensors of the other ranges. Tensors are copied bit-identically;
     embeddings and lm_head come from the post model unless ``embed_from`` / ``head_from`` say

@@ -16,7 +16,7 @@ from typing import Any
 
 from layergraft.errors import InputError
 from layergraft.ranges import format_range
-from layergraft.slr.selection import pareto_front, select_interval
+from layergraft.slr.sweep.selection import pareto_front, select_interval
 
 
 def _intervals(rows: list[dict[str, Any]], part: str) -> list[dict[str, Any]]:

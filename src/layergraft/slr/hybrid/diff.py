@@ -32,7 +32,7 @@ from layergraft.checkpoint.finite import has_nonfinite, nonfinite_error
 from layergraft.checkpoint.reader import Checkpoint, as_checkpoint
 from layergraft.errors import InputError, OutputError
 from layergraft.report.diff import plot_diff
-from layergraft.slr.pair import check_compatible
+from layergraft.slr.hybrid.pair import check_compatible
 from layergraft.version import __version__
 
 PathLike = str | os.PathLike[str]

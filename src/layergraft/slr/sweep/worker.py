@@ -1,8 +1,8 @@
 """A sweep worker: the loaded base/post pair, the proxy's batches, and units in, rows out.
 
 Why a class: one worker loads the two models once and then scores any number of units
-(:class:`~layergraft.slr.engines.Unit`). The local sweep runs one in-process; a distributed
-sweep runs one per Ray actor (:mod:`layergraft.slr.distributed`); both produce the same rows,
+(:class:`~layergraft.slr.sweep.engines.Unit`). The local sweep runs one in-process; a distributed
+sweep runs one per Ray actor (:mod:`layergraft.slr.sweep.distributed`); both produce the same rows,
 because the rows are computed here and nowhere else.
 """
 
@@ -14,8 +14,8 @@ from typing import Any
 from layergraft.arch import adapter_for_model
 from layergraft.errors import InputError
 from layergraft.models.load import load_model, load_tokenizer
-from layergraft.slr.engines import Unit, score_model, score_start, score_start_swap
-from layergraft.slr.soup import souped
+from layergraft.slr.sweep.engines import Unit, score_model, score_start, score_start_swap
+from layergraft.slr.hybrid.soup import souped
 
 
 @dataclass
@@ -91,7 +91,7 @@ class SweepWorker:
         return "prefix-reuse" if self.fast else "swap"
 
     def run(self, unit: Unit) -> list[dict[str, Any]]:
-        """The journal rows of ``unit`` (see :mod:`layergraft.slr.journal`)."""
+        """The journal rows of ``unit`` (see :mod:`layergraft.slr.sweep.journal`)."""
         if unit.kind == "reference":
             model = self.post if unit.name == "post" else self.base
             scores = score_model(model, self.proxy, self.batches)

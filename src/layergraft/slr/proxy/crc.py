@@ -2,7 +2,7 @@
 
 Why exact: CRC's answer is one token, so instead of sampling answers we read the model's
 next-token distribution after the chat prompt once per prompt (V and H as defined in
-:mod:`layergraft.slr.crc_scoring`). :func:`crc_exact` is a pure function of ``(model,
+:mod:`layergraft.slr.proxy.crc_scoring`). :func:`crc_exact` is a pure function of ``(model,
 tokenizer, prompts)``: one batched forward pass per batch, no sampling, no files.
 :class:`CrcProxy` is the same scoring as the sweep sees it.
 """
@@ -19,9 +19,9 @@ from typing import Any
 from layergraft.errors import InputError
 from layergraft.models.batching import forward_logits
 from layergraft.models.load import load_with_tokenizer
-from layergraft.slr.crc_prompts import CrcPrompt, load_crc_prompts
-from layergraft.slr.crc_sampled import crc_sampled
-from layergraft.slr.crc_scoring import (
+from layergraft.slr.proxy.crc_prompts import CrcPrompt, load_crc_prompts
+from layergraft.slr.proxy.crc_sampled import crc_sampled
+from layergraft.slr.proxy.crc_scoring import (
     CrcBatch,
     CrcItem,
     CrcResult,

@@ -22,7 +22,7 @@ from layergraft.arch import adapter_for_model
 from layergraft.errors import MismatchError
 from layergraft.models.offload import OffloadOverlay, offloaded_params, param_value
 from layergraft.ranges import Range
-from layergraft.slr.restored import Restored
+from layergraft.slr.hybrid.restored import Restored
 
 
 @contextlib.contextmanager

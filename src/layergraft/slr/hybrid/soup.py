@@ -25,8 +25,8 @@ from layergraft.checkpoint.reader import Checkpoint, as_checkpoint
 from layergraft.checkpoint.writer import OutTensor
 from layergraft.errors import InputError
 from layergraft.models.offload import offloaded_params, param_value
-from layergraft.slr.pair import check_compatible
-from layergraft.slr.swap import overridden
+from layergraft.slr.hybrid.pair import check_compatible
+from layergraft.slr.hybrid.swap import overridden
 
 PathLike = str | os.PathLike[str]
 
@@ -103,7 +103,7 @@ def souped(
     """Within the block, every floating parameter of ``post_model`` (of the layers' ``parts``
     only, when given) is the blend with the base model's; the original tensors are put back on
     exit (exception or not). Offloaded parameters (accelerate ``device_map``) are blended on
-    demand, one module per forward (:func:`~layergraft.slr.swap.overridden`)."""
+    demand, one module per forward (:func:`~layergraft.slr.hybrid.swap.overridden`)."""
     import torch
 
     post_off, base_off = offloaded_params(post_model), offloaded_params(base_model)

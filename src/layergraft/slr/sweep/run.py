@@ -1,11 +1,11 @@
 """``sweep``: score every restored interval on a proxy and choose one (the paper's rule).
 
 The steps: validate everything cheap (pair, prompts or text, outputs) -> plan the units
-(:mod:`layergraft.slr.engines`) -> with ``dry_run`` stop at :mod:`layergraft.slr.plan` -> open
-``OUT/intervals.jsonl`` (:mod:`layergraft.slr.journal`; ``resume`` continues it) -> score the
-units not yet done with a :class:`~layergraft.slr.worker.SweepWorker` (the models are loaded
+(:mod:`layergraft.slr.sweep.engines`) -> with ``dry_run`` stop at :mod:`layergraft.slr.sweep.plan` -> open
+``OUT/intervals.jsonl`` (:mod:`layergraft.slr.sweep.journal`; ``resume`` continues it) -> score the
+units not yet done with a :class:`~layergraft.slr.sweep.worker.SweepWorker` (the models are loaded
 once, and only if there is work) -> assemble the results from the journal
-(:mod:`layergraft.slr.assemble`) -> write results.json, CSV and plots
+(:mod:`layergraft.slr.sweep.assemble`) -> write results.json, CSV and plots
 (:mod:`layergraft.report.sweep`) -> optionally restore the selected hybrid.
 
 Proxies: ``crc`` (the CRC task, exact first-token estimator; the paper's rule) or ``ppl``
@@ -30,18 +30,18 @@ from layergraft.models.batching import fit_context
 from layergraft.models.load import load_model, load_tokenizer, open_loadable
 from layergraft.models.placement import Placement
 from layergraft.report.sweep import write_sweep_outputs
-from layergraft.slr.assemble import assemble_crc, assemble_ppl
-from layergraft.slr.crc import CrcProxy
-from layergraft.slr.crc_prompts import load_crc_prompts
-from layergraft.slr.diff import change_vs_gain, diff
-from layergraft.slr.engines import Unit, enumerate_intervals, parse_sweep_parts, plan_units
-from layergraft.slr.journal import Journal, row_key
-from layergraft.slr.pair import check_compatible
-from layergraft.slr.plan import sweep_plan, time_layer
-from layergraft.slr.ppl_proxy import PplProxy
-from layergraft.slr.restore import restore
-from layergraft.slr.soup import soup
-from layergraft.slr.worker import CustomProxy, SweepWorker, WorkerSpec
+from layergraft.slr.sweep.assemble import assemble_crc, assemble_ppl
+from layergraft.slr.proxy.crc import CrcProxy
+from layergraft.slr.proxy.crc_prompts import load_crc_prompts
+from layergraft.slr.hybrid.diff import change_vs_gain, diff
+from layergraft.slr.sweep.engines import Unit, enumerate_intervals, parse_sweep_parts, plan_units
+from layergraft.slr.sweep.journal import Journal, row_key
+from layergraft.slr.hybrid.pair import check_compatible
+from layergraft.slr.sweep.plan import sweep_plan, time_layer
+from layergraft.slr.proxy.ppl import PplProxy
+from layergraft.slr.hybrid.restore import restore
+from layergraft.slr.hybrid.soup import soup
+from layergraft.slr.sweep.worker import CustomProxy, SweepWorker, WorkerSpec
 from layergraft.version import __version__
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ def sweep(
     returning ``{"V":..,"H":..,"H_norm":..}`` (scored through the in-memory swap). With
     ``out``, every finished unit is appended durably to ``out/intervals.jsonl`` and ``resume``
     continues a killed sweep. ``dry_run`` returns the plan without scoring. ``executor``
-    (:mod:`layergraft.slr.distributed`) scores the units elsewhere. Returns the results dict
+    (:mod:`layergraft.slr.sweep.distributed`) scores the units elsewhere. Returns the results dict
     (also ``out/results.json``).
     """
     if method not in METHODS:
