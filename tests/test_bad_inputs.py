@@ -518,7 +518,7 @@ def _(e):
 @case("out-is-the-input")
 def _(e):
     post = e.copy("post")
-    return restore(e, r"is the input model itself", r"choose a new directory", post=post, out=post)
+    return restore(e, r"is an input itself", r"choose a new directory", post=post, out=post)
 
 
 @case("out-inside-the-input")

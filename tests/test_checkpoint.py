@@ -213,3 +213,111 @@ def test_a_converted_gguf_stops_on_the_end_of_turn_tokens_its_vocabulary_has():
             return {"<s>": 1, "</s>": 2}
 
     assert stop_ids(2, NoChat()) == 2
+
+
+# ---- the output rule: one check for every path layergraft writes (issue 22, part 1) --------
+def _refused(fn, match, where):
+    """``fn()`` raises OutputError matching ``match``, and ``where`` is listed as before."""
+    from layergraft.errors import OutputError
+
+    before = sorted(p.name for p in where.iterdir())
+    with pytest.raises(OutputError, match=match):
+        fn()
+    assert sorted(p.name for p in where.iterdir()) == before, "the refusal left something"
+
+
+def test_output_rule_refuses_every_overlap_with_an_input(tmp_path, llama_dir):
+    from layergraft.checkpoint.outputs import check_output
+
+    model = shutil.copytree(llama_dir, tmp_path / "m")
+    calib = tmp_path / "calib.txt"
+    calib.write_text("text")
+    ins = [model, calib]
+    link = tmp_path / "link.json"
+    link.symlink_to(model / "config.json")
+    for path, kind, match in [
+        (model / "config.json", "file", "is inside the input"),  # diff --plot P/config.json
+        (model / "sub" / "x.png", "file", "is inside the input"),
+        (calib, "file", "is an input itself"),  # diversity GENS --out GENS
+        (tmp_path / "x" / ".." / "calib.txt", "file", "is an input itself"),
+        (link, "file", "is inside the input"),  # a link to an input file
+        (model, "dir", "is an input itself"),
+        (model / "out", "dir", "is inside the input"),
+        (tmp_path, "dir", "contains the input"),
+    ]:
+        _refused(lambda p=path, k=kind: check_output(p, inputs=ins, kind=k, force=True, reuse=True), match, tmp_path)  # fmt: skip
+    # hub ids and in-memory models name nothing on this disk
+    assert check_output(tmp_path / "ok.png", inputs=["org/model", object(), None, *ins])
+
+
+def test_output_rule_parent_kind_and_writability(tmp_path):
+    from layergraft.checkpoint.outputs import check_output
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    (tmp_path / "adir").mkdir()
+    _refused(lambda: check_output(tmp_path / "no" / "x.png", flag="--plot"), r"--plot .*x\.png: the directory .*no does not exist; create it", tmp_path)  # fmt: skip
+    _refused(lambda: check_output(afile / "x.png"), r"afile is not a directory; choose another output path", tmp_path)  # fmt: skip
+    _refused(lambda: check_output(tmp_path / "adir"), r"adir is a directory; give a file name", tmp_path)  # fmt: skip
+    _refused(lambda: check_output(afile, kind="dir"), r"exists and is not a directory", tmp_path)
+    _refused(lambda: check_output(tmp_path / "adir", kind="dir"), r"already exists; pass --force", tmp_path)  # fmt: skip
+    assert check_output(tmp_path / "adir", kind="dir", force=True) == tmp_path / "adir"
+    assert check_output(tmp_path / "adir", kind="dir", reuse=True) == tmp_path / "adir"
+    assert check_output(afile) == afile  # an existing file is replaced (atomically)
+    # writability is proven by creating the temp: /proc takes no new file, whoever asks
+    from layergraft.errors import OutputError
+
+    with pytest.raises(OutputError, match=r"cannot write in /proc .*choose a writable location"):
+        check_output("/proc/x.png", flag="--plot")
+    # a cache entry creates its missing parents (the cache is ours), and only then
+    made = check_output(tmp_path / "cache" / "gguf" / "entry", kind="dir", parents=True)
+    assert made.parent.is_dir() and not made.exists()
+
+
+def test_output_rule_on_a_read_only_directory(tmp_path):
+    """The mode bits are not read: a real denial, from a child without root's override."""
+    import subprocess
+    import sys
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    code = (
+        "import sys\nfrom layergraft.checkpoint.outputs import check_output\n"
+        "from layergraft.errors import OutputError\n"
+        f"try:\n    check_output({str(ro / 'x.json')!r}, flag='--out')\n"
+        "except OutputError as e:\n    print(e); sys.exit(3)\n"
+    )
+    from test_bad_inputs import _drop_dac_override
+
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       preexec_fn=_drop_dac_override)  # fmt: skip
+    assert r.returncode == 3, r.stderr
+    assert "Permission denied" in r.stdout and "choose a writable location" in r.stdout
+    assert list(ro.iterdir()) == []
+
+
+def test_atomic_file_replaces_in_one_rename_and_cleans_up(tmp_path):
+    import os
+
+    from layergraft.checkpoint.atomic import atomic_file, clean_stale_temps, write_text_atomic
+
+    target = tmp_path / "r.json"
+    target.write_text("old")
+    with pytest.raises(RuntimeError), atomic_file(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("boom")
+    assert target.read_text() == "old" and sorted(os.listdir(tmp_path)) == ["r.json"]
+    write_text_atomic(target, "new")
+    assert target.read_text() == "new" and sorted(os.listdir(tmp_path)) == ["r.json"]
+    # a temp of a killed writer (a pid that cannot be alive) is removed beside the next write
+    stale = tmp_path / ".r.json.layergraft-tmp-999999999-abcdef12.json"
+    stale.write_text("left by a kill")
+    assert clean_stale_temps(tmp_path, "r.json") == [stale] and not stale.exists()
+    # the rule again at write time: an API caller who skipped the check still cannot
+    # write over an input
+    from layergraft.errors import OutputError
+
+    with pytest.raises(OutputError, match="is an input itself"):
+        write_text_atomic(target, "x", inputs=[target])
+    assert target.read_text() == "new"

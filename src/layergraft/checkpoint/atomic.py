@@ -1,10 +1,11 @@
-"""Atomic output directories.
+"""Atomic outputs: directories and single files.
 
-Why: a user's model directory must be either absent or complete. Everything is written into
-a temp directory *beside* the target (same filesystem, so the final ``rename`` is atomic) and
-renamed at the end; on any error, or a kill, the target is untouched. Temp dirs left by a
+Why: a user's model directory (or plot, or JSON) must be either absent or complete. Everything
+is written into a temp *beside* the target (same filesystem, so the final ``rename`` is atomic)
+and renamed at the end; on any error, or a kill, the target is untouched. Temps left by a
 killed run carry the owner's pid in their name and are removed, with a message, the next
-time something is written beside them.
+time something is written beside them. Whether a path may be written at all is the one rule
+of :mod:`layergraft.checkpoint.outputs`, which every writer here applies again at write time.
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ import shutil
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
+from layergraft.checkpoint.outputs import TMP_TAG as _TMP_TAG
+from layergraft.checkpoint.outputs import check_output, temp_path
 from layergraft.errors import OutputError
 
 log = logging.getLogger(__name__)
 
-_TMP_TAG = ".layergraft-tmp-"
 _OLD_TAG = ".layergraft-old-"
 
 
@@ -37,7 +40,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 def clean_stale_temps(parent: Path, name: str) -> list[Path]:
-    """Remove temp dirs for ``name`` in ``parent`` whose writer process is gone."""
+    """Remove temps (directories or files) for ``name`` in ``parent`` whose writer is gone."""
     removed: list[Path] = []
     if not parent.is_dir():
         return removed
@@ -59,7 +62,10 @@ def clean_stale_temps(parent: Path, name: str) -> list[Path]:
                 os.rename(p, target)
                 log.warning("restored %s, moved aside by an interrupted run (pid %d)", target, pid)
             else:
-                shutil.rmtree(p, ignore_errors=True)
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
                 log.warning("removed %s left behind by an interrupted run (pid %d)", p, pid)
             removed.append(p)
     return removed
@@ -111,40 +117,27 @@ def _replace_dir(new: Path, target: Path) -> None:
 
 
 def check_output_target(
-    target: str | os.PathLike[str], *, force: bool = False, inputs: Iterable[Path] = ()
+    target: str | os.PathLike[str],
+    *,
+    force: bool = False,
+    inputs: Iterable[Any] = (),
+    flag: str = "output",
+    parents: bool = False,
 ) -> Path:
-    """Validate an output directory before any work starts, so a bad target fails in
-    milliseconds instead of after a long computation."""
-    target = Path(target).absolute()
-    for inp in inputs:
-        inp = Path(inp).resolve()
-        t = target.resolve() if target.exists() else target.parent.resolve() / target.name
-        if t == inp:
-            raise OutputError(f"output {target} is the input model itself; choose a new directory")
-        if inp.is_dir() and inp in t.parents:
-            raise OutputError(
-                f"output {target} is inside the input {inp}; choose a directory outside it"
-            )
-        if t.is_dir() and t in inp.parents:
-            raise OutputError(
-                f"output {target} contains the input {inp}; replacing it would delete the input — choose another directory"
-            )
-    if target.exists() or target.is_symlink():
-        if not target.is_dir():
-            raise OutputError(f"output {target} exists and is not a directory; choose another path")
-        if not force:
-            raise OutputError(f"output {target} already exists; pass --force to replace it")
-    parent = target.parent
-    if parent.exists() and not parent.is_dir():
-        raise OutputError(
-            f"cannot create {target}: {parent} is not a directory; choose another output path"
-        )
-    return target
+    """Validate an output *directory* before any work starts, so a bad target fails in
+    milliseconds instead of after a long computation: :func:`~layergraft.checkpoint.outputs.check_output`
+    with ``kind="dir"``."""
+    return check_output(target, inputs=inputs, kind="dir", flag=flag, force=force, parents=parents)
 
 
 @contextlib.contextmanager
 def atomic_dir(
-    target: str | os.PathLike[str], *, force: bool = False, inputs: Iterable[Path] = ()
+    target: str | os.PathLike[str],
+    *,
+    force: bool = False,
+    inputs: Iterable[Any] = (),
+    flag: str = "output",
+    parents: bool = False,
 ) -> Iterator[Path]:
     """Yield a fresh temp dir beside ``target``; on success it becomes ``target``.
 
@@ -158,15 +151,9 @@ def atomic_dir(
     """
     t = Path(target).absolute()
     clean_stale_temps(t.parent, t.name)  # first: it may put back a previous output
-    target = check_output_target(target, force=force, inputs=inputs)
+    target = check_output_target(target, force=force, inputs=inputs, flag=flag, parents=parents)
     parent = target.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputError(
-            f"cannot create {parent}: {e.strerror}; choose a writable location"
-        ) from e
-    tmp = parent / f".{target.name}{_TMP_TAG}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = temp_path(target)
     try:
         tmp.mkdir()
     except OSError as e:
@@ -204,21 +191,58 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
-    """Replace one file in a single rename (a reader never sees half of it)."""
-    p = Path(path)
-    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
+@contextlib.contextmanager
+def atomic_file(
+    path: str | os.PathLike[str],
+    *,
+    inputs: Iterable[Any] = (),
+    flag: str = "output",
+    fsync: bool = False,
+) -> Iterator[Path]:
+    """Yield a temp path beside the file ``path``; once the block has written it, it replaces
+    ``path`` in one rename (a reader never sees half a file, a failure leaves the old one).
+
+    The output rule is applied first (``inputs``, ``flag``: see
+    :func:`~layergraft.checkpoint.outputs.check_output`), also when the command checked the
+    path before its work: hours may have passed. An OS error while writing becomes one
+    :class:`OutputError` naming the file, after the temp is removed.
+    """
+    target = check_output(path, inputs=inputs, kind="file", flag=flag)
+    clean_stale_temps(target.parent, target.name)
+    tmp = temp_path(target)
     try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, p)
+        yield tmp
+        if fsync:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+        why = "no space left on the device" if full else e.strerror
+        raise OutputError(
+            f"{flag} {target}: cannot write it ({why}; nothing was kept); free space there or "
+            "choose another location, then run again"
+        ) from e
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return p
 
 
-def write_json_atomic(path: str | os.PathLike[str], obj: object) -> Path:
+def write_text_atomic(
+    path: str | os.PathLike[str], text: str, *, inputs: Iterable[Any] = (), flag: str = "output"
+) -> Path:
+    """Replace one file in a single rename (:func:`atomic_file`)."""
+    with atomic_file(path, inputs=inputs, flag=flag) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path).absolute()
+
+
+def write_json_atomic(
+    path: str | os.PathLike[str], obj: object, *, inputs: Iterable[Any] = (), flag: str = "output"
+) -> Path:
     """:func:`write_text_atomic` of ``obj`` as indented JSON."""
     import json
 
-    return write_text_atomic(path, json.dumps(obj, indent=2, default=str) + "\n")
+    text = json.dumps(obj, indent=2, default=str) + "\n"
+    return write_text_atomic(path, text, inputs=inputs, flag=flag)

@@ -14,12 +14,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from layergraft.checkpoint.atomic import atomic_dir
+from layergraft.checkpoint.atomic import atomic_dir, check_output_target
 from layergraft.checkpoint.layout import SIDECAR_PATTERNS, cache_dir
 from layergraft.checkpoint.writer import OutTensor, write_checkpoint
 from layergraft.errors import InputError
 
 log = logging.getLogger(__name__)
+#: how a cache entry is named in messages: the variable that moves the cache elsewhere
+CACHE_FLAG = "cache entry ($LAYERGRAFT_CACHE)"
 
 
 def _file_key(path: Path) -> str:
@@ -45,6 +47,7 @@ def gguf_to_dir(path: Path) -> Path:
     out = gguf_cache_path(path)
     if (out / "config.json").is_file():
         return out
+    check_output_target(out, force=True, inputs=[path], flag=CACHE_FLAG, parents=True)
     try:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -72,7 +75,7 @@ def gguf_to_dir(path: Path) -> Path:
         for name in list(state):
             if name.endswith("lm_head.weight"):
                 del state[name]
-    with atomic_dir(out, force=True) as tmp:
+    with atomic_dir(out, force=True, inputs=[path], flag=CACHE_FLAG, parents=True) as tmp:
         config.save_pretrained(tmp)
         write_checkpoint(tmp, [OutTensor.from_torch(k, v) for k, v in state.items()])
         tok = None
@@ -112,6 +115,7 @@ def pickle_to_dir(path: Path) -> Path:
     out = cache_dir() / "pickle" / f"{path.name}-{_file_key(path / 'config.json')}"
     if (out / "config.json").is_file():
         return out
+    check_output_target(out, force=True, inputs=[path], flag=CACHE_FLAG, parents=True)
     import shutil
 
     import torch
@@ -119,7 +123,7 @@ def pickle_to_dir(path: Path) -> Path:
     state: dict[str, Any] = {}
     for f in sorted(path.glob("pytorch_model*.bin")):
         state.update(torch.load(f, map_location="cpu", weights_only=True, mmap=True))
-    with atomic_dir(out, force=True) as tmp:
+    with atomic_dir(out, force=True, inputs=[path], flag=CACHE_FLAG, parents=True) as tmp:
         write_checkpoint(tmp, [OutTensor.from_torch(k, v) for k, v in state.items()])
         for side in SIDECAR_PATTERNS:
             if (path / side).is_file():
