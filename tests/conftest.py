@@ -2,18 +2,40 @@
 
 ``--slow`` runs the tests marked ``slow`` (long end-to-end runs, more property-test examples);
 without it they are skipped so the default suite stays within minutes on 2 cores.
+
+Determinism: hypothesis runs derandomized (the examples follow from each test's source, the
+same on every run and machine; ``HYPOTHESIS_PROFILE=explore`` searches with fresh randomness),
+and an exception in a helper thread fails the test that started it instead of dying there.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
+from hypothesis import settings
 
 # Tests never touch the network or the user's caches.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# remote code (ghosted outputs loaded with trust_remote_code) is copied into a modules cache:
+# one per test session, not ~/.cache shared with the user and with other sessions running now
+_MODULES = tempfile.mkdtemp(prefix="layergraft-test-hf-modules-")
+os.environ["HF_MODULES_CACHE"] = _MODULES
+atexit.register(shutil.rmtree, _MODULES, ignore_errors=True)
+
+settings.register_profile("layergraft", derandomize=True, database=None, print_blob=True)
+settings.register_profile("explore", derandomize=False, database=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "layergraft"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # a helper thread's exception is otherwise only a warning at the end of the run
+    config.addinivalue_line("filterwarnings", "error::pytest.PytestUnhandledThreadExceptionWarning")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -12,7 +12,6 @@ import logging
 import os
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from layergraft.gen.compare import compare
 from layergraft.gen.sampling import SamplingSettings
 from layergraft.slr.sweep.run import sweep
 from layergraft.toy import toy_paths
-from tiny import write_few_crc_prompts
+from tiny import ONE_THREAD_ENV, LoudThread, write_few_crc_prompts
 
 try:
     import ray
@@ -51,7 +50,8 @@ def prompts(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+             runtime_env={"env_vars": ONE_THREAD_ENV})  # fmt: skip
     yield ray
     ray.shutdown()
 
@@ -147,28 +147,49 @@ def test_sweep_on_ray_writes_the_local_results(cluster, local_sweep, prompts, tm
 
 @needs_ray
 def test_a_killed_worker_costs_only_its_unit(cluster, local_sweep, prompts, tmp_path):
-    from layergraft.slr.sweep.distributed import RayExecutor
+    """Once the sweep is under way (header + 2 units journaled), the first worker to take a
+    unit writes its pid and holds that unit until it is killed: the kill always lands with a
+    unit in flight (killing a worker between units would prove nothing, and did happen)."""
+    from layergraft.slr.sweep.distributed import RayExecutor, UnitActor
 
     out = tmp_path / "sweep"
-    ex = RayExecutor(workers=2)
+    journal, claim = out / "intervals.jsonl", tmp_path / "holder.pid"
+
+    class HoldsAUnit(UnitActor):  # shipped to the workers by value (defined in a function)
+        def run(self, unit):
+            if journal.is_file() and journal.read_bytes().count(b"\n") >= 3:
+                try:  # exactly one worker, ever, holds its unit
+                    fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                except FileExistsError:
+                    pass
+                else:
+                    os.write(fd, f"{os.getpid()}\n".encode())
+                    os.close(fd)
+                    end = time.monotonic() + 120
+                    while time.monotonic() < end:  # until the SIGKILL (else the test fails)
+                        time.sleep(0.05)
+            return UnitActor.run(self, unit)
+
+    ex = RayExecutor(workers=2, actor=HoldsAUnit)
     killed: list[int] = []
 
-    def kill_one_mid_sweep() -> None:
-        journal, deadline = out / "intervals.jsonl", time.monotonic() + 120
+    def kill_the_holder() -> None:
+        deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            if journal.is_file() and len(_lines(journal)) >= 3:  # header + 2 units
-                pid = ex.worker_pids()[0]
-                os.kill(pid, signal.SIGKILL)
-                killed.append(pid)
+            text = claim.read_text() if claim.is_file() else ""
+            if text.endswith("\n"):  # the pid is written completely
+                os.kill(int(text), signal.SIGKILL)
+                killed.append(int(text))
                 return
             time.sleep(0.01)
+        raise AssertionError("no worker took a unit mid-sweep within 120 s")
 
-    killer = threading.Thread(target=kill_one_mid_sweep, daemon=True)
+    killer = LoudThread(kill_the_holder, name="killer")
     killer.start()
     sweep(BASE, POST, out, prompts=prompts, method="both", progress=False, executor=ex)
-    killer.join(timeout=5)
+    killer.join(timeout=5)  # re-raises the killer's error, if any
     assert killed, "the sweep ended before a worker could be killed"
-    assert ex.requeued >= 1  # the killed worker's unit was scored again elsewhere
+    assert ex.requeued == 1  # the killed worker's unit, scored again elsewhere
     assert (out / "results.json").read_bytes() == (local_sweep / "results.json").read_bytes()
     assert len(_lines(out / "intervals.jsonl")) == 1 + 2 + 36 + 21  # each unit once
 

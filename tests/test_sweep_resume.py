@@ -16,7 +16,7 @@ import pytest
 from layergraft.cli import main
 from layergraft.slr.sweep.run import sweep
 from layergraft.toy import toy_paths
-from tiny import save_tiny, write_few_crc_prompts
+from tiny import ONE_THREAD_ENV, complete_lines, save_tiny, torch_threads, write_few_crc_prompts
 
 BASE, POST = (str(p) for p in toy_paths())
 
@@ -26,8 +26,17 @@ def prompts(tmp_path_factory) -> Path:
     return write_few_crc_prompts(tmp_path_factory.mktemp("p") / "few.jsonl", per_category=8)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread in this process, as in the killed subprocess (ONE_THREAD_ENV): the
+    resumed results.json is compared byte for byte, and float sums change with the thread
+    count, so both sides of the comparison must run at the same one."""
+    with torch_threads(1):
+        yield
+
+
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, prompts) -> Path:
+def uninterrupted(tmp_path_factory, prompts, one_thread) -> Path:
     out = tmp_path_factory.mktemp("full") / "sweep"
     sweep(BASE, POST, out, prompts=prompts, method="both", progress=False)
     return out
@@ -58,16 +67,18 @@ def test_journal_holds_every_unit_and_results_come_from_it(uninterrupted):
 
 def test_sigkill_mid_sweep_then_resume_gives_identical_results(tmp_path, uninterrupted, prompts):
     out = tmp_path / "sweep"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, **ONE_THREAD_ENV)
     cmd = [sys.executable, "-m", "layergraft", *_argv(out, prompts)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     journal = out / "intervals.jsonl"
     deadline = time.monotonic() + 120
     killed_at = None
     while time.monotonic() < deadline and proc.poll() is None:
-        if journal.is_file() and sum(1 for r in _lines(journal) if r["kind"] == "interval") >= 3:
+        # complete lines only: the sweep is appending to the journal while we read it
+        if sum(1 for r in complete_lines(journal) if r["kind"] == "interval") >= 3:
             proc.send_signal(signal.SIGKILL)
-            killed_at = len(_lines(journal))
+            proc.wait()
+            killed_at = len(complete_lines(journal))
             break
         time.sleep(0.005)
     proc.wait()

@@ -9,7 +9,11 @@ about a second. No downloads: everything is built from configs.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -174,3 +178,57 @@ class LogitsProxy:
         import torch
 
         return {"logits": torch.cat(parts)}
+
+
+# ---- determinism helpers for tests that compare bytes or watch a running process ------------
+#: the environment of a subprocess whose numbers are compared with this process's: one thread
+#: for every math library (float sums change with the thread count: 3.4e-7 between 1 and 8)
+ONE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+
+
+@contextlib.contextmanager
+def torch_threads(n: int = 1) -> Iterator[None]:
+    """This process's torch intra-op threads pinned to ``n`` (restored afterwards): the
+    in-process side of a byte-identity comparison with a :data:`ONE_THREAD_ENV` subprocess."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def complete_lines(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The rows of a JSON-lines file that another process may be appending to, counting only
+    the lines it has finished: a last line without its newline is still being written."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return []
+    done = data[: data.rfind(b"\n") + 1]
+    return [json.loads(x) for x in done.splitlines() if x.strip()]
+
+
+class LoudThread(threading.Thread):
+    """A helper thread whose exception fails the test: :meth:`join` re-raises it in the
+    caller (an exception in a plain daemon thread dies there, and the test passes or fails
+    for some other reason far away)."""
+
+    def __init__(self, target: Callable[[], Any], name: str = "test-helper") -> None:
+        super().__init__(target=target, name=name, daemon=True)
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except BaseException as e:  # re-raised by join() in the test's thread
+            self.error = e
+
+    def join(self, timeout: float | None = None) -> None:
+        super().join(timeout)
+        if self.is_alive():
+            raise AssertionError(f"helper thread {self.name} still running after {timeout} s")
+        if self.error is not None:
+            raise AssertionError(f"helper thread {self.name} failed") from self.error
