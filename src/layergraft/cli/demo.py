@@ -10,10 +10,11 @@ from layergraft.cli.options import add_command, add_placement_args, add_quiet_ar
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from layergraft.demo import run_demo
+    from layergraft.toy import toy_paths
 
     res = run_demo(
         args.out, quick=args.quick, force=args.force, progress=not args.quiet,
-        **placement_kwargs(args),
+        **placement_kwargs(args, models=toy_paths()),  # a device map is checked on the toy pair
     )  # fmt: skip
     sel = res["sweep"].get("selected")
     print(f"\nselected interval: {sel['interval'] if sel else 'none'}")

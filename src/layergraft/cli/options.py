@@ -178,9 +178,32 @@ def add_placement_args(s: argparse.ArgumentParser) -> None:
     )
 
 
-def placement_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """The API keyword arguments that :func:`add_placement_args` maps to."""
+def placement_kwargs(
+    args: argparse.Namespace, models: Sequence[Any] | None = None
+) -> dict[str, Any]:
+    """The API keyword arguments that :func:`add_placement_args` maps to, checked first
+    (:func:`~layergraft.models.placement.check_placement`: the device exists here, an
+    explicit map names real modules of ``models``, by default the command's ``MODEL`` or
+    ``--base``/``--post``). Every command builds these before it calls the API, so a
+    placement this machine cannot honour is refused before anything is loaded or written."""
+    from layergraft.models.placement import check_placement
+
+    if models is None:
+        models = [getattr(args, k) for k in ("model", "base", "post") if getattr(args, k, None)]
+    check_placement(args.device, args.dtype, args.device_map, models=models)
     return {"device": args.device, "dtype": args.dtype, "device_map": args.device_map}
+
+
+def positive_int(text: str) -> int:
+    """argparse type of counts that must be at least 1 (``--batch-size``, ``--n``): 0 or a
+    negative number is refused, not silently read as "the default"."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; give e.g. 8") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive count; give 1 or more")
+    return value
 
 
 def add_quiet_arg(s: argparse.ArgumentParser) -> None:
@@ -256,7 +279,9 @@ def add_calib_args(
         default=CALIB_SEQLEN,
         help=f"tokens per calibration row (default {CALIB_SEQLEN}; at most the model's context)",
     )
-    s.add_argument("--batch-size", type=int, default=4, help="rows per forward pass (default 4)")
+    s.add_argument(
+        "--batch-size", type=positive_int, default=4, help="rows per forward pass (default 4)"
+    )
 
 
 def add_ppl_args(s: argparse.ArgumentParser, flag: str | None, default_help: str) -> None:

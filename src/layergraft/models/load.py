@@ -64,6 +64,9 @@ def load_model(
     """A causal LM in eval mode, placed as :class:`~layergraft.models.placement.Placement`
     says (``device``/``dtype``/``device_map``; defaults: CUDA when present, float32 on CPU).
 
+    An explicit device map is checked against the model's modules and made flat first
+    (:meth:`~layergraft.models.placement.Placement.resolved_map`).
+
     ``spec`` is a directory, hub id, ``.gguf`` file or opened checkpoint; a ghosted layergraft
     output loads **without** running its shipped remote code: the family's own class is built
     from the recorded base config and layergraft's copy of the ghost module is attached (the
@@ -73,7 +76,7 @@ def load_model(
     place = Placement(device, dtype, device_map)
     dt = place.torch_dtype()
     if not isinstance(spec, Checkpoint) and Path(spec).is_dir() and G.is_ghosted(Path(spec)):
-        model = G.load_ghosted(Path(spec), dtype=dt, device_map=device_map)
+        model = G.load_ghosted(Path(spec), dtype=dt, device_map=place.resolved_map(spec))
     else:
         ck = (
             spec if isinstance(spec, Checkpoint) else open_loadable(spec, allow_pickle=allow_pickle)
@@ -81,7 +84,10 @@ def load_model(
         try:
             with quiet_transformers():
                 model = AutoModelForCausalLM.from_pretrained(
-                    str(ck.path), dtype=dt, device_map=device_map, trust_remote_code=False
+                    str(ck.path),
+                    dtype=dt,
+                    device_map=place.resolved_map(ck),
+                    trust_remote_code=False,
                 )
         except (OSError, ValueError) as e:
             raise InputError(
