@@ -12,6 +12,7 @@ from layergraft.cli.options import (
     add_quiet_arg,
     add_ray_args,
     placement_kwargs,
+    positive_int,
     print_json,
     ray_kwargs,
 )
@@ -23,9 +24,11 @@ def _add_decoding(s: argparse.ArgumentParser) -> None:
     g.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default 1.0)")
     g.add_argument("--top-p", type=float, default=1.0, help="nucleus mass (default 1.0 = off)")
     g.add_argument("--min-p", type=float, default=0.1, help="min-p threshold (default 0.1)")
-    g.add_argument("--max-new-tokens", type=int, default=256, metavar="N", help="default 256")
+    g.add_argument(
+        "--max-new-tokens", type=positive_int, default=256, metavar="N", help="default 256"
+    )
     g.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    g.add_argument("--batch-size", type=int, default=16, metavar="B", help="default 16")
+    g.add_argument("--batch-size", type=positive_int, default=16, metavar="B", help="default 16")
     g.add_argument(
         "--backend",
         choices=("auto", "transformers", "vllm"),
@@ -53,8 +56,8 @@ def _add_task(s: argparse.ArgumentParser) -> None:
         default="all",
         help="greedy-failed: only reasoning prompts the (post) model gets wrong greedily",
     )
-    s.add_argument("--limit", type=int, metavar="N", help="use only the first N prompts")
-    s.add_argument("--n", type=int, default=32, help="samples per prompt (default 32)")
+    s.add_argument("--limit", type=positive_int, metavar="N", help="use only the first N prompts")
+    s.add_argument("--n", type=positive_int, default=32, help="samples per prompt (default 32)")
     add_quiet_arg(s)
 
 
@@ -125,11 +128,15 @@ def _print_summary(res: dict[str, Any]) -> None:
 
 def _cmd_diversity(args: argparse.Namespace) -> int:
     from layergraft.checkpoint.atomic import write_json_atomic
+    from layergraft.checkpoint.outputs import check_output
     from layergraft.gen.score import diversity
 
+    reads = [args.gens, args.embedder, args.judge]
+    if args.out:  # before the scoring, which loads an embedder and maybe a judge
+        check_output(args.out, inputs=reads, flag="--out")
     res = diversity(args.gens, embedder=args.embedder, judge=args.judge, bootstrap=args.bootstrap)
     if args.out:
-        write_json_atomic(args.out, res)
+        write_json_atomic(args.out, res, inputs=reads, flag="--out")
     if args.json:
         print_json(res)
     else:
@@ -156,8 +163,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from layergraft.report.compare import headline_metrics
 
     ray = ray_kwargs(args)
+    models = _parse_models(args.models)
     res = compare(
-        _parse_models(args.models),
+        models,
         args.task,
         args.out,
         n=args.n,
@@ -175,7 +183,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         chat_template=args.chat_template,
         progress=not args.quiet,
         executor=RayGenerator(**ray) if ray is not None else None,
-        **placement_kwargs(args),
+        **placement_kwargs(args, models=list(models.values())),
     )
     summary = {name: r["mean"] for name, r in res["runs"].items()}
     if args.json:

@@ -20,9 +20,12 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_diff(args: argparse.Namespace) -> int:
+    from layergraft.checkpoint.outputs import check_output
     from layergraft.report.diff import diff_table
     from layergraft.slr.hybrid.diff import diff
 
+    if args.plot is not None:  # before reading both checkpoints; never over an input
+        check_output(args.plot, inputs=[args.base, args.post], flag="--plot")
     res = diff(
         args.base,
         args.post,

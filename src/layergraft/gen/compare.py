@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from layergraft.checkpoint.outputs import check_output
 from layergraft.errors import InputError
 from layergraft.gen.engine import run_generation
 from layergraft.gen.generate import reasoning_only, select_greedy_failed, task_prompts
@@ -26,6 +27,7 @@ from layergraft.gen.sampling import SamplingSettings
 from layergraft.gen.score import make_embedder, make_judge, score_records
 from layergraft.gen.vllm import resolve_backend
 from layergraft.models.load import local_dir
+from layergraft.models.placement import check_placement
 from layergraft.report.compare import write_compare_outputs
 
 log = logging.getLogger(__name__)
@@ -117,12 +119,14 @@ def compare(
             f"decoding baselines need a model labelled {baseline_model!r}; add {baseline_model}=PATH "
             "to --models, or pass --no-baselines"
         )
-    out_dir = Path(out)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"--out {out_dir} is a file; give a directory")
-    for spec in models.values():
-        if isinstance(spec, (str, os.PathLike)):
-            local_dir(spec)  # fail fast on a bad path, before any generation
+    paths = [spec for spec in models.values() if isinstance(spec, (str, os.PathLike))]
+    for spec in paths:
+        local_dir(spec)  # fail fast on a bad path, before any generation
+    # the directory is reused (its gens/ resumed), never an input or inside one
+    reads = [*paths, task if isinstance(task, (str, os.PathLike)) else None, tokenizer]
+    reads += [x for x in (embedder, judge) if isinstance(x, (str, os.PathLike))]
+    out_dir = check_output(out, inputs=reads, kind="dir", flag="--out", reuse=True)
+    check_placement(device, dtype, device_map, models=paths)
     prompts = task_prompts(task, limit)
     if subset == "greedy-failed":
         reasoning_only(prompts)
@@ -130,8 +134,8 @@ def compare(
         raise InputError(f"unknown subset {subset!r}; choose all or greedy-failed")
     emb = make_embedder(embedder)
     jdg = make_judge(judge)
+    # created by the first generation written, so a refusal before that leaves nothing
     gens_dir = out_dir / "gens"
-    gens_dir.mkdir(parents=True, exist_ok=True)
 
     # baselines right after their model, so each model is loaded once and freed after its runs
     runs: list[tuple[str, str, SamplingSettings]] = []
@@ -210,4 +214,5 @@ def compare(
         scored["generations_file"] = str(path.relative_to(out_dir))
         results["runs"][run_name] = scored
     cache.release()
+    out_dir.mkdir(exist_ok=True)  # every run reused from elsewhere: nothing generated here
     return write_compare_outputs(results, out_dir, plots=plots)

@@ -12,6 +12,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from layergraft.checkpoint.outputs import check_output
 from layergraft.errors import InputError
 from layergraft.gen.answers import extract_final_answer
 from layergraft.gen.engine import run_generation
@@ -116,6 +117,9 @@ def generate(
         reasoning_only(prompts)
     chosen = resolve_backend(backend, model)
     name = model_name or default_model_name(model)
+    if out is not None:  # appended to (resumed), never an input
+        reads = [model, task if isinstance(task, (str, os.PathLike)) else None, tokenizer]
+        check_output(out, inputs=reads, kind="file", flag="--out", reuse=True)
     check_resumable(out, settings, name)
     engine = None
     if chosen == "vllm":

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from layergraft.checkpoint.atomic import write_json_atomic, write_text_atomic
-from layergraft.report.plotting import pyplot
+from layergraft.report.plotting import pyplot, save_figure
 
 DIVERSITY_METRICS = (
     "distinct_1", "distinct_2", "distinct_3", "distinct_4", "self_bleu",
@@ -160,8 +160,7 @@ def render_plots(results: Mapping[str, Any], out_dir: Path) -> list[str]:
         if m in UNIT_INTERVAL:
             ax.set_ylim(0.0, 1.05)
     fig.tight_layout()
-    fig.savefig(out_dir / "metrics_bars.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, out_dir / "metrics_bars.png", flag="--out", dpi=120)
     paths.append("metrics_bars.png")
 
     fig, ax = plt.subplots(figsize=(5, 4))
@@ -187,7 +186,6 @@ def render_plots(results: Mapping[str, Any], out_dir: Path) -> list[str]:
     ax.set_ylabel(f"{quality} (quality)")
     ax.set_title("quality vs diversity (95% CI over prompts)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(out_dir / "quality_vs_diversity.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, out_dir / "quality_vs_diversity.png", flag="--out", dpi=120)
     paths.append("quality_vs_diversity.png")
     return paths

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from layergraft.report.plotting import pyplot
+from layergraft.report.plotting import pyplot, save_figure
 
 COLUMNS: tuple[str, ...] = ("attn", "mlp", "norms", "all")
 
@@ -44,17 +44,28 @@ def diff_table(results: dict[str, Any]) -> str:
     lines.append(
         f"{'model':<11}{_fmt(results['model']['rel_change'])}  cos {_fmt(results['model']['cosine'])}"
     )
-    top = ", ".join(str(i) for i in results["ranking"][:5])
-    lines.append(f"most changed layers (largest first): {top}")
+    lines.append(_most_changed(results))
     if results.get("skipped"):
         lines.append(f"not compared (not floating point): {len(results['skipped'])} tensors")
     return "\n".join(lines)
 
 
+def _most_changed(results: dict[str, Any]) -> str:
+    """The ranking's top five among the layers that changed at all: ranking layers whose
+    weights are identical (a model against itself) would present ties of zeros as findings."""
+    by_layer = {row["layer"]: row["all"] for row in results["layers"]}
+    changed = [i for i in results["ranking"] if by_layer[i]["abs_change"] > 0]
+    if not changed:
+        return "most changed layers: none (every decoder layer of post equals base)"
+    top = ", ".join(str(i) for i in changed[:5])
+    rest = len(by_layer) - len(changed)
+    return f"most changed layers (largest first): {top}" + (f" ({rest} unchanged)" if rest else "")
+
+
 def plot_diff(results: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     """A PNG: relative change and cosine as two layers x parts heatmaps (layer 0 on top),
-    the rows outside the layers in the caption. Written beside ``path`` and renamed into place,
-    so a reader never sees half a file."""
+    the rows outside the layers in the caption. Written through the output rule, beside
+    ``path`` and renamed into place (:func:`~layergraft.report.plotting.save_figure`)."""
     plt = pyplot()
     import numpy as np
 
@@ -93,12 +104,5 @@ def plot_diff(results: dict[str, Any], path: str | os.PathLike[str]) -> Path:
         f"outside the layers: {outside or 'none'}",
         fontsize=9,
     )
-    p = Path(path)
-    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-    try:
-        fig.savefig(tmp, dpi=110, format="png")
-        os.replace(tmp, p)
-    finally:
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)
-    return p
+    # the inputs again at write time: an API caller may not have checked the path first
+    return save_figure(fig, path, inputs=(results["base"], results["post"]), dpi=110)

@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from layergraft.report.plotting import pyplot
+from layergraft.report.plotting import pyplot, save_figure
 
 
 def plot_scores(scores: dict[str, Any], path: str | Path) -> Path:
-    """A PNG of score vs block start from the scores' JSON form (``Scores.as_json()``)."""
+    """A PNG of score vs block start from the scores' JSON form (``Scores.as_json()``),
+    written through the output rule (never over the scored model)."""
     plt = pyplot()
     starts = [int(b["range"].split(":")[0]) for b in scores["blocks"]]
     values = [b["score"] for b in scores["blocks"]]
@@ -25,7 +26,4 @@ def plot_scores(scores: dict[str, Any], path: str | Path) -> Path:
     ax.set_title(f"{scores['metric']} score per block of {block} ({way} = more removable)")
     ax.legend()
     fig.tight_layout()
-    p = Path(path)
-    fig.savefig(p, dpi=100)
-    plt.close(fig)
-    return p
+    return save_figure(fig, path, inputs=[scores.get("model")], dpi=100)
