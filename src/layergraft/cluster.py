@@ -57,9 +57,22 @@ def unreachable(address: str, timeout: float = 5.0) -> str | None:
     return None
 
 
+#: what ``--ray ADDRESS`` may be: auto/local, HOST:PORT (a head's GCS), ray://HOST[:PORT]
+_ADDRESS = re.compile(r"auto|local|ray://[\w.\-\[\]:]+|[\w.\-\[\]:]*[\w\]]:\d{1,5}")
+
+
 def check_address(address: str | None) -> None:
-    """Refuse, in one line, an explicit address that takes no connection (before any output
-    is written: executors call this when they are built, ``connect`` again when they join)."""
+    """Refuse, in one line, a malformed address or an explicit one that takes no connection
+    (before any output is written: executors call this when they are built, ``connect``
+    again when they join). Ray itself reads a malformed address late, after the command has
+    created its outputs, and fails there."""
+    port = address.rpartition(":")[2] if address else ""
+    bad_port = port.isdigit() and not 0 < int(port) < 65536
+    if address is not None and (not _ADDRESS.fullmatch(address) or bad_port):
+        raise InputError(
+            f"--ray {address!r} is not a Ray address; write HOST:PORT (e.g. 10.0.0.5:6379), "
+            "ray://HOST:10001, or give --ray without a value for a local cluster"
+        )
     why = unreachable(address) if address else None  # "auto" has no port: left to Ray
     if why:
         raise InputError(

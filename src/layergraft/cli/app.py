@@ -57,15 +57,19 @@ def _one_line_warning(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    warnings.formatwarning = _one_line_warning  # also for warnings while parsing
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    # Warnings go through logging from the first moment, parsing included: a warning raised
+    # while parsing (a renamed option) is then a whole line like every other one. Printed
+    # by Python's own hook it got our one-line format without the newline, and the next
+    # message ran on.
+    warnings.formatwarning = _one_line_warning
     logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="layergraft: %(levelname)s: %(message)s",
-        stream=sys.stderr,
+        level=logging.WARNING, format="layergraft: %(levelname)s: %(message)s", stream=sys.stderr
     )
     logging.captureWarnings(True)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.verbose:
+        logging.getLogger().setLevel(logging.INFO)
     prog = f"layergraft {args.command}"
     try:
         return args.func(args)
