@@ -31,14 +31,17 @@ def _add_removal_args(s: argparse.ArgumentParser) -> None:
         "--auto",
         type=int,
         metavar="N",
-        help="remove N layers chosen by --metric (bi: N lowest layers; angular/cosine: best block of N)",
+        help="remove N layers chosen by --metric (bi: N lowest layers; angular/cosine/residual: "
+        "best block of N; residual-greedy: N layers one at a time, each scored on the model pruned so far)",
     )
     s.add_argument(
         "--metric",
-        choices=("angular", "bi", "cosine"),
+        choices=("angular", "bi", "cosine", "residual", "residual-greedy"),
         default="angular",
-        help="how --auto chooses (default angular: the best block, Gromov et al.)",
+        help="how --auto chooses (default angular: the best block, Gromov et al.; residual: the "
+        "block whose ghost fit leaves the smallest normalised residual, same --damp)",
     )
+    _add_max_boundaries(s)
     s.add_argument(
         "--damp",
         type=float,
@@ -50,6 +53,36 @@ def _add_removal_args(s: argparse.ArgumentParser) -> None:
         action="store_true",
         help="refit each gap's operator on the already-pruned model (scattered pruning)",
     )
+
+
+def _add_max_boundaries(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "--max-boundaries",
+        type=int,
+        metavar="K",
+        help="residual metrics: statistics of at most K candidate boundaries per calibration pass. "
+        "Each holds 2 d×d float64 matrices, so a pass needs 16·K·d² bytes (d = 576: 5 MiB per "
+        "boundary; d = 8192: 1 GiB); default all candidates in one pass, refused if that needs more "
+        "than 80%% of the available memory",
+    )
+
+
+def _add_gen_check(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "--gen-check",
+        type=int,
+        metavar="N",
+        help="with --compare: greedy chat replies (at most 64 tokens) of every model to the first N "
+        "bundled QA prompts; prints finished_rate and valid_rate beside PPL (needs a chat template)",
+    )
+
+
+def _removal_kwargs(args: argparse.Namespace, calib: Any) -> dict[str, Any]:
+    """What ``prune`` and ``compare-recovery`` take alike: the removal, calibration, fit and
+    placement options."""
+    names = ("remove", "auto", "metric", "calib_tokens", "seqlen", "batch_size", "damp", "bias",
+             "sequential", "max_boundaries")  # fmt: skip
+    return {**{k: getattr(args, k) for k in names}, "calib": calib, **placement_kwargs(args)}
 
 
 def _data(args: argparse.Namespace, name: str, default: Any) -> Any:
@@ -70,6 +103,8 @@ def _cmd_scores(args: argparse.Namespace) -> int:
         n_tokens=args.calib_tokens,
         seqlen=args.seqlen,
         batch_size=args.batch_size,
+        damp=args.damp,
+        max_boundaries=args.max_boundaries,
         plot=args.plot,
         **placement_kwargs(args),
     )
@@ -108,42 +143,27 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         return _print_compare(
             compare_recovery(
                 args.model,
-                remove=args.remove,
-                auto=args.auto,
-                metric=args.metric,
-                calib=calib,
                 data=_data(args, "heldout", DEFAULT_HELDOUT),
-                calib_tokens=args.calib_tokens,
-                seqlen=args.seqlen,
                 ppl_seqlen=args.ppl_seqlen,
                 ppl_max_tokens=args.ppl_tokens,
-                batch_size=args.batch_size,
-                damp=args.damp,
-                bias=args.bias,
-                sequential=args.sequential,
+                gen_check=args.gen_check,
                 tasks=args.tasks,
                 limit=args.limit,
                 progress=not getattr(args, "quiet", False),
-                **placement_kwargs(args),
+                **_removal_kwargs(args, calib),
             ),
             args.json,
         )
     if args.out is None:
         raise LayergraftError("--out DIR is required (or pass --compare to only compare methods)")
+    if args.gen_check is not None:
+        raise LayergraftError(
+            "--gen-check checks the models of --compare; add --compare or remove --gen-check"
+        )
     prov = prune(
         args.model,
         args.out,
-        remove=args.remove,
-        auto=args.auto,
-        metric=args.metric,
         recover=args.recover or "ghost",
-        calib=calib,
-        calib_tokens=args.calib_tokens,
-        seqlen=args.seqlen,
-        batch_size=args.batch_size,
-        damp=args.damp,
-        bias=args.bias,
-        sequential=args.sequential,
         force=args.force,
         max_shard_bytes=args.max_shard_size,
         hash_inputs=args.hash_inputs,
@@ -152,7 +172,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         allow_pickle=args.allow_pickle,
         progress=not args.quiet,
         command=command_line(),
-        **placement_kwargs(args),
+        **_removal_kwargs(args, calib),
     )
     if args.json:
         print_json(prov)
@@ -178,17 +198,24 @@ def _print_compare(res: dict[str, Any], as_json: bool) -> int:
         f"removed {res['removed']} ({res['fit']} fit), calibration {res['calibration']['tokens']} tokens, held-out {res['heldout']['tokens']} tokens"
     )
     tasks = sorted({t for r in res["rows"] for t in r.get("lm_eval", {})})
-    width = {t: max(len(t), 8) for t in tasks}
+    gen = [k for k in ("finished_rate", "valid_rate") if "gen_check" in res["rows"][0]]
+    width = {t: max(len(t), 8) for t in [*tasks, *gen]}
     print(
-        f"{'method':<10} {'params':>12} {'PPL':>10}" + "".join(f" {t:>{width[t]}}" for t in tasks)
+        f"{'method':<10} {'params':>12} {'PPL':>10}"
+        + "".join(f" {t:>{width[t]}}" for t in [*tasks, *gen])
     )
     for r in res["rows"]:
         acc = ""
         for t in tasks:
             v = r.get("lm_eval", {}).get(t)
             acc += f" {v:{width[t]}.4f}" if v is not None else f" {'-':>{width[t]}}"
+        acc += "".join(f" {r['gen_check'][k]:{width[k]}.3f}" for k in gen)
         print(f"{r['method']:<10} {r['params']:>12,} {r['ppl']:10.3f}{acc}")
     print(f"PPL: {res['ppl_definition']}")
+    if gen:
+        print(
+            f"generation check: {res['rows'][0]['gen_check']['prompts']} QA prompts, {res['rows'][0]['gen_check']['decoding']}"
+        )
     return 0
 
 
@@ -256,13 +283,22 @@ def register(sub: Any) -> None:
     add_calib_args(s, "--data")
     add_renamed(s, "--max-tokens", "--calib-tokens", "calib_tokens", int)
     s.add_argument("--block", type=int, default=1, metavar="N", help="block size (default 1)")
-    s.add_argument("--metric", choices=("angular", "bi", "cosine"), default="angular")
+    s.add_argument(
+        "--metric",
+        choices=("angular", "bi", "cosine", "residual"),
+        default="angular",
+        help="residual: the normalised residual ‖X_s M − Δ‖²/‖Δ‖² of the ghost fit of each block (lowest = most repairable)",
+    )
     s.add_argument(
         "--tokens",
         choices=("all", "last"),
         help="samples: each row's last token or every real token (default: last for angular, "
-        "as Gromov et al.; all for bi and cosine)",
+        "as Gromov et al.; all for bi, cosine and residual)",
     )
+    s.add_argument(
+        "--damp", type=float, help="residual: the ghost fit's ridge damping (default 1e-4)"
+    )
+    _add_max_boundaries(s)
     s.add_argument("--plot", metavar="PNG", help="write a plot of the scores")
     add_json_arg(s)
     add_placement_args(s)
@@ -292,6 +328,7 @@ def register(sub: Any) -> None:
     add_ppl_args(p, "--heldout", "bundled held-out text; with --compare")
     p.add_argument("--tasks", help="lm-eval tasks for --compare (comma-separated)")
     p.add_argument("--limit", type=float, help="lm-eval items per task for --compare")
+    _add_gen_check(p)
     add_json_arg(p)
     add_output_args(p)
     add_placement_args(p)
@@ -311,6 +348,7 @@ def register(sub: Any) -> None:
     add_ppl_args(c, "--heldout", "bundled held-out text")
     c.add_argument("--tasks", help="lm-eval tasks (comma-separated)")
     c.add_argument("--limit", type=float, help="lm-eval items per task")
+    _add_gen_check(c)
     add_json_arg(c)
     add_quiet_arg(c)
     add_placement_args(c)

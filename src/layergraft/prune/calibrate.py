@@ -15,7 +15,9 @@ layers, the final norm and the (often huge) lm_head.
 Boundary convention: boundary ``b`` is the residual stream *entering* decoder layer ``b``
 (raw, before the layer's norm); boundary ``L`` (the layer count) is the output of the last
 layer, before the final norm. A removed block ``[s, e)`` has ``X_pre`` = boundary ``s`` and
-``X_post`` = boundary ``e``.
+``X_post`` = boundary ``e``. On a pruned model a ghost operator sits on the stream entering the
+first kept layer after its gap: ``("in", b)`` sees the stream after the ghost, ``("raw", b)``
+the stream before it (what a fit of the gap *widened* by layer ``b`` starts from).
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from layergraft.models.batching import position_ids
 from layergraft.text import Batch
 
 #: a capture point: ("in", b) = residual entering layer b (b == L: after the last layer);
-#: ("mlp", i) = output of layer i's MLP output projection (ReplaceMe's fold target)
+#: ("raw", b) = the same before any ghost operator at b (b < L); ("mlp", i) = output of layer
+#: i's MLP output projection (ReplaceMe's fold target)
 Point = tuple[str, int]
 
 
@@ -75,6 +78,14 @@ def capture(
                     lambda _m, a, kw, p=(kind, i): note(p, _hidden_of(a, kw)), with_kwargs=True
                 )
             )
+        elif kind == "raw" and i < n:  # prepended: runs before a ghost's pre-hook on layer i
+            handles.append(
+                layers[i].register_forward_pre_hook(
+                    lambda _m, a, kw, p=(kind, i): note(p, _hidden_of(a, kw)),
+                    with_kwargs=True,
+                    prepend=True,
+                )
+            )
         elif kind == "in" and i == n:
             handles.append(
                 layers[n - 1].register_forward_hook(
@@ -118,6 +129,24 @@ def run_points(model: Any, adapter: Any, batch: Batch, points: Iterable[Point]) 
 
 
 # ---- statistics ------------------------------------------------------------------------------
+TOKENS: tuple[str, ...] = ("all", "last")
+
+
+def sample_mask(mask: Any, tokens: str = "all") -> Any:
+    """The positions that are samples: every real token (``all``), or each row's last real
+    token (``last``, one sample per row, as Gromov et al.'s angular distance)."""
+    import torch
+
+    if tokens == "all":
+        return mask
+    if tokens != "last":
+        raise ValueError(f"unknown tokens {tokens!r}")
+    keep = torch.zeros_like(mask)
+    last = mask.long().cumsum(-1).argmax(-1)  # the last position holding a real token
+    keep[torch.arange(mask.shape[0], device=mask.device), last] = 1
+    return keep * mask
+
+
 def masked_rows(t: Any, mask: Any) -> Any:
     """The real-token rows of a ``[batch, seq, d]`` tensor as ``[n, d]`` float64 (on t's device)."""
     import torch
@@ -195,12 +224,14 @@ def collect_gap_stats(
     gaps: Sequence[tuple[int, int]],
     *,
     mlp: bool = False,
+    tokens: str = "all",
     progress: Callable[[int], None] | None = None,
 ) -> list[GapStats]:
     """One streaming pass over ``batches`` that fills a :class:`GapStats` for every gap of the
     *dense* model (hooks at each gap's two boundaries; the pass stops after the deepest one).
 
     ``mlp=True`` also taps the MLP output of layer ``s − 1`` (ReplaceMe; needs ``s >= 1``).
+    ``tokens="last"`` keeps one sample per row (:func:`sample_mask`; block scores only).
     """
     stats = [GapStats(s, e) for s, e in gaps]
     points: set[Point] = set()
@@ -212,7 +243,8 @@ def collect_gap_stats(
         got = run_points(model, adapter, batch, points)
         for st in stats:
             m = got.get(("mlp", st.start - 1)) if mlp else None
-            st.update(got[("in", st.start)], got[("in", st.end)], batch.attention_mask, m)
+            mask = sample_mask(batch.attention_mask, tokens)
+            st.update(got[("in", st.start)], got[("in", st.end)], mask, m)
         if progress is not None:
             progress(batch.n_tokens)
     return stats

@@ -19,9 +19,17 @@ from layergraft.evaluate.perplexity import definition, perplexity
 from layergraft.models.batching import fit_context
 from layergraft.prune import ghost as G
 from layergraft.prune import recover as R
-from layergraft.prune.job import ModelLike, load_job, open_input
+from layergraft.prune.gencheck import check_gen_check
+from layergraft.prune.gencheck import gen_check as run_gen_check
+from layergraft.prune.job import (
+    ModelLike,
+    load_job,
+    open_input,
+    refuse_ghosted_selection,
+    warn_greedy_fit,
+)
 from layergraft.prune.model import collect_stats
-from layergraft.prune.pipeline import check_damp
+from layergraft.prune.recover import check_damp
 from layergraft.prune.undo import pruned_in_place
 from layergraft.ranges import format_ranges
 from layergraft.text import DEFAULT_CALIB, DEFAULT_HELDOUT, read_text, tokenize
@@ -55,6 +63,8 @@ def compare_recovery(
     damp: float | None = None,
     bias: bool = False,
     sequential: bool = False,
+    max_boundaries: int | None = None,
+    gen_check: int | None = None,
     tasks: str | Sequence[str] | None = None,
     limit: int | float | None = None,
     progress: bool = False,
@@ -63,8 +73,9 @@ def compare_recovery(
     device_map: Any = None,
 ) -> dict[str, Any]:
     """Every recovery method on the same removal, fitted from one set of statistics, with
-    parameter count, held-out perplexity (and lm-eval accuracy when ``tasks``) per method,
-    plus the dense model as the reference row."""
+    parameter count, held-out perplexity (and lm-eval accuracy when ``tasks``; greedy chat
+    replies to ``gen_check`` QA prompts, :mod:`layergraft.prune.gencheck`) per method, plus
+    the dense model as the reference row."""
     methods = list(methods or R.METHODS)
     bad = [x for x in methods if x not in R.METHODS]
     if bad:
@@ -73,13 +84,18 @@ def compare_recovery(
     held = read_text(data, "evaluation")
     # as in prune: no fit on NaN/Inf weights (a ghosted model is accepted: it is evaluated)
     inp = open_input(model, calib=calib, accept_ghosted=True)
+    refuse_ghosted_selection(inp, metric, auto)
+    if gen_check is not None:
+        has = inp.ck.has_chat_template if inp.ck is not None else bool(getattr(inp.spec[1], "chat_template", None))  # type: ignore[index]  # fmt: skip
+        check_gen_check(gen_check, has, inp.origin)
     job = load_job(
         inp, calib=calib, calib_tokens=calib_tokens, seqlen=seqlen, batch_size=batch_size,
         device=device, dtype=dtype, device_map=device_map,
     )  # fmt: skip
     dense, tok, adapter = job.model, job.tokenizer, job.adapter
     ppl_seqlen = fit_context(ppl_seqlen, adapter.context_length, "--ppl-seqlen")
-    gaps = job.gaps(remove, auto, metric)
+    gaps = job.gaps(remove, auto, metric, damp=damp, max_boundaries=max_boundaries)
+    warn_greedy_fit(auto, metric, sequential)
     if "replaceme" in methods and gaps[0][0] == 0:
         log.warning("replaceme skipped: gap %d:%d starts at layer 0", *gaps[0])
         methods.remove("replaceme")
@@ -95,6 +111,8 @@ def compare_recovery(
         if tasks:
             res = run_lm_eval(m, tok, tasks, limit=limit)
             row["lm_eval"] = {t: v.get("acc") for t, v in res["results"].items()}
+        if gen_check:
+            row["gen_check"] = run_gen_check(m, tok, gen_check, batch_size=batch_size)
         return row
 
     rows = [{"method": "dense", **evaluate(dense)}]
@@ -113,6 +131,7 @@ def compare_recovery(
         "model": inp.origin,
         "removed": format_ranges(gaps),
         "fit": "sequential" if sequential else "dense",
+        "selection": job.selection,
         "calibration": {"file": str(calib), "tokens": sum(b.n_tokens for b in job.batches)},
         "heldout": {"file": str(data), "tokens": len(ids)},
         "ppl_definition": definition(ppl_seqlen),

@@ -47,6 +47,10 @@ class Scores:
     blocks: list[tuple[Range, float]]
     per_layer: list[float] | None
     n_tokens: int
+    #: more fields per block (``block_info[k]`` goes with ``blocks[k]``) and for the whole
+    #: scoring, in the JSON form (the residual metric: damping, memory, stream residual)
+    block_info: list[dict[str, Any]] | None = None
+    info: dict[str, Any] | None = None
 
     @property
     def lower_is_removable(self) -> bool:
@@ -65,6 +69,7 @@ class Scores:
         return sorted(order[:n])
 
     def as_json(self) -> dict[str, Any]:
+        extra = self.block_info or [{} for _ in self.blocks]
         return {
             "metric": self.metric,
             "block": self.block,
@@ -72,8 +77,12 @@ class Scores:
             "n_tokens": self.n_tokens,
             "removable": "lowest" if self.lower_is_removable else "highest",
             "best": format_range(self.best),
-            "blocks": [{"range": format_range(r), "score": s} for r, s in self.blocks],
+            "blocks": [
+                {"range": format_range(r), "score": s, **x}
+                for (r, s), x in zip(self.blocks, extra, strict=True)
+            ],
             "per_layer": self.per_layer,
+            **(self.info or {}),
             "range_convention": "0-based, half-open [start, end), written start:end",
         }
 

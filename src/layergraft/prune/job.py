@@ -9,6 +9,7 @@ order: everything cheap (paths, ranges, text, output target) before anything exp
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,15 +19,24 @@ from layergraft.arch import ModelAdapter, adapter_for_model
 from layergraft.checkpoint.reader import Checkpoint, open_checkpoint
 from layergraft.errors import InputError
 from layergraft.models.batching import fit_context
+from layergraft.models.ghost import ATTR
 from layergraft.models.load import load_model, load_tokenizer, open_loadable
 from layergraft.prune.cut import merge_adjacent, parse_removal
-from layergraft.prune.importance import auto_removal, block_scores
+from layergraft.prune.greedy import greedy_residual
+from layergraft.prune.importance import METRICS, auto_removal, block_scores
+from layergraft.prune.recover import DEFAULT_DAMP
+from layergraft.prune.residual import residual_scores
 from layergraft.ranges import Range
 from layergraft.text import Batch, read_text, text_batches
 
+log = logging.getLogger(__name__)
 PathLike = str | os.PathLike[str]
 #: a model path, or an already loaded ``(model, tokenizer)`` pair
 ModelLike = PathLike | tuple[Any, Any]
+#: the selections by the ghost fit's own residual (:mod:`layergraft.prune.residual`)
+RESIDUAL_METRICS: tuple[str, ...] = ("residual", "residual-greedy")
+#: how ``--auto N`` can choose
+AUTO_METRICS: tuple[str, ...] = (*METRICS, *RESIDUAL_METRICS)
 
 
 def calibration_batches(
@@ -56,20 +66,68 @@ def resolve_gaps(
     remove: Any,
     auto: int | None,
     metric: str,
-) -> list[Range]:
-    """The gaps to cut: ``remove`` as given, or ``auto`` layers chosen by ``metric`` (one
-    scoring pass over ``batches``)."""
+    *,
+    damp: float | None = None,
+    max_boundaries: int | None = None,
+) -> tuple[list[Range], dict[str, Any] | None]:
+    """The gaps to cut, and how they were chosen (None for ``remove``): ``remove`` as given,
+    or ``auto`` layers chosen by ``metric`` — one scoring pass over ``batches``; for
+    ``residual-greedy`` one pass per step (:mod:`layergraft.prune.greedy`). ``damp`` and
+    ``max_boundaries``: the residual metrics' (the ghost fit's damping by default)."""
     n = len(adapter.layers(model))
     if (remove is None) == (auto is None):
         raise InputError("give exactly one of --remove RANGES and --auto N")
     if remove is not None:
-        return parse_removal(remove, n)
+        return parse_removal(remove, n), None
+    if metric not in AUTO_METRICS:
+        raise InputError(f"unknown --metric {metric!r}; choose one of {', '.join(AUTO_METRICS)}")
     if not 1 <= int(auto) < n:
         raise InputError(f"--auto {auto} must be between 1 and {n - 1} for this {n}-layer model")
+    how: dict[str, Any] = {"auto": int(auto), "metric": metric}
+    if metric in RESIDUAL_METRICS:
+        damp = DEFAULT_DAMP if damp is None else damp
+        how["damp"] = damp
+        if metric == "residual-greedy":
+            gaps, how["steps"] = greedy_residual(
+                model, adapter, batches, int(auto), damp=damp, max_boundaries=max_boundaries
+            )
+            return gaps, how
+        sc = residual_scores(
+            model, adapter, batches, block=int(auto), damp=damp, max_boundaries=max_boundaries
+        )
+        how["scores"] = sc.as_json()["blocks"]
+        how["residual"] = dict(sc.blocks)[sc.best]
+        return [sc.best], how
     gaps = auto_removal(
         lambda b, mt: block_scores(model, adapter, batches, block=b, metric=mt), int(auto), metric
     )
-    return merge_adjacent(gaps)
+    return merge_adjacent(gaps), how
+
+
+def refuse_ghosted_selection(inp: PruneInput, metric: str, auto: int | None = 0) -> None:
+    """A residual selection scores the repair of the dense model: an already pruned
+    (ghosted) input has no dense layers to score, so it is refused before it is loaded, as
+    ``prune`` refuses it. ``auto=None`` (layers given by ``--remove``): nothing to check."""
+    if auto is None or metric not in RESIDUAL_METRICS:
+        return
+    if inp.ck is not None:
+        ghosted = "layergraft_ghost" in inp.ck.config
+    else:
+        ghosted = getattr(inp.spec[0], ATTR, None) is not None  # type: ignore[index]
+    if ghosted:
+        raise InputError(
+            f"{inp.origin} is a ghosted layergraft output (already pruned); --metric {metric} scores the repair "
+            "of a dense model: give the original model"
+        )
+
+
+def warn_greedy_fit(auto: int | None, metric: str, sequential: bool) -> None:
+    """``residual-greedy`` scores each layer as the sequential fit repairs it; a dense fit of
+    the chosen gaps is allowed, but it is not what was scored."""
+    if auto is not None and metric == "residual-greedy" and not sequential:
+        log.warning(
+            "residual-greedy chose the layers for a sequential fit; add --sequential to fit them so"
+        )
 
 
 @dataclass
@@ -124,9 +182,24 @@ class PruneJob:
     origin: str
     batches: list[Batch]
 
-    def gaps(self, remove: Any, auto: int | None, metric: str) -> list[Range]:
+    #: how the last :meth:`gaps` chose them (None for ``--remove``), for the record
+    selection: dict[str, Any] | None = None
+
+    def gaps(
+        self,
+        remove: Any,
+        auto: int | None,
+        metric: str,
+        *,
+        damp: float | None = None,
+        max_boundaries: int | None = None,
+    ) -> list[Range]:
         """:func:`resolve_gaps` on this model and its calibration batches."""
-        return resolve_gaps(self.model, self.adapter, self.batches, remove, auto, metric)
+        gaps, self.selection = resolve_gaps(
+            self.model, self.adapter, self.batches, remove, auto, metric,
+            damp=damp, max_boundaries=max_boundaries,
+        )  # fmt: skip
+        return gaps
 
 
 def load_job(

@@ -102,6 +102,7 @@ def prune_model(
     fold: bool = True,
     stats: Sequence[GapStats] | None = None,
     progress: bool = False,
+    target: Any = None,
 ) -> Pruned:
     """Prune ``gaps`` from ``model`` (in place) and recover each with ``method``.
 
@@ -110,6 +111,8 @@ def prune_model(
     copy of the dense one is kept as the target, so memory doubles). ``fold=False`` leaves
     ``scale`` as a scalar ghost instead of folding it (for comparison only). ``stats``:
     dense statistics already collected for these gaps (to fit several methods from one pass).
+    ``target``: with ``sequential``, a dense model to take the targets from instead of a deep
+    copy of ``model`` (the caller keeps one already: greedy selection by residual).
     """
     gaps = list(gaps)
     n = len(adapter.layers(model))
@@ -135,7 +138,7 @@ def prune_model(
             stats = collect_stats(model, adapter, batches, gaps, mlp=mlp, progress=progress)
         dense_ops = [_fit_gap(method, st, damp, bias) for st in stats]
     elif method != "none" and sequential:
-        dense = copy.deepcopy(model)
+        dense = target if target is not None else copy.deepcopy(model)
     result = Pruned(model, gaps, keep, method, [])
     offset = 0
     for g, (s, e) in enumerate(gaps):

@@ -18,8 +18,9 @@ from layergraft.checkpoint.atomic import check_output_target
 from layergraft.checkpoint.model_dir import write_model_dir
 from layergraft.errors import InputError
 from layergraft.prune import recover as R
-from layergraft.prune.job import load_job, open_input
+from layergraft.prune.job import load_job, open_input, warn_greedy_fit
 from layergraft.prune.model import prune_model
+from layergraft.prune.recover import check_damp
 from layergraft.prune.write import finish_pruned_dir, pruned_tensors
 from layergraft.ranges import format_ranges
 from layergraft.text import DEFAULT_CALIB
@@ -34,13 +35,6 @@ _HOW = {
     "replaceme": "a least-squares linear map on the MLP output of the layer before each gap (ReplaceMe) is folded into that layer's MLP output projection",
     "none": "no recovery",
 }
-
-
-def check_damp(damp: float | None) -> float:
-    d = R.DEFAULT_DAMP if damp is None else float(damp)
-    if d < 0:
-        raise InputError(f"--damp must be >= 0 (got {d})")
-    return d
 
 
 def prune(
@@ -58,6 +52,7 @@ def prune(
     damp: float | None = None,
     bias: bool = False,
     sequential: bool = False,
+    max_boundaries: int | None = None,
     force: bool = False,
     max_shard_bytes: int | None = None,
     hash_inputs: bool = False,
@@ -73,8 +68,9 @@ def prune(
     """Remove decoder layers from ``model`` and repair the gap(s); write the result to ``out``.
 
     ``remove``: ``"3:5"`` (a block), ``"3,7,9"`` (scattered layers) or mixed; or ``auto=N``
-    with ``metric`` (``bi``: the N lowest-influence layers; ``angular``/``cosine``: the best
-    block of N). ``recover`` is one of ``ghost`` (default), ``replaceme``, ``diag``, ``scale``,
+    with ``metric`` (``bi``: the N lowest-influence layers; ``angular``/``cosine``/``residual``:
+    the best block of N; ``residual-greedy``: N layers one at a time, each scored on the model
+    pruned so far, :mod:`layergraft.prune.greedy`). ``recover`` is one of ``ghost`` (default), ``replaceme``, ``diag``, ``scale``,
     ``none``. The model computes in ``dtype`` on ``device`` (or across ``device_map``);
     calibration statistics are float64 on each boundary's device either way. Returns the
     provenance record (also written as ``layergraft.json``).
@@ -95,7 +91,8 @@ def prune(
         inp, calib=calib, calib_tokens=calib_tokens, seqlen=seqlen, batch_size=batch_size,
         device=device, dtype=dtype, device_map=device_map,
     )  # fmt: skip
-    gaps = job.gaps(remove, auto, metric)
+    gaps = job.gaps(remove, auto, metric, damp=damp, max_boundaries=max_boundaries)
+    warn_greedy_fit(auto, metric, sequential)
     pruned = prune_model(
         job.model, job.adapter, gaps, recover, job.batches, damp=damp, bias=bias,
         sequential=sequential, progress=progress,
@@ -134,7 +131,7 @@ def prune(
             "recover": recover,
             "fit": "sequential" if sequential else "dense",
             "operators": pruned.describe(),
-            "selection": {"auto": auto, "metric": metric} if auto is not None else None,
+            "selection": job.selection,
             "calibration": {
                 "file": str(calib),
                 "tokens": sum(b.n_tokens for b in job.batches),

@@ -63,6 +63,10 @@ class Operator:
     scale: Any = None
     n_tokens: int = 0
     damp: float = 0.0
+    #: ghost only: ``‖X M* (+ b) − Δ‖² / ‖Δ‖²`` on the calibration samples (the part of the
+    #: removed layers' contribution the linear map cannot reproduce) and ``‖Δ‖²`` itself
+    residual: float | None = None
+    delta_sq: float | None = None
 
     @property
     def is_ghost(self) -> bool:
@@ -89,6 +93,9 @@ class Operator:
         if self.method in ("ghost", "replaceme"):
             out["damp"] = self.damp
             out["bias"] = self.bias is not None
+        if self.residual is not None:
+            out["residual"] = self.residual
+            out["delta_sq"] = self.delta_sq
         return out
 
 
@@ -107,6 +114,29 @@ def solve_psd(a: Any, b: Any) -> Any:
     log.info("Gram matrix not positive definite; solving by least squares")
     driver = "gelsd" if a.device.type == "cpu" else None
     return torch.linalg.lstsq(a, b, driver=driver).solution
+
+
+def normalised_residual(gram: Any, rhs: Any, sol: Any, delta_sq: float) -> float:
+    """``‖A·sol − Δ‖² / ‖Δ‖²`` from second moments only: ``gram = AᵀA`` (undamped),
+    ``rhs = AᵀΔ``, ``delta_sq = ‖Δ‖²``, since ``‖A S − Δ‖² = tr(SᵀAᵀA S) − 2 tr(SᵀAᵀΔ) + ‖Δ‖²``.
+
+    Why the Grams suffice: selection by residual must not keep the ``n × d`` activations; the
+    streamed statistics of the fit hold everything the residual needs. A block whose layers
+    change nothing (``‖Δ‖² = 0``) has nothing to repair: 0. Rounding can leave the difference
+    a hair below 0; it is clamped.
+    """
+    if delta_sq <= 0:
+        return 0.0
+    fitted = float((sol * (gram @ sol)).sum()) - 2.0 * float((sol * rhs).sum())
+    return max(fitted + delta_sq, 0.0) / delta_sq
+
+
+def check_damp(damp: float | None) -> float:
+    """``damp`` as given (None: :data:`DEFAULT_DAMP`), refusing a negative one."""
+    d = DEFAULT_DAMP if damp is None else float(damp)
+    if d < 0:
+        raise InputError(f"--damp must be >= 0 (got {d})")
+    return d
 
 
 def damping(xtx: Any, damp: float) -> float:
@@ -142,28 +172,34 @@ def check_tokens(stats: GapStats, what: str, damp: float | None = None) -> None:
 
 # ---- fits ------------------------------------------------------------------------------------
 def fit_ghost(stats: GapStats, damp: float = DEFAULT_DAMP, bias: bool = False) -> Operator:
-    """``M* = argmin ‖X M (+ 1 bᵀ) − Δ‖² + λ‖M‖²`` (the bias is not damped)."""
+    """``M* = argmin ‖X M (+ 1 bᵀ) − Δ‖² + λ‖M‖²`` (the bias is not damped), with the fit's
+    :func:`normalised_residual` on the calibration samples."""
     import torch
 
     check_tokens(stats, "ghost", damp)
     d = stats.d
     lam = damping(stats.xtx, damp)
+    eye = torch.eye(d, dtype=torch.float64, device=stats.xtx.device)
     if bias:
         g = torch.zeros(d + 1, d + 1, dtype=torch.float64, device=stats.xtx.device)
         g[:d, :d] = stats.xtx
         g[:d, d] = stats.sx
         g[d, :d] = stats.sx
         g[d, d] = stats.n
-        g[:d, :d] += lam * torch.eye(d, dtype=torch.float64, device=g.device)
         r = torch.cat([stats.xtd, stats.sd[None, :]], 0)
-        sol = solve_psd(g, r)
+        damped = g.clone()
+        damped[:d, :d] += lam * eye
+        sol = solve_psd(damped, r)
         m, b = sol[:d], sol[d]
     else:
-        g = stats.xtx + lam * torch.eye(d, dtype=torch.float64, device=stats.xtx.device)
-        m, b = solve_psd(g, stats.xtd), None
+        g, r = stats.xtx, stats.xtd
+        sol = m = solve_psd(g + lam * eye, r)
+        b = None
+    delta_sq = float(stats.dd.sum())
     return Operator(
-        "ghost", stats.start, stats.end, "full", delta=m, bias=b, n_tokens=stats.n, damp=damp
-    )
+        "ghost", stats.start, stats.end, "full", delta=m, bias=b, n_tokens=stats.n, damp=damp,
+        residual=normalised_residual(g, r, sol, delta_sq), delta_sq=delta_sq,
+    )  # fmt: skip
 
 
 def fit_diag(stats: GapStats) -> Operator:

@@ -1,17 +1,23 @@
-"""``scores``: how removable every block of layers is, by angular distance, block influence
-or cosine (the metrics themselves: :mod:`layergraft.prune.importance`)."""
+"""``scores``: how removable every block of layers is, by angular distance, block influence,
+cosine (:mod:`layergraft.prune.importance`) or the ghost fit's own residual
+(:mod:`layergraft.prune.residual`)."""
 
 from __future__ import annotations
 
 import os
 from typing import Any
 
-from layergraft.prune.importance import block_scores
-from layergraft.prune.job import ModelLike, load_job, open_input
+from layergraft.errors import InputError
+from layergraft.prune.importance import METRICS, block_scores
+from layergraft.prune.job import ModelLike, load_job, open_input, refuse_ghosted_selection
+from layergraft.prune.recover import check_damp
+from layergraft.prune.residual import residual_scores
 from layergraft.report.scores import plot_scores
 from layergraft.text import DEFAULT_CALIB
 
 PathLike = str | os.PathLike[str]
+#: what ``scores`` can rank blocks by
+SCORE_METRICS: tuple[str, ...] = (*METRICS, "residual")
 
 
 def scores(
@@ -24,6 +30,8 @@ def scores(
     n_tokens: int = 8192,
     seqlen: int = 512,
     batch_size: int = 4,
+    damp: float | None = None,
+    max_boundaries: int | None = None,
     plot: PathLike | None = None,
     device: str | None = None,
     dtype: Any = "auto",
@@ -31,15 +39,26 @@ def scores(
 ) -> dict[str, Any]:
     """Score every contiguous block of ``block`` layers with ``metric`` on ``data``
     (``tokens``: ``last`` or ``all``; default the metric's own, see
-    :mod:`layergraft.prune.importance`)."""
+    :mod:`layergraft.prune.importance`; ``residual`` uses every token by default, with the
+    ghost fit's ``damp``, ``max_boundaries`` block statistics per pass)."""
+    if metric not in SCORE_METRICS:
+        raise InputError(f"unknown --metric {metric!r}; choose one of {', '.join(SCORE_METRICS)}")
+    damp = check_damp(damp)
     inp = open_input(model, calib=data, accept_ghosted=True, check_finite=False)
+    refuse_ghosted_selection(inp, metric)
     job = load_job(
         inp, calib=data, calib_tokens=n_tokens, seqlen=seqlen, batch_size=batch_size,
         device=device, dtype=dtype, device_map=device_map,
     )  # fmt: skip
-    sc = block_scores(
-        job.model, job.adapter, job.batches, block=block, metric=metric, tokens=tokens
-    )
+    if metric == "residual":
+        sc = residual_scores(
+            job.model, job.adapter, job.batches, block=block, tokens=tokens or "all",
+            damp=damp, max_boundaries=max_boundaries,
+        )  # fmt: skip
+    else:
+        sc = block_scores(
+            job.model, job.adapter, job.batches, block=block, metric=metric, tokens=tokens
+        )
     out = sc.as_json()
     out["model"] = inp.origin
     if plot is not None:
