@@ -419,6 +419,51 @@ def _(e):
     return prune(e, r"is a ghosted layergraft output", r"give the original model", model=e.m["ghosted"], remove="0:1")  # fmt: skip
 
 
+# -- selection by residual (issue 21) and the generation check of pruned models
+def _scores(e: Env, problem: str, fix: str, *, model=None, extra=()) -> Case:
+    model = model or e.m["base"]
+    argv = ["scores", str(model), "--data", str(e.m["calib"]), "--calib-tokens", "256", "--seqlen", "64", *extra]  # fmt: skip
+    return Case(argv, problem, fix, inputs=[model, e.m["calib"]], inproc=True)
+
+
+def _compare(e: Env, problem: str, fix: str, *, model=None, extra=()) -> Case:
+    model = model or e.m["base"]
+    argv = ["compare-recovery", str(model), "--calib", str(e.m["calib"]), "--calib-tokens", "256", "--seqlen", "64", "--quiet", *extra]  # fmt: skip
+    return Case(argv, problem, fix, inputs=[model, e.m["calib"]], inproc=True)
+
+
+@case("residual-tokens-last-fewer-samples-than-channels")
+def _(e):  # 256 tokens in rows of 64: 4 samples, hidden size 32
+    return _scores(e, r"--tokens last has 4 samples .*fewer than the hidden size 32", r"give at least 32 rows \(--calib-tokens 2048 at --seqlen 64\) or use --tokens all", extra=["--metric", "residual", "--tokens", "last"])  # fmt: skip
+
+
+@case("residual-scores-ghosted-input")
+def _(e):
+    return _scores(e, r"is a ghosted layergraft output \(already pruned\)", r"give the original model", model=e.m["ghosted"], extra=["--metric", "residual"])  # fmt: skip
+
+
+@case("residual-compare-ghosted-input")
+def _(e):
+    return _compare(e, r"is a ghosted layergraft output .*--metric residual-greedy", r"give the original model", model=e.m["ghosted"], extra=["--auto", "1", "--metric", "residual-greedy"])  # fmt: skip
+
+
+@case("gen-check-without-chat-template")
+def _(e):
+    d = e.copy("base")
+    (d / "chat_template.jinja").unlink()
+    return _compare(e, r"--gen-check generates chat replies and .* has no chat template", r"give a chat model .*or remove --gen-check", model=d, extra=["--remove", "1:2", "--gen-check", "2"])  # fmt: skip
+
+
+@case("gen-check-more-than-the-qa-set")
+def _(e):
+    return _compare(e, r"--gen-check 99 must be between 1 and \d+", r"bundled QA prompts", extra=["--remove", "1:2", "--gen-check", "99"])  # fmt: skip
+
+
+@case("gen-check-without-compare")
+def _(e):
+    return prune(e, r"--gen-check checks the models of --compare", r"add --compare or remove --gen-check", extra=["--gen-check", "2"])  # fmt: skip
+
+
 # -- non-finite weights that would be written (or computed on)
 @case("nan-restored-base-layer-f32")
 def _(e):
@@ -797,3 +842,19 @@ def test_finite_scanner_agrees_with_torch(dtype):
         assert describe_nonfinite(buf, dtype) == word
     assert has_nonfinite(raw.numpy(), dtype) == bool((~torch.isfinite(values)).any())
     assert not has_nonfinite(b"\xff" * 8, "I64")  # integers are never scanned
+
+
+# ---- the residual metric's memory bound (issue 21) ---------------------------------------------
+def test_residual_statistics_that_do_not_fit_are_refused(env, capsys, monkeypatch):
+    """As d = 8192 on a small machine: the available memory is made smaller than the 4 × 16 KiB
+    of statistics (hidden size 32, one block per layer of 4) in-process; the line names the fix."""
+    from layergraft.prune import residual
+
+    monkeypatch.setattr(residual, "available_bytes", lambda _dev: 3 * residual.boundary_bytes(32))
+    small = ["--calib-tokens", "256", "--seqlen", "64"]
+    argv = ["scores", str(env.m["base"]), "--data", str(env.m["calib"]), "--metric", "residual", *small]  # fmt: skip
+    c = Case(argv, r"would hold 4 boundaries .*\(d = 32\): 64\.0 KiB on cpu, more than 80% of the 48\.0 KiB available", r"pass --max-boundaries 2 .*or a larger --block", inputs=[env.m["base"], env.m["calib"]], inproc=True)  # fmt: skip
+    check(c, capsys)
+    c.argv = ["compare-recovery", str(env.m["base"]), "--auto", "1", "--metric", "residual-greedy", "--calib", str(env.m["calib"]), "--ppl-seqlen", "64", "--quiet", *small]  # fmt: skip
+    c.fix = r"pass --max-boundaries 2 \("
+    check(c, capsys)

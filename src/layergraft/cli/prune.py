@@ -15,6 +15,7 @@ from layergraft.cli.options import (
     add_quiet_arg,
     add_renamed,
     placement_kwargs,
+    positive_int,
     print_json,
 )
 from layergraft.errors import LayergraftError
@@ -58,7 +59,7 @@ def _add_removal_args(s: argparse.ArgumentParser) -> None:
 def _add_max_boundaries(s: argparse.ArgumentParser) -> None:
     s.add_argument(
         "--max-boundaries",
-        type=int,
+        type=positive_int,
         metavar="K",
         help="residual metrics: statistics of at most K candidate boundaries per calibration pass. "
         "Each holds 2 d×d float64 matrices, so a pass needs 16·K·d² bytes (d = 576: 5 MiB per "
@@ -70,7 +71,7 @@ def _add_max_boundaries(s: argparse.ArgumentParser) -> None:
 def _add_gen_check(s: argparse.ArgumentParser) -> None:
     s.add_argument(
         "--gen-check",
-        type=int,
+        type=positive_int,
         metavar="N",
         help="with --compare: greedy chat replies (at most 64 tokens) of every model to the first N "
         "bundled QA prompts; prints finished_rate and valid_rate beside PPL (needs a chat template)",
@@ -384,6 +385,6 @@ def register(sub: Any) -> None:
     )
     e.add_argument("--limit", type=float, help="items per task (int) or fraction")
     e.add_argument("--num-fewshot", type=int)
-    e.add_argument("--batch-size", type=int, default=8)
+    e.add_argument("--batch-size", type=positive_int, default=8)
     add_json_arg(e)
     add_placement_args(e)

@@ -36,7 +36,9 @@ def check_gen_check(n: int | None, has_chat_template: bool, origin: str) -> None
         return
     size = len(load_task(TASK))
     if not 1 <= n <= size:
-        raise InputError(f"--gen-check {n} must be between 1 and {size} (the bundled QA prompts)")
+        raise InputError(
+            f"--gen-check {n} must be between 1 and {size} (the bundled QA prompts); give a count in that range"
+        )
     if not has_chat_template:
         raise InputError(
             f"--gen-check generates chat replies and {origin} has no chat template; "

@@ -45,7 +45,9 @@ def boundary_bytes(d: int) -> int:
 
 
 def _gib(n: float) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.1f} MiB"
+    if n >= 2**28:
+        return f"{n / 2**30:.2f} GiB"
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
 
 
 def available_bytes(device: Any) -> int | None:
@@ -83,12 +85,14 @@ def check_memory(
     *,
     max_boundaries: int | None = None,
     fix_block: bool = True,
-    available: Callable[[Any], int | None] = available_bytes,
+    available: Callable[[Any], int | None] | None = None,
 ) -> None:
     """Refuse, before any pass, statistics that would not fit: ``per_device`` maps a device to
     the candidate boundaries whose statistics live there (a pass holds at most
-    ``max_boundaries`` of them). ``fix_block``: the command has a ``--block`` to name too."""
+    ``max_boundaries`` of them). ``fix_block``: the command has a ``--block`` to name too.
+    ``available``: bytes free on a device (default :func:`available_bytes`)."""
     check_max_boundaries(max_boundaries)
+    available = available or available_bytes
     for dev, count in per_device.items():
         held = min(count, max_boundaries) if max_boundaries else count
         need, free = held * boundary_bytes(d), available(dev)
