@@ -153,3 +153,41 @@ def test_old_option_names_still_work_and_say_the_new_one(tiny, capsys):
     for command in ("ppl", "compare-recovery"):
         a = parser.parse_args([command, "M", *(["--remove", "1:2"] if command != "ppl" else [])])
         assert (a.ppl_seqlen, a.ppl_tokens) == (2048, None)
+
+
+def test_dtype_bfloat16_is_the_dtype_loaded_and_computed_in(tiny, tmp_path, capsys, monkeypatch):
+    """``--dtype bfloat16`` loads bfloat16 weights (a plain and a ghosted model; the ghost
+    operators stay float32 by design) and the perplexity is computed in it: it differs from the
+    float32 one by bfloat16 rounding, not by nothing and not by much."""
+    import torch
+
+    import layergraft.models.load as load
+
+    d, calib = tiny
+    ghosted = tmp_path / "ghosted"
+    prune = ["prune", str(d), "--remove", "1:2", "--calib", str(calib), "--calib-tokens", "512",
+             "--seqlen", "64", "--out", str(ghosted), "--quiet"]  # fmt: skip
+    assert main(prune) == 0
+    capsys.readouterr()
+    loaded = []
+    real = load.load_model
+    monkeypatch.setattr(
+        load, "load_model", lambda *a, **k: loaded.append(real(*a, **k)) or loaded[-1]
+    )
+    for model_dir in (d, ghosted):
+        ppl = {}
+        for dtype in ("float32", "bfloat16"):
+            argv = ["ppl", str(model_dir), "--data", str(calib), "--ppl-seqlen", "64",
+                    "--ppl-tokens", "300", "--dtype", dtype, "--json"]  # fmt: skip
+            assert main(argv) == 0
+            ppl[dtype] = json.loads(capsys.readouterr().out)["ppl"]
+        m = loaded[-1]
+        ghosts = getattr(m, "layergraft_ghosts", None)
+        ghost_params = {id(p) for p in ghosts.parameters()} if ghosts is not None else set()
+        assert (ghosts is not None) == (model_dir == ghosted)
+        assert m.dtype == torch.bfloat16
+        assert {p.dtype for p in m.parameters() if id(p) not in ghost_params} == {torch.bfloat16}
+        if ghosts is not None:
+            assert {p.dtype for p in ghosts.parameters()} == {torch.float32}
+        assert ppl["bfloat16"] != ppl["float32"]
+        assert ppl["bfloat16"] == pytest.approx(ppl["float32"], rel=0.05)

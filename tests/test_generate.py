@@ -282,3 +282,56 @@ def test_toy_post_collapses_on_open_qa_and_solves_arithmetic(tmp_path):
     from layergraft.gen.metrics.quality import format_valid
 
     assert sum(format_valid(r["text"], "reasoning", r["finished"]) for r in greedy) >= 3
+
+
+def _filtered(logits, temperature: float, top_p: float, min_p: float):
+    """The sampling distribution by hand (numpy float64): softmax(logits / T), then min-p (keep
+    p >= min_p · max p), then top-p (keep the tokens whose mass before them is below top_p)."""
+    import numpy as np
+
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    p = np.where(p >= min_p * p.max(), p, 0.0)
+    p /= p.sum()
+    order = np.argsort(-p, kind="stable")
+    before = np.cumsum(p[order]) - p[order]
+    keep = np.zeros_like(p, dtype=bool)
+    keep[order[before < top_p]] = True
+    p = np.where(keep, p, 0.0)
+    return p / p.sum()
+
+
+def test_sampled_tokens_follow_the_filtered_distribution(tok):
+    """2000 one-token samples of one prompt through the real generation path, against the
+    model's next-token distribution (a forward pass here) filtered by hand: every token's
+    frequency within 4σ of its probability, tokens filtered out never drawn. The control: the
+    unfiltered distribution is rejected by the same bounds."""
+    import numpy as np
+
+    model = make_tiny("llama", num_layers=2, seed=3)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(10)  # a peaked distribution, so min-p and top-p both cut
+    prompt = TaskPrompt("d", "creative", "Hi")
+    s = SamplingSettings(temperature=0.8, top_p=0.8, min_p=0.02, max_new_tokens=1, seed=0)
+    n = 2000
+    recs = run_generation(model, tok, [prompt], n=n, settings=s, batch_size=n, progress=False)
+    with torch.no_grad():
+        ids = torch.tensor([chat_prompt_ids(tok, prompt.prompt)])
+        logits = model(ids).logits[0, -1].double().numpy()
+    # a sample's text is its one token decoded: sum the probabilities of tokens that decode
+    # alike (special tokens all decode to "")
+    key = [tok.decode([i], skip_special_tokens=True) for i in range(len(logits))]
+    keys = sorted(set(key))
+
+    def by_text(p):
+        return np.array([sum(p[i] for i in range(len(p)) if key[i] == k) for k in keys])
+
+    want = by_text(_filtered(logits, s.temperature, s.top_p, s.min_p))
+    got = np.array([sum(r["text"] == k for r in recs) for k in keys]) / n
+    assert 3 <= (want > 0).sum() < len(keys) // 2  # several tokens kept, most cut
+    sigma = np.sqrt(want * (1 - want) / n)
+    assert np.all(got[want == 0] == 0)
+    assert np.all(np.abs(got - want) <= 4 * sigma + 1 / n)
+    plain = by_text(_filtered(logits, 1.0, 1.0, 0.0))
+    assert np.any(np.abs(got - plain) > 4 * np.sqrt(plain * (1 - plain) / n) + 1 / n)
