@@ -1,0 +1,201 @@
+"""``make mutate``: mutation testing of the core math with mutmut, in a scratch copy.
+
+Why a scratch copy (``build/mutmut`` by default, ``--dir`` to move it): mutmut writes a
+``mutants/`` tree beside the sources and runs pytest there; in a copy the working tree stays
+clean and other runs of the suite never see a mutant. Results persist there, so a second run
+re-tests only what changed (a function's mutants are re-run when its source or tests change).
+
+What is mutated (:data:`MUTATE`): the pruning/repair math (calibration statistics, the fits,
+folds, ghost construction and the ghost module's forward), perplexity, and the generation
+metrics (diversity, quality). The SLR core (``slr/``: CRC scoring, sweep engines, selection)
+comes next: it was being rewritten when this was set up. Which tests run (:data:`TESTS`): the
+ones that check those functions against independent references; mutmut runs, for each mutant,
+only the tests that call the mutated function.
+
+    python tests/mutate.py                 # run (incremental), then print the summary
+    python tests/mutate.py --summary-only  # the summary of the last run
+    python tests/mutate.py --show NAME     # one mutant's diff (mutmut show)
+
+Survivors are either killed by a new test or listed with a reason in ``tests/MUTANTS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+MUTATE = [
+    "src/layergraft/prune/recover.py",
+    "src/layergraft/prune/fold.py",
+    "src/layergraft/prune/ghost.py",
+    "src/layergraft/prune/model.py",
+    "src/layergraft/prune/calibrate.py",
+    "src/layergraft/models/ghost_remote/modeling_layergraft_ghost.py",
+    "src/layergraft/evaluate/perplexity.py",
+    "src/layergraft/gen/metrics/diversity.py",
+    "src/layergraft/gen/metrics/quality.py",
+]
+
+#: the functions whose mutants are run (mutmut name globs): the math, not its error messages,
+#: model cards, CLI plumbing or the embedder's loading
+SCOPE = [
+    "layergraft.prune.recover.x_fit*",
+    "layergraft.prune.recover.x_solve_psd*",
+    "layergraft.prune.recover.x_damping*",
+    "layergraft.prune.fold.*",
+    "layergraft.prune.ghost.x_operator_module*",
+    "layergraft.prune.ghost.x_attach_ghost*",
+    "layergraft.prune.model.x_finalize_scale*",
+    "layergraft.prune.calibrate.xǁGapStatsǁupdate*",
+    "layergraft.prune.calibrate.x_masked_rows*",
+    "layergraft.prune.calibrate.x_collect_gap_stats*",
+    "layergraft.models.ghost_remote.modeling_layergraft_ghost.xǁGhostOperatorǁ*",
+    "layergraft.models.ghost_remote.modeling_layergraft_ghost.x__apply_to_hidden*",
+    "layergraft.models.ghost_remote.modeling_layergraft_ghost.x_install_ghosts*",
+    "layergraft.evaluate.perplexity.x_windows*",
+    "layergraft.evaluate.perplexity.x_token_nll*",
+    "layergraft.evaluate.perplexity.x_nll_sum*",
+    "layergraft.evaluate.perplexity.x_perplexity*",
+    "layergraft.gen.metrics.diversity.x_*",
+    "layergraft.gen.metrics.quality.*",
+]
+
+TESTS = [
+    "tests/test_operator_refs.py",
+    "tests/test_prune.py",
+    "tests/test_calibrate.py",
+    "tests/test_ppl.py",
+    "tests/test_diversity.py",
+    "tests/test_metric_refs.py",
+]
+
+#: mutmut's settings (setup.cfg in the scratch copy: the project's pyproject.toml stays as is)
+CONFIG = """[mutmut]
+source_paths = src
+only_mutate =
+{only}
+pytest_add_cli_args_test_selection =
+{tests}
+pytest_add_cli_args =
+    -p
+    no:randomly
+    -p
+    no:cacheprovider
+    -q
+process_isolation = forkserver
+use_git_change_detection = False
+"""
+
+
+def _indent(items: list[str]) -> str:
+    return "\n".join(f"    {x}" for x in items)
+
+
+def _from_git(rev: str, path: str, scratch: Path) -> None:
+    shutil.rmtree(scratch / path, ignore_errors=True)
+    tar = subprocess.run(["git", "archive", rev, path], cwd=ROOT, capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(scratch)], input=tar.stdout, check=True)
+
+
+def prepare(scratch: Path, src_rev: str | None = None, tests_rev: str | None = None) -> None:
+    """Copy sources, tests and project files into ``scratch`` (keeping ``mutants/``): from
+    the working tree, or as they were at a git revision (``tests_rev``: measure an older
+    suite against today's code; ``src_rev``: leave out uncommitted work on the sources)."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    for name, rev in (("src", src_rev), ("tests", tests_rev)):
+        if rev:
+            _from_git(rev, name, scratch)
+            continue
+        shutil.rmtree(scratch / name, ignore_errors=True)
+        shutil.copytree(
+            ROOT / name,
+            scratch / name,
+            ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", ".hypothesis"),
+        )
+    shutil.copy2(ROOT / "pyproject.toml", scratch / "pyproject.toml")
+    tests = [t for t in TESTS if (scratch / t).is_file()]
+    (scratch / "setup.cfg").write_text(CONFIG.format(only=_indent(MUTATE), tests=_indent(tests)))
+
+
+def _mutmut(scratch: Path, *args: str, capture: bool = False) -> str:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    exe = str(Path(sys.executable).with_name("mutmut"))
+    res = subprocess.run(
+        [exe, *args], cwd=scratch, env=env, text=True, capture_output=capture, check=False
+    )
+    if res.returncode != 0:
+        raise SystemExit(f"mutmut {' '.join(args)} exited {res.returncode}\n{res.stderr or ''}")
+    return res.stdout if capture else ""
+
+
+def summary(scratch: Path) -> dict:
+    """``{"by_status": {...}, "by_file": {file: {...}}, "kill_rate": ..., "survivors": [...]}``.
+    The kill rate counts killed and timed-out mutants over all tested ones; mutants no test
+    reaches ("no tests") count as survivors, since nothing would notice them."""
+    out = _mutmut(scratch, "results", "--all", "true", capture=True)
+    by_status: Counter[str] = Counter()
+    by_file: dict[str, Counter[str]] = {}
+    survivors = []
+    for line in out.splitlines():
+        if ":" not in line:
+            continue
+        name, status = (x.strip() for x in line.rsplit(":", 1))
+        if not any(fnmatch.fnmatchcase(name, g) for g in SCOPE):
+            continue
+        module = name.split(".x", 1)[0].split(".xǁ", 1)[0]
+        by_status[status] += 1
+        by_file.setdefault(module, Counter())[status] += 1
+        if status not in ("killed", "timeout"):
+            survivors.append({"mutant": name, "status": status})
+    tested = sum(v for k, v in by_status.items() if k not in ("skipped", "not checked"))
+    killed = by_status["killed"] + by_status["timeout"]
+    return {
+        "by_status": dict(by_status),
+        "by_file": {k: dict(v) for k, v in sorted(by_file.items())},
+        "kill_rate": round(killed / tested, 4) if tested else None,
+        "survivors": survivors,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dir", type=Path, default=ROOT / "build" / "mutmut")
+    ap.add_argument("--max-children", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--summary-only", action="store_true")
+    ap.add_argument("--show", metavar="MUTANT")
+    ap.add_argument("--json", type=Path, help="also write the summary here")
+    ap.add_argument("--tests-rev", help="the tests as of this git revision (a 'before' rate)")
+    ap.add_argument("--src-rev", help="the sources as of this git revision (e.g. HEAD)")
+    ap.add_argument("names", nargs="*", help="only these mutants (default: SCOPE)")
+    args = ap.parse_args()
+    scratch = args.dir.resolve()
+    if args.show:
+        print(_mutmut(scratch, "show", args.show, capture=True))
+        return 0
+    if not args.summary_only:
+        prepare(scratch, args.src_rev, args.tests_rev)
+        _mutmut(scratch, "run", "--max-children", str(args.max_children), *(args.names or SCOPE))
+    res = summary(scratch)
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=1) + "\n")
+    print(f"mutants by status: {res['by_status']}")
+    for f, c in res["by_file"].items():
+        print(f"  {f}: {c}")
+    print(f"kill rate: {res['kill_rate']}")
+    print(f"survivors ({len(res['survivors'])}):")
+    for s in res["survivors"]:
+        print(f"  {s['mutant']}: {s['status']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
