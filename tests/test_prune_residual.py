@@ -82,31 +82,39 @@ def _hooked_states(model, batches, tokens="all"):
     }
 
 
-def _ridge_residual(X: np.ndarray, Y: np.ndarray, damp: float) -> float:
-    """‖X M − Δ‖² / ‖Δ‖² for the ridge fit M, by numpy on the stacked samples."""
+def _ridge_residual(X: np.ndarray, Y: np.ndarray, damp: float, norm: str = "delta") -> float:
+    """For the ridge fit M, by numpy on the stacked samples: ‖X M − Δ‖² / ‖Δ‖² (``delta``) or
+    the mean over samples of ‖x M − Δ‖² / ‖y‖² (``token``)."""
     Dl = Y - X
     lam = damp * np.trace(X.T @ X) / X.shape[1]
     M = np.linalg.solve(X.T @ X + lam * np.eye(X.shape[1]), X.T @ Dl)
-    return float(((X @ M - Dl) ** 2).sum() / (Dl**2).sum())
+    err = ((X @ M - Dl) ** 2).sum(1)
+    if norm == "token":
+        return float((err / (Y**2).sum(1)).mean())
+    return float(err.sum() / (Dl**2).sum())
 
 
 # ---- contiguous blocks -----------------------------------------------------------------------
 @pytest.mark.parametrize("fam", ["llama", "gemma2"])
 @pytest.mark.parametrize("tokens", ["all", "last"])
-def test_block_residual_equals_numpy_ridge(fam, tokens):
+@pytest.mark.parametrize("norm", ["delta", "token"])
+def test_block_residual_equals_numpy_ridge(fam, tokens, norm):
     model = make_tiny(fam, num_layers=5, seed=3)
     ad = adapter_for_model(model)
     batches = _batches()
     H = _hooked_states(model, batches, tokens)
     for damp in (1e-4, 1e-2):
-        sc = residual_scores(model, ad, batches, block=2, tokens=tokens, damp=damp)
+        sc = residual_scores(model, ad, batches, block=2, tokens=tokens, damp=damp, norm=norm)
         assert sc.metric == "residual" and sc.tokens == tokens and sc.lower_is_removable
-        assert sc.n_tokens == len(H[0])
+        assert sc.n_tokens == len(H[0]) and sc.info["normalise"] == norm
         assert [r for r, _ in sc.blocks] == [(0, 2), (1, 3), (2, 4), (3, 5)]
+        ref = {(s, e): _ridge_residual(H[s], H[e], damp, norm) for (s, e), _ in sc.blocks}
         for (s, e), r in sc.blocks:
-            assert r == pytest.approx(_ridge_residual(H[s], H[e], damp), rel=1e-7, abs=1e-12)
-        ref = min(sc.blocks, key=lambda b: _ridge_residual(H[b[0][0]], H[b[0][1]], damp))
-        assert sc.best == ref[0]
+            assert r == pytest.approx(ref[(s, e)], rel=1e-7, abs=1e-12)
+        assert sc.best == min(ref, key=ref.get)
+        if norm == "token":  # both numbers are kept, whichever ranks
+            for ((s, e), _), info in zip(sc.blocks, sc.block_info, strict=True):
+                assert info["residual"] == pytest.approx(_ridge_residual(H[s], H[e], damp), rel=1e-7)  # fmt: skip
 
 
 def test_identity_block_has_zero_residual_and_is_chosen():
@@ -129,6 +137,7 @@ def test_max_boundaries_splits_the_pass_not_the_numbers():
     split = residual_scores(model, ad, b, block=1, max_boundaries=2)
     assert one.info["passes"] == 1 and split.info["passes"] == 3
     assert split.info["stats_bytes"] == 2 * boundary_bytes(D) == 2 * 2 * 8 * D * D
+    assert boundary_bytes(D, "token") == 4 * 8 * D * D
     assert [r for _, r in one.blocks] == pytest.approx([r for _, r in split.blocks], rel=1e-12)
 
 
@@ -162,7 +171,9 @@ def test_memory_bound_refuses_d8192_on_a_small_machine_and_names_the_fix():
 
 
 # ---- greedy scattered selection --------------------------------------------------------------
-def _reference_residual(dense, batches, chosen: list[int], o: int, damp: float) -> float:
+def _reference_residual(
+    dense, batches, chosen: list[int], o: int, damp: float, norm: str = "delta"
+) -> float:
     """The residual of the operator that a sequential ghost fit of ``chosen + [o]`` installs
     for the gap holding ``o``: its input and output caught by a hook on the ghost module
     itself, the target by a hook on the dense model."""
@@ -185,7 +196,10 @@ def _reference_residual(dense, batches, chosen: list[int], o: int, damp: float) 
     X = torch.cat([x[k] for (x, _), k in zip(seen, m, strict=True)]).double().numpy()
     out = torch.cat([y[k] for (_, y), k in zip(seen, m, strict=True)]).double().numpy()
     assert b <= n
-    return float(((out - Y) ** 2).sum() / ((Y - X) ** 2).sum())
+    err = ((out - Y) ** 2).sum(1)
+    if norm == "token":
+        return float((err / (Y**2).sum(1)).mean())
+    return float(err.sum() / ((Y - X) ** 2).sum())
 
 
 @pytest.mark.parametrize("fam", ["llama", "gemma2"])
@@ -212,17 +226,19 @@ def test_greedy_is_exact_on_the_pruned_model(fam):
     )
 
 
-@pytest.mark.parametrize("chosen", [[2], [1, 2], [2, 4], [0, 5]])
-def test_step_residuals_on_a_pruned_model(chosen):
+@pytest.mark.parametrize(
+    ("chosen", "norm"), [([2], "delta"), ([1, 2], "token"), ([2, 4], "delta"), ([0, 5], "token")]
+)
+def test_step_residuals_on_a_pruned_model(chosen, norm):
     """Every candidate beside a removed gap: widening it from the left (the target moves),
     from the right (the fit starts before the gap's ghost) and joining two gaps."""
     dense = make_tiny("llama", num_layers=6, seed=11)
     ad = adapter_for_model(dense)
     batches = _batches(seed=2, n=2, rows=8, width=16)
-    got = {c["layer"]: c for c in score_step(dense, ad, batches, chosen, damp=1e-3)}
+    got = {c["layer"]: c for c in score_step(dense, ad, batches, chosen, damp=1e-3, norm=norm)}
     assert set(got) == set(range(6)) - set(chosen)
     for o, c in got.items():
-        assert c["residual"] == pytest.approx(_reference_residual(dense, batches, chosen, o, 1e-3), rel=2e-4, abs=1e-7), o  # fmt: skip
+        assert c["score"] == pytest.approx(_reference_residual(dense, batches, chosen, o, 1e-3, norm), rel=2e-4, abs=1e-7), o  # fmt: skip
 
 
 # ---- commands ----------------------------------------------------------------------------------
@@ -262,6 +278,10 @@ def test_cli_scores_residual_json_table_and_plot(tiny_dir, calib, tmp_path, caps
     res = json.loads(capsys.readouterr().out)
     assert res["metric"] == "residual" and res["passes"] == 3 and res["damp"] == 1e-4
     assert len(res["blocks"]) == 5 and all("stream_residual" in b for b in res["blocks"])
+    assert main([*args, "--metric", "residual", "--json", "--normalise", "token"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["normalise"] == "token" and res["stats_bytes"] == 5 * 4 * 8 * D * D
+    assert all(b["score"] == b["token_residual"] for b in res["blocks"])
 
 
 def test_cli_prune_auto_residual_records_the_selection(tiny_dir, calib, tmp_path, capsys):

@@ -42,7 +42,7 @@ def _add_removal_args(s: argparse.ArgumentParser) -> None:
         help="how --auto chooses (default angular: the best block, Gromov et al.; residual: the "
         "block whose ghost fit leaves the smallest normalised residual, same --damp)",
     )
-    _add_max_boundaries(s)
+    _add_residual_args(s)
     s.add_argument(
         "--damp",
         type=float,
@@ -56,7 +56,15 @@ def _add_removal_args(s: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_max_boundaries(s: argparse.ArgumentParser) -> None:
+def _add_residual_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "--normalise",
+        choices=("delta", "token"),
+        default="delta",
+        help="residual metrics: divide the repair's error by the block's change ‖Δ‖² (delta, "
+        "default) or each token's error by that token's stream after the block and average (token: "
+        "twice the memory; one token with a massive activation cannot outweigh the rest)",
+    )
     s.add_argument(
         "--max-boundaries",
         type=positive_int,
@@ -82,7 +90,7 @@ def _removal_kwargs(args: argparse.Namespace, calib: Any) -> dict[str, Any]:
     """What ``prune`` and ``compare-recovery`` take alike: the removal, calibration, fit and
     placement options."""
     names = ("remove", "auto", "metric", "calib_tokens", "seqlen", "batch_size", "damp", "bias",
-             "sequential", "max_boundaries")  # fmt: skip
+             "sequential", "max_boundaries", "normalise")  # fmt: skip
     return {**{k: getattr(args, k) for k in names}, "calib": calib, **placement_kwargs(args)}
 
 
@@ -106,6 +114,7 @@ def _cmd_scores(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         damp=args.damp,
         max_boundaries=args.max_boundaries,
+        normalise=args.normalise,
         plot=args.plot,
         **placement_kwargs(args),
     )
@@ -299,7 +308,7 @@ def register(sub: Any) -> None:
     s.add_argument(
         "--damp", type=float, help="residual: the ghost fit's ridge damping (default 1e-4)"
     )
-    _add_max_boundaries(s)
+    _add_residual_args(s)
     s.add_argument("--plot", metavar="PNG", help="write a plot of the scores")
     add_json_arg(s)
     add_placement_args(s)

@@ -163,6 +163,9 @@ class GapStats:
     are column sums (for the optional bias); ``dd`` and ``xx`` are per-channel sums of squares
     of ``Δ`` and ``X`` (the magnitude operators need only these). With ``mlp`` (ReplaceMe),
     ``mtm = MᵀM`` and ``mtt = Mᵀ(Δ + M)`` for the MLP output ``M`` of layer ``s − 1``.
+    With ``weighted``, ``wxtx``, ``wxtd`` and ``wdd`` are ``XᵀX``, ``XᵀΔ`` and ``Σ‖Δ‖²`` with
+    each token weighted by ``1 / ‖x_post‖²``: the second moments of every token's error relative
+    to its own stream (selection by residual per token, :mod:`layergraft.prune.residual`).
     """
 
     start: int
@@ -176,6 +179,10 @@ class GapStats:
     mtm: Any = None
     mtt: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
+    weighted: bool = False
+    wxtx: Any = None
+    wxtd: Any = None
+    wdd: float = 0.0
 
     @property
     def d(self) -> int:
@@ -197,6 +204,16 @@ class GapStats:
         self.sd += D.sum(0)
         self.dd += (D * D).sum(0)
         self.n += X.shape[0]
+        if self.weighted:
+            P = D + X
+            w = 1.0 / (P * P).sum(1).clamp(min=1e-300)
+            Xw = X * w[:, None]
+            if self.wxtx is None:
+                self.wxtx, self.wxtd = Xw.T @ X, Xw.T @ D
+            else:
+                self.wxtx += Xw.T @ X
+                self.wxtd += Xw.T @ D
+            self.wdd += float((w * (D * D).sum(1)).sum())
         if mlp is not None:
             M = masked_rows(mlp.to(x.device), mask)
             if self.mtm is None:
@@ -225,15 +242,17 @@ def collect_gap_stats(
     *,
     mlp: bool = False,
     tokens: str = "all",
+    weighted: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> list[GapStats]:
     """One streaming pass over ``batches`` that fills a :class:`GapStats` for every gap of the
     *dense* model (hooks at each gap's two boundaries; the pass stops after the deepest one).
 
     ``mlp=True`` also taps the MLP output of layer ``s − 1`` (ReplaceMe; needs ``s >= 1``).
-    ``tokens="last"`` keeps one sample per row (:func:`sample_mask`; block scores only).
+    ``tokens="last"`` keeps one sample per row (:func:`sample_mask`; block scores only);
+    ``weighted`` adds the per-token weighted moments (:class:`GapStats`).
     """
-    stats = [GapStats(s, e) for s, e in gaps]
+    stats = [GapStats(s, e, weighted=weighted) for s, e in gaps]
     points: set[Point] = set()
     for s, e in gaps:
         points |= {("in", s), ("in", e)}

@@ -30,6 +30,7 @@ from layergraft.prune.job import (
 )
 from layergraft.prune.model import collect_stats
 from layergraft.prune.recover import check_damp
+from layergraft.prune.residual import check_norm
 from layergraft.prune.undo import pruned_in_place
 from layergraft.ranges import format_ranges
 from layergraft.text import DEFAULT_CALIB, DEFAULT_HELDOUT, read_text, tokenize
@@ -64,6 +65,7 @@ def compare_recovery(
     bias: bool = False,
     sequential: bool = False,
     max_boundaries: int | None = None,
+    normalise: str = "delta",
     gen_check: int | None = None,
     tasks: str | Sequence[str] | None = None,
     limit: int | float | None = None,
@@ -81,6 +83,7 @@ def compare_recovery(
     if bad:
         raise InputError(f"unknown recovery method {bad[0]!r}; choose from {', '.join(R.METHODS)}")
     damp = check_damp(damp)
+    check_norm(normalise)
     held = read_text(data, "evaluation")
     # as in prune: no fit on NaN/Inf weights (a ghosted model is accepted: it is evaluated)
     inp = open_input(model, calib=calib, accept_ghosted=True)
@@ -94,7 +97,7 @@ def compare_recovery(
     )  # fmt: skip
     dense, tok, adapter = job.model, job.tokenizer, job.adapter
     ppl_seqlen = fit_context(ppl_seqlen, adapter.context_length, "--ppl-seqlen")
-    gaps = job.gaps(remove, auto, metric, damp=damp, max_boundaries=max_boundaries)
+    gaps = job.gaps(remove, auto, metric, damp=damp, max_boundaries=max_boundaries, norm=normalise)
     warn_greedy_fit(auto, metric, sequential)
     if "replaceme" in methods and gaps[0][0] == 0:
         log.warning("replaceme skipped: gap %d:%d starts at layer 0", *gaps[0])

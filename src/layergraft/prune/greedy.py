@@ -31,7 +31,14 @@ from layergraft.prune.calibrate import GapStats, run_points
 from layergraft.prune.cut import kept_layers, merge_adjacent
 from layergraft.prune.model import prune_model
 from layergraft.prune.recover import DEFAULT_DAMP
-from layergraft.prune.residual import check_memory, check_samples, chunks, per_device, residual_of
+from layergraft.prune.residual import (
+    check_memory,
+    check_norm,
+    check_samples,
+    chunks,
+    per_device,
+    residual_of,
+)
 from layergraft.ranges import Range, format_range, format_ranges
 from layergraft.text import Batch
 
@@ -64,12 +71,17 @@ def pruned_copy(
 
 
 def candidate_stats(
-    dense: Any, work: Any, adapter: Any, batches: Sequence[Batch], cands: Sequence[Candidate]
+    dense: Any,
+    work: Any,
+    adapter: Any,
+    batches: Sequence[Batch],
+    cands: Sequence[Candidate],
+    weighted: bool = False,
 ) -> list[GapStats]:
     """One pass over ``batches``: the fit statistics of every candidate's gap, ``X`` from the
     pruned ``work`` model (before any ghost at the candidate's position), the target from
     ``dense``."""
-    stats = [GapStats(a, b) for _, _, (a, b) in cands]
+    stats = [GapStats(a, b, weighted=weighted) for _, _, (a, b) in cands]
     xs = {("raw", p) for _, p, _ in cands}
     ys = {("in", b) for _, _, (_, b) in cands}
     for batch in batches:
@@ -91,18 +103,19 @@ def score_step(
     *,
     damp: float = DEFAULT_DAMP,
     max_boundaries: int | None = None,
+    norm: str = "delta",
 ) -> list[dict[str, Any]]:
-    """Every kept layer's residual given the layers ``chosen`` so far (original indices):
-    the model is pruned of them (sequential ghost fits), then one pass per
-    ``max_boundaries`` candidates."""
+    """Every kept layer's residual (``score``: normalised by ``norm``) given the layers
+    ``chosen`` so far (original indices): the model is pruned of them (sequential ghost fits),
+    then one pass per ``max_boundaries`` candidates."""
     gaps = merge_adjacent([(i, i + 1) for i in chosen])
     work = pruned_copy(dense, adapter, gaps, batches, damp)
     cands = candidates(len(adapter.layers(dense)), gaps)
     scored = []
     for part in chunks(cands, max_boundaries):
-        for (o, _, gap), st in zip(part, candidate_stats(dense, work, adapter, batches, part), strict=True):  # fmt: skip
-            r, stream = residual_of(st, damp)
-            scored.append({"layer": o, "gap": format_range(gap), "residual": r, "stream_residual": stream})  # fmt: skip
+        stats = candidate_stats(dense, work, adapter, batches, part, weighted=norm == "token")
+        for (o, _, gap), st in zip(part, stats, strict=True):
+            scored.append({"layer": o, "gap": format_range(gap), **residual_of(st, damp, norm)})
     return scored
 
 
@@ -114,23 +127,28 @@ def greedy_residual(
     *,
     damp: float = DEFAULT_DAMP,
     max_boundaries: int | None = None,
+    norm: str = "delta",
 ) -> tuple[list[Range], list[dict[str, Any]]]:
     """Choose ``n_remove`` layers one at a time, each the kept layer whose removal leaves the
-    smallest normalised ghost residual on the model pruned so far (ties: the lower layer).
-    Returns the merged gaps and a record of every step (each candidate's residual)."""
+    smallest ghost residual (normalised by ``norm``) on the model pruned so far (ties: the
+    lower layer). Returns the merged gaps and a record of every step (each candidate's
+    residual)."""
     n_layers, d = len(adapter.layers(dense)), adapter.hidden_size
+    check_norm(norm)
     check_samples(batches, d, "all")
     check_memory(
         per_device(dense, adapter, range(n_layers)), d, max_boundaries=max_boundaries,
-        fix_block=False,
+        norm=norm, fix_block=False,
     )  # fmt: skip
     chosen: list[int] = []
     steps: list[dict[str, Any]] = []
     for k in range(n_remove):
         before = format_ranges(merge_adjacent([(i, i + 1) for i in chosen]))
-        scored = score_step(dense, adapter, batches, chosen, damp=damp, max_boundaries=max_boundaries)  # fmt: skip
-        best = min(scored, key=lambda c: (c["residual"], c["layer"]))
+        scored = score_step(
+            dense, adapter, batches, chosen, damp=damp, max_boundaries=max_boundaries, norm=norm
+        )
+        best = min(scored, key=lambda c: (c["score"], c["layer"]))
         chosen.append(best["layer"])
-        log.info("residual-greedy step %d: layer %d (gap %s), residual %.4f", k + 1, best["layer"], best["gap"], best["residual"])  # fmt: skip
+        log.info("residual-greedy step %d: layer %d (gap %s), score %.4f", k + 1, best["layer"], best["gap"], best["score"])  # fmt: skip
         steps.append({"step": k + 1, **best, "removed_so_far": before or None, "candidates": scored})  # fmt: skip
     return merge_adjacent([(i, i + 1) for i in chosen]), steps

@@ -69,11 +69,13 @@ def resolve_gaps(
     *,
     damp: float | None = None,
     max_boundaries: int | None = None,
+    norm: str = "delta",
 ) -> tuple[list[Range], dict[str, Any] | None]:
     """The gaps to cut, and how they were chosen (None for ``remove``): ``remove`` as given,
     or ``auto`` layers chosen by ``metric`` — one scoring pass over ``batches``; for
-    ``residual-greedy`` one pass per step (:mod:`layergraft.prune.greedy`). ``damp`` and
-    ``max_boundaries``: the residual metrics' (the ghost fit's damping by default)."""
+    ``residual-greedy`` one pass per step (:mod:`layergraft.prune.greedy`). ``damp``,
+    ``max_boundaries`` and ``norm``: the residual metrics' (the ghost fit's damping by
+    default; :data:`~layergraft.prune.residual.NORMS`)."""
     n = len(adapter.layers(model))
     if (remove is None) == (auto is None):
         raise InputError("give exactly one of --remove RANGES and --auto N")
@@ -86,15 +88,12 @@ def resolve_gaps(
     how: dict[str, Any] = {"auto": int(auto), "metric": metric}
     if metric in RESIDUAL_METRICS:
         damp = DEFAULT_DAMP if damp is None else damp
-        how["damp"] = damp
+        how |= {"damp": damp, "normalise": norm}
+        kw = {"damp": damp, "max_boundaries": max_boundaries, "norm": norm}
         if metric == "residual-greedy":
-            gaps, how["steps"] = greedy_residual(
-                model, adapter, batches, int(auto), damp=damp, max_boundaries=max_boundaries
-            )
+            gaps, how["steps"] = greedy_residual(model, adapter, batches, int(auto), **kw)
             return gaps, how
-        sc = residual_scores(
-            model, adapter, batches, block=int(auto), damp=damp, max_boundaries=max_boundaries
-        )
+        sc = residual_scores(model, adapter, batches, block=int(auto), **kw)
         how["scores"] = sc.as_json()["blocks"]
         how["residual"] = dict(sc.blocks)[sc.best]
         return [sc.best], how
@@ -193,11 +192,12 @@ class PruneJob:
         *,
         damp: float | None = None,
         max_boundaries: int | None = None,
+        norm: str = "delta",
     ) -> list[Range]:
         """:func:`resolve_gaps` on this model and its calibration batches."""
         gaps, self.selection = resolve_gaps(
             self.model, self.adapter, self.batches, remove, auto, metric,
-            damp=damp, max_boundaries=max_boundaries,
+            damp=damp, max_boundaries=max_boundaries, norm=norm,
         )  # fmt: skip
         return gaps
 

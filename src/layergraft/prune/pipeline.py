@@ -21,6 +21,7 @@ from layergraft.prune import recover as R
 from layergraft.prune.job import load_job, open_input, warn_greedy_fit
 from layergraft.prune.model import prune_model
 from layergraft.prune.recover import check_damp
+from layergraft.prune.residual import check_norm
 from layergraft.prune.write import finish_pruned_dir, pruned_tensors
 from layergraft.ranges import format_ranges
 from layergraft.text import DEFAULT_CALIB
@@ -53,6 +54,7 @@ def prune(
     bias: bool = False,
     sequential: bool = False,
     max_boundaries: int | None = None,
+    normalise: str = "delta",
     force: bool = False,
     max_shard_bytes: int | None = None,
     hash_inputs: bool = False,
@@ -70,7 +72,8 @@ def prune(
     ``remove``: ``"3:5"`` (a block), ``"3,7,9"`` (scattered layers) or mixed; or ``auto=N``
     with ``metric`` (``bi``: the N lowest-influence layers; ``angular``/``cosine``/``residual``:
     the best block of N; ``residual-greedy``: N layers one at a time, each scored on the model
-    pruned so far, :mod:`layergraft.prune.greedy`). ``recover`` is one of ``ghost`` (default), ``replaceme``, ``diag``, ``scale``,
+    pruned so far, :mod:`layergraft.prune.greedy`; the residual normalised by ``normalise``,
+    :data:`~layergraft.prune.residual.NORMS`). ``recover`` is one of ``ghost`` (default), ``replaceme``, ``diag``, ``scale``,
     ``none``. The model computes in ``dtype`` on ``device`` (or across ``device_map``);
     calibration statistics are float64 on each boundary's device either way. Returns the
     provenance record (also written as ``layergraft.json``).
@@ -78,6 +81,7 @@ def prune(
     if recover not in R.METHODS:
         raise InputError(f"unknown --recover {recover!r}; choose one of {', '.join(R.METHODS)}")
     damp = check_damp(damp)
+    check_norm(normalise)
     inp = open_input(
         model, calib=calib, remove=remove, allow_pickle=allow_pickle, check_finite=False
     )
@@ -91,7 +95,7 @@ def prune(
         inp, calib=calib, calib_tokens=calib_tokens, seqlen=seqlen, batch_size=batch_size,
         device=device, dtype=dtype, device_map=device_map,
     )  # fmt: skip
-    gaps = job.gaps(remove, auto, metric, damp=damp, max_boundaries=max_boundaries)
+    gaps = job.gaps(remove, auto, metric, damp=damp, max_boundaries=max_boundaries, norm=normalise)
     warn_greedy_fit(auto, metric, sequential)
     pruned = prune_model(
         job.model, job.adapter, gaps, recover, job.batches, damp=damp, bias=bias,

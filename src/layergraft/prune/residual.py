@@ -35,13 +35,22 @@ from layergraft.text import Batch
 
 #: refuse a pass whose statistics would take more than this share of the available memory
 MEMORY_SHARE = 0.8
-#: d×d float64 matrices per boundary (``X_sᵀX_s`` and ``X_sᵀΔ``)
-MATRICES_PER_BOUNDARY = 2
+#: how a residual is normalised: by the block's own change (``delta``, as issue 21 defines it)
+#: or token by token by the stream after the block (``token``)
+NORMS: tuple[str, ...] = ("delta", "token")
+#: d×d float64 matrices per boundary: ``X_sᵀX_s`` and ``X_sᵀΔ``, and for ``token`` the same
+#: two weighted by ``1 / ‖x_{s+n}‖²``
+MATRICES = {"delta": 2, "token": 4}
 
 
-def boundary_bytes(d: int) -> int:
-    """Bytes of the statistics one candidate boundary holds: two d×d float64 matrices."""
-    return MATRICES_PER_BOUNDARY * 8 * d * d
+def boundary_bytes(d: int, norm: str = "delta") -> int:
+    """Bytes of the statistics one candidate boundary holds: 2 (``token``: 4) d×d float64."""
+    return MATRICES[norm] * 8 * d * d
+
+
+def check_norm(norm: str) -> None:
+    if norm not in NORMS:
+        raise InputError(f"unknown --normalise {norm!r}; choose one of {', '.join(NORMS)}")
 
 
 def _gib(n: float) -> str:
@@ -84,6 +93,7 @@ def check_memory(
     d: int,
     *,
     max_boundaries: int | None = None,
+    norm: str = "delta",
     fix_block: bool = True,
     available: Callable[[Any], int | None] | None = None,
 ) -> None:
@@ -93,19 +103,20 @@ def check_memory(
     ``available``: bytes free on a device (default :func:`available_bytes`)."""
     check_max_boundaries(max_boundaries)
     available = available or available_bytes
+    per = boundary_bytes(d, norm)
     for dev, count in per_device.items():
         held = min(count, max_boundaries) if max_boundaries else count
-        need, free = held * boundary_bytes(d), available(dev)
+        need, free = held * per, available(dev)
         if free is None or need <= MEMORY_SHARE * free:
             continue
-        fit = int(MEMORY_SHARE * free // boundary_bytes(d))
+        fit = int(MEMORY_SHARE * free // per)
         if fit >= 1:
             fix = f"pass --max-boundaries {fit} (one pass over the calibration text per {fit} boundaries)"
             fix += " or a larger --block" if fix_block else ""
         else:
-            fix = f"free memory or use a device with more (one boundary alone needs {_gib(boundary_bytes(d))})"
+            fix = f"free memory or use a device with more (one boundary alone needs {_gib(per)})"
         raise InputError(
-            f"--metric residual would hold {held} boundaries × {MATRICES_PER_BOUNDARY} d×d float64 matrices "
+            f"--metric residual would hold {held} boundaries × {MATRICES[norm]} d×d float64 matrices "
             f"(d = {d}): {_gib(need)} on {dev}, more than {MEMORY_SHARE:.0%} of the {_gib(free)} available; {fix}"
         )
 
@@ -152,14 +163,31 @@ def chunks(items: Sequence[Any], size: int | None) -> Iterator[list[Any]]:
         yield list(items[i : i + size])
 
 
-def residual_of(st: GapStats, damp: float) -> tuple[float, float]:
-    """The normalised residual of the ghost fit on ``st`` and the same residual relative to
-    the energy of the stream after the block, ``‖X M* − Δ‖² / ‖X_{s+n}‖²`` (the error the
-    next layer sees, for the record)."""
+def residual_of(st: GapStats, damp: float, norm: str = "delta") -> dict[str, float]:
+    """The residual of the ghost fit on ``st`` as ``score`` (normalised by ``norm``), beside
+    ``residual`` (``‖X M* − Δ‖² / ‖Δ‖²``), ``stream_residual`` (the same error over
+    ``‖X_{s+n}‖²``) and, from weighted statistics, ``token_residual``: the mean over tokens of
+    ``‖x_t M* − Δ_t‖² / ‖x_{s+n,t}‖²``, each token's error relative to its own stream — what the
+    next layer's norm sees, so one token with a massive activation cannot outweigh the rest."""
     op = fit_ghost(st, damp)
     post = float(st.post_sq.sum())
     absolute = (op.residual or 0.0) * (op.delta_sq or 0.0)
-    return float(op.residual or 0.0), absolute / post if post > 0 else 0.0
+    out = {"residual": float(op.residual or 0.0), "stream_residual": absolute / post if post > 0 else 0.0}  # fmt: skip
+    if st.weighted:
+        m = op.delta
+        fitted = float((m * (st.wxtx @ m)).sum()) - 2.0 * float((m * st.wxtd).sum())
+        out["token_residual"] = max(fitted + st.wdd, 0.0) / st.n
+    out["score"] = out["token_residual"] if norm == "token" else out["residual"]
+    return out
+
+
+#: what the score of each normalisation is, for the record
+DEFINITIONS = {
+    "delta": "‖X_s M* − Δ‖² / ‖Δ‖² of the ghost fit W = I + M* of block [s, s+n), Δ = X_{s+n} − X_s, "
+    "same damping as the fit, on the calibration samples",
+    "token": "mean over calibration tokens of ‖x_s M* − Δ‖² / ‖x_{s+n}‖², the error the ghost fit W = I + M* of "
+    "block [s, s+n) leaves, relative to each token's stream after the block (same fit and damping)",
+}
 
 
 def residual_scores(
@@ -171,9 +199,11 @@ def residual_scores(
     tokens: str = "all",
     damp: float = DEFAULT_DAMP,
     max_boundaries: int | None = None,
+    norm: str = "delta",
 ) -> Scores:
-    """Every contiguous block of ``block`` layers scored by its ghost fit's normalised
-    residual (lowest = most removable), statistics of ``max_boundaries`` blocks per pass."""
+    """Every contiguous block of ``block`` layers scored by its ghost fit's residual,
+    normalised by ``norm`` (lowest = most removable), statistics of ``max_boundaries``
+    blocks per pass."""
     n_layers, d = len(adapter.layers(model)), adapter.hidden_size
     if not 1 <= block < n_layers:
         raise InputError(
@@ -181,21 +211,23 @@ def residual_scores(
         )
     if tokens not in TOKENS:
         raise InputError(f"unknown --tokens {tokens!r}; choose one of {', '.join(TOKENS)}")
+    check_norm(norm)
     n = check_samples(batches, d, tokens)
     gaps = [(s, s + block) for s in range(n_layers - block + 1)]
-    check_memory(per_device(model, adapter, [s for s, _ in gaps]), d, max_boundaries=max_boundaries)
+    starts = [s for s, _ in gaps]
+    check_memory(per_device(model, adapter, starts), d, max_boundaries=max_boundaries, norm=norm)
     blocks, info = [], []
     for part in chunks(gaps, max_boundaries):
-        for st in collect_gap_stats(model, adapter, batches, part, tokens=tokens):
-            r, stream = residual_of(st, damp)
-            blocks.append(((st.start, st.end), r))
-            info.append({"stream_residual": stream})
+        for st in collect_gap_stats(model, adapter, batches, part, tokens=tokens, weighted=norm == "token"):  # fmt: skip
+            r = residual_of(st, damp, norm)
+            blocks.append(((st.start, st.end), r.pop("score")))
+            info.append(r)
     passes = -(-len(gaps) // (max_boundaries or len(gaps)))
     summary = {
         "damp": damp,
+        "normalise": norm,
         "passes": passes,
-        "stats_bytes": min(len(gaps), max_boundaries or len(gaps)) * boundary_bytes(d),
-        "definition": "‖X_s M* − Δ‖² / ‖Δ‖² of the ghost fit W = I + M* of block [s, s+n), "
-        "Δ = X_{s+n} − X_s, same damping as the fit, on the calibration samples",
+        "stats_bytes": min(len(gaps), max_boundaries or len(gaps)) * boundary_bytes(d, norm),
+        "definition": DEFINITIONS[norm],
     }
     return Scores("residual", block, tokens, blocks, None, n, block_info=info, info=summary)

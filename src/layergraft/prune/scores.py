@@ -11,7 +11,7 @@ from layergraft.errors import InputError
 from layergraft.prune.importance import METRICS, block_scores
 from layergraft.prune.job import ModelLike, load_job, open_input, refuse_ghosted_selection
 from layergraft.prune.recover import check_damp
-from layergraft.prune.residual import residual_scores
+from layergraft.prune.residual import check_norm, residual_scores
 from layergraft.report.scores import plot_scores
 from layergraft.text import DEFAULT_CALIB
 
@@ -32,6 +32,7 @@ def scores(
     batch_size: int = 4,
     damp: float | None = None,
     max_boundaries: int | None = None,
+    normalise: str = "delta",
     plot: PathLike | None = None,
     device: str | None = None,
     dtype: Any = "auto",
@@ -40,10 +41,12 @@ def scores(
     """Score every contiguous block of ``block`` layers with ``metric`` on ``data``
     (``tokens``: ``last`` or ``all``; default the metric's own, see
     :mod:`layergraft.prune.importance`; ``residual`` uses every token by default, with the
-    ghost fit's ``damp``, ``max_boundaries`` block statistics per pass)."""
+    ghost fit's ``damp``, ``max_boundaries`` block statistics per pass, ``normalise``:
+    :data:`~layergraft.prune.residual.NORMS`)."""
     if metric not in SCORE_METRICS:
         raise InputError(f"unknown --metric {metric!r}; choose one of {', '.join(SCORE_METRICS)}")
     damp = check_damp(damp)
+    check_norm(normalise)
     inp = open_input(model, calib=data, accept_ghosted=True, check_finite=False)
     refuse_ghosted_selection(inp, metric)
     job = load_job(
@@ -53,7 +56,7 @@ def scores(
     if metric == "residual":
         sc = residual_scores(
             job.model, job.adapter, job.batches, block=block, tokens=tokens or "all",
-            damp=damp, max_boundaries=max_boundaries,
+            damp=damp, max_boundaries=max_boundaries, norm=normalise,
         )  # fmt: skip
     else:
         sc = block_scores(
