@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check
 OUT    ?= demo-out
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-slow lint format bench clean
+.PHONY: install demo test test-slow mutate lint format bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -27,6 +27,12 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q --slow
+
+# Mutation testing of the core math (mutmut, in a scratch copy under build/mutmut; incremental).
+# Not part of CI: a full run takes about half an hour on 2 cores. Survivors: tests/MUTANTS.md.
+mutate: $(STAMP)
+	$(PIP) install -q -c constraints.txt -e ".[test,mutate]"
+	$(PY) tests/mutate.py
 
 # The benchmarks of the README's table, each printing ratios measured side by side in one run.
 # mergekit gets a virtualenv of its own (its pins differ from ours), with the same CPU torch.

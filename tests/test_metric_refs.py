@@ -210,3 +210,28 @@ def test_self_bleu_is_the_mean_leave_one_out_sentence_bleu():
         (bleu.sentence_score(texts[0], [texts[1]]).score
          + bleu.sentence_score(texts[1], [texts[0]]).score) / 200, rel=1e-12,
     )  # fmt: skip
+
+
+# ---- what mutation testing found unchecked -------------------------------------------------
+def test_aliases_count_as_their_answer():
+    """"NYC" is "new york city" when the prompt's reference says so (and only then)."""
+    valid, aliases = ["new york city", "boston"], {"nyc": "new york city"}
+    texts = ["NYC", "Boston.", "nyc!", "Paris"]
+    assert Q.qa_validity(texts, valid, aliases) == 0.75
+    assert Q.qa_validity(texts, valid) == 0.25
+    assert D.distinct_valid_answers(texts, valid, aliases) == 2
+    assert D.distinct_valid_answers(texts, valid) == 1
+
+
+def test_mismatched_finished_flags_are_an_error_not_a_truncation():
+    with pytest.raises(ValueError):
+        Q.format_validity(["a", "b", "c"], "qa", [True, True])
+
+
+def test_error_messages_name_the_rule():
+    with pytest.raises(ValueError, match=r"^n must be >= 1$"):
+        D.distinct_n(["a"], 0)
+    with pytest.raises(ValueError, match=r"^pass@k needs 0 < k <= n \(k=4, n=3\)$"):
+        Q.pass_at_k(3, 1, 4)
+    with pytest.raises(ValueError, match=r"^c must be in \[0, n\] \(c=5, n=3\)$"):
+        Q.pass_at_k(3, 5, 1)

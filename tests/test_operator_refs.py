@@ -457,3 +457,34 @@ def test_scale_fold_logits_follow_the_scalar_hook_not_plain_removal(fam):
     effect = float((none - want).abs().max())
     assert effect > 1e-3
     assert float((_logits(p.model, ids) - want).abs().max()) < 1e-3 * effect
+
+
+# ---- what the fits record (mutation testing found these unchecked) -------------------------
+def test_every_fit_records_what_it_fitted_and_names_itself_when_refusing():
+    from layergraft.errors import InputError
+    from layergraft.text import MIN_TOKENS
+
+    model = make_tiny("llama", num_layers=5, seed=6)
+    st = collect_gap_stats(model, adapter_for_model(model), _batches(2), [(2, 4)], mlp=True)[0]
+    fits = {
+        "ghost": R.fit_ghost(st, damp=1e-3, bias=True),
+        "replaceme": R.fit_replaceme(st, damp=1e-3),
+        "diag": R.fit_diag(st),
+        "scale": R.fit_scale(st),
+    }
+    kinds = {"ghost": "full", "replaceme": "replaceme", "diag": "diag", "scale": "scale"}
+    for method, op in fits.items():
+        assert (op.method, op.start, op.end, op.kind) == (method, 2, 4, kinds[method])
+        assert op.n_tokens == st.n == 3 * 4 * 24
+        assert R.fit(method, st, damp=1e-3, bias=True).kind == op.kind
+    assert fits["ghost"].damp == fits["replaceme"].damp == 1e-3
+    assert fits["replaceme"].bias is None and fits["diag"].delta is None
+    assert isinstance(fits["scale"].scale, float)
+    few = collect_gap_stats(
+        model, adapter_for_model(model), [Batch(torch.ones(1, MIN_TOKENS - 1).long() * 7,
+                                                torch.ones(1, MIN_TOKENS - 1).long())],
+        [(2, 4)], mlp=True,
+    )[0]  # fmt: skip
+    for method in fits:
+        with pytest.raises(InputError, match=f"{method} needs at least {MIN_TOKENS}"):
+            R.fit(method, few)
