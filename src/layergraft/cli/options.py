@@ -10,6 +10,7 @@ import json
 import re
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 from layergraft.errors import LayergraftError
@@ -186,10 +187,16 @@ def placement_kwargs(
     explicit map names real modules of ``models``, by default the command's ``MODEL`` or
     ``--base``/``--post``). Every command builds these before it calls the API, so a
     placement this machine cannot honour is refused before anything is loaded or written."""
+    from layergraft.checkpoint.reader import as_checkpoint
     from layergraft.models.placement import check_placement
 
     if models is None:
         models = [getattr(args, k) for k in ("model", "base", "post") if getattr(args, k, None)]
+    if isinstance(args.device_map, dict):  # its keys are checked on the models themselves
+        allow = getattr(args, "allow_pickle", False)
+        models = [m if Path(m).is_dir() else as_checkpoint(m, allow) for m in models]
+    else:
+        models = []
     check_placement(args.device, args.dtype, args.device_map, models=models)
     return {"device": args.device, "dtype": args.dtype, "device_map": args.device_map}
 
@@ -202,7 +209,7 @@ def positive_int(text: str) -> int:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; give e.g. 8") from None
     if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive count; give 1 or more")
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}; give a positive count")
     return value
 
 

@@ -120,13 +120,12 @@ def compare(
             "to --models, or pass --no-baselines"
         )
     paths = [spec for spec in models.values() if isinstance(spec, (str, os.PathLike))]
-    for spec in paths:
-        local_dir(spec)  # fail fast on a bad path, before any generation
+    local = [local_dir(spec) for spec in paths]  # fail fast on a bad path, before any generation
     # the directory is reused (its gens/ resumed), never an input or inside one
     reads = [*paths, task if isinstance(task, (str, os.PathLike)) else None, tokenizer]
     reads += [x for x in (embedder, judge) if isinstance(x, (str, os.PathLike))]
     out_dir = check_output(out, inputs=reads, kind="dir", flag="--out", reuse=True)
-    check_placement(device, dtype, device_map, models=paths)
+    check_placement(device, dtype, device_map, models=local)
     prompts = task_prompts(task, limit)
     if subset == "greedy-failed":
         reasoning_only(prompts)

@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from layergraft.errors import InputError
+from layergraft.models import ghost as G
+from layergraft.models.quiet import quiet_transformers
 
 _MISSING = object()
 
@@ -51,27 +53,25 @@ class ModuleTree:
 
 
 def _config(spec: Any) -> Any:
-    """The transformers config ``from_pretrained`` would use (a ghosted output: its base's)."""
+    """The transformers config ``from_pretrained`` would use (a ghosted output: its base's),
+    for an opened checkpoint or a local model directory; None for anything else (a hub id or
+    ``.gguf`` not opened yet: :func:`~layergraft.models.load.load_model` checks it then)."""
     from transformers import AutoConfig
 
-    from layergraft.checkpoint.reader import as_checkpoint
-    from layergraft.models import ghost as G
-    from layergraft.models.quiet import quiet_transformers
-
-    if not hasattr(spec, "path") and Path(spec).is_dir() and G.is_ghosted(Path(spec)):
-        cfg = json.loads((Path(spec) / "config.json").read_text())
+    path = Path(spec.path) if hasattr(spec, "path") else Path(spec)
+    if not (path / "config.json").is_file():
+        return None
+    if G.is_ghosted(path):
+        cfg = json.loads((path / "config.json").read_text())
         return AutoConfig.for_model(**G.base_config_of(cfg))
-    ck = as_checkpoint(spec)
     with quiet_transformers():
-        return AutoConfig.from_pretrained(str(ck.path), trust_remote_code=False)
+        return AutoConfig.from_pretrained(str(path), trust_remote_code=False)
 
 
 @functools.lru_cache(maxsize=8)
 def _tree_of(config_json: str) -> ModuleTree:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
-
-    from layergraft.models.quiet import quiet_transformers
 
     cfg = AutoConfig.for_model(**json.loads(config_json))
     with torch.device("meta"), quiet_transformers():
@@ -86,10 +86,13 @@ def _tree_of(config_json: str) -> ModuleTree:
     return ModuleTree(children, leaves)
 
 
-def module_tree(spec: Any) -> ModuleTree:
-    """The module tree of the model at ``spec`` (path, hub id, ``.gguf``, checkpoint)."""
-    cfg = _config(spec).to_dict()
-    return _tree_of(json.dumps(cfg, sort_keys=True, default=str))
+def module_tree(spec: Any) -> ModuleTree | None:
+    """The module tree of the model at ``spec`` (an opened checkpoint or a local directory;
+    None for a spec not resolved to one yet)."""
+    cfg = _config(spec)
+    if cfg is None:
+        return None
+    return _tree_of(json.dumps(cfg.to_dict(), sort_keys=True, default=str))
 
 
 def _closest(key: str, names: set[str]) -> str:

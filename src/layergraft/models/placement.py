@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from layergraft.errors import InputError
+from layergraft.models.device_map import module_tree, resolve_device_map
 
 DTYPES: tuple[str, ...] = ("auto", "bfloat16", "float16", "float32")
 _CPU_LIKE = ("cpu", "disk", "meta")
@@ -86,11 +87,9 @@ def check_device(
     if not ok:
         raise InputError(f"{flag} {text}: {why}; {fix} on this machine")
     if index is not None and int(index) >= count:
-        have = f"{count} {kind.upper()} device{'s' if count != 1 else ''}"
-        raise InputError(
-            f"{flag} {text}: this machine has {have} ({kind}:0 to {kind}:{count - 1}); "
-            f"use an index below {count}"
-        )
+        names = f"{kind}:0" if count == 1 else f"{kind}:0 to {kind}:{count - 1}"
+        have = f"{count} {kind.upper()} device{'s' if count != 1 else ''} ({names})"
+        raise InputError(f"{flag} {text}: this machine has {have}; use an index below {count}")
 
 
 def check_device_map_form(device_map: Any) -> None:
@@ -126,7 +125,8 @@ def check_placement(
 ) -> Placement:
     """Everything about a placement that can be known before a model is loaded: the
     :class:`Placement` checks, plus, for an explicit map, its keys against every model in
-    ``models`` (paths, hub ids, checkpoints; :func:`~layergraft.models.device_map.resolve_device_map`).
+    ``models`` (opened checkpoints or local directories; a hub id or ``.gguf`` is checked when
+    it is loaded; :func:`~layergraft.models.device_map.resolve_device_map`).
     Commands call it before they write or load anything."""
     place = Placement(device, dtype, device_map)
     if isinstance(device_map, dict):
@@ -176,10 +176,11 @@ class Placement:
         (:func:`~layergraft.models.device_map.resolve_device_map`)."""
         if not isinstance(self.device_map, dict):
             return self.device_map
-        from layergraft.models.device_map import module_tree, resolve_device_map
-
+        tree = module_tree(spec)
+        if tree is None:  # not opened yet: checked when it is loaded
+            return self.device_map
         where = str(getattr(spec, "origin", "") or getattr(spec, "path", "") or spec)
-        return resolve_device_map(self.device_map, module_tree(spec), where)
+        return resolve_device_map(self.device_map, tree, where)
 
     @property
     def target(self) -> str:
