@@ -144,6 +144,7 @@ class _Run:
             return {"selected": None, "note": "no interval met the validity threshold"}
         interval = sel["interval"]
         slr_dir, soup_dir = self.tmp / "models" / "slr", self.tmp / "models" / "soup"
+        slr_dir.parent.mkdir()  # outputs need an existing parent (checkpoint.outputs)
         restore(self.base, self.post, interval, slr_dir, progress=False)
         alpha = (sweep_res.get("soup") or {}).get("selected", {}) or {}
         if alpha:
@@ -171,6 +172,7 @@ class _Run:
             models["slr"] = str(self.tmp / restored["slr_dir"])
         if restored.get("soup_dir"):
             models["soup"] = str(self.tmp / restored["soup_dir"])
+        (self.tmp / "compare").mkdir()  # outputs need an existing parent (checkpoint.outputs)
         return {
             task: compare(
                 models,
