@@ -40,6 +40,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -711,11 +712,344 @@ def _(e):
     return Case(["crc", str(e.m["base"]), "--prompts", str(f)], r"line 1 has no valid set", r"give \"valid\" as a non-empty list", inputs=[f, e.m["base"]], inproc=True)  # fmt: skip
 
 
+# -- issue 22: every output path, every placement, every count, before anything is written.
+# Cases the slr rewrite wires (its commands call the rule from slr/, which this change does not
+# touch) are expected to fail until then.
+XFAIL: dict[str, str] = {}
+SLR_REWRITE = "wired in slr rewrite"
+SKIP_WITH_CUDA: set[str] = set()  # "--device cuda" is no mistake where CUDA is present
+
+
+def _run(e: Env, command: str, extra: list[str], problem: str, fix: str, *, out: Path | None = None, inputs: list[Path] | None = None, model: Path | None = None) -> Case:  # fmt: skip
+    """``command`` with its smallest valid arguments on the tiny models, plus ``extra``;
+    ``out`` is where the command would write (its parent must stay as it was)."""
+    m, calib = model or e.m["base"], e.m["calib"]
+    small = ["--calib-tokens", "256", "--seqlen", "64"]
+    argv = {
+        "crc": ["crc", str(m)],
+        "sweep": [
+            "sweep",
+            "--base",
+            str(m),
+            "--post",
+            str(e.m["post"]),
+            "--out",
+            str(e.tmp / "sweep"),
+            "--quiet",
+        ],  # fmt: skip
+        "generate": [
+            "generate",
+            str(m),
+            "--task",
+            "qa",
+            "--limit",
+            "1",
+            "--n",
+            "1",
+            "--out",
+            str(e.tmp / "g.jsonl"),
+            "--quiet",
+        ],  # fmt: skip
+        "compare": [
+            "compare",
+            "--models",
+            f"post={m}",
+            "--task",
+            "qa",
+            "--limit",
+            "1",
+            "--n",
+            "1",
+            "--no-baselines",
+            "--embedder",
+            "none",
+            "--out",
+            str(e.tmp / "cmp"),
+            "--quiet",
+        ],  # fmt: skip
+        "scores": ["scores", str(m), "--data", str(calib), *small],
+        "prune": [
+            "prune",
+            str(m),
+            "--remove",
+            "1:2",
+            "--calib",
+            str(calib),
+            *small,
+            "--out",
+            str(e.out),
+            "--quiet",
+        ],  # fmt: skip
+        "compare-recovery": [
+            "compare-recovery",
+            str(m),
+            "--remove",
+            "1:2",
+            "--calib",
+            str(calib),
+            *small,
+            "--quiet",
+        ],  # fmt: skip
+        "ppl": ["ppl", str(m)],
+        "lm-eval": ["lm-eval", str(m), "--tasks", "layergraft_cloze", "--limit", "2"],
+        "demo": ["demo", "--out", str(e.tmp / "demo"), "--quick", "--quiet"],
+    }[command]
+    default_out = {"sweep": e.tmp / "sweep", "generate": e.tmp / "g.jsonl", "compare": e.tmp / "cmp",
+                   "prune": e.out, "demo": e.tmp / "demo"}.get(command)  # fmt: skip
+    ins = [m, e.m["post"], calib] if inputs is None else inputs
+    return Case([*argv, *extra], problem, fix, inputs=ins, out=out or default_out, inproc=True)
+
+
+MODEL_COMMANDS = ("crc", "sweep", "generate", "compare", "scores", "prune", "compare-recovery", "ppl", "lm-eval", "demo")  # fmt: skip
+NO_CUDA = r"(this torch \S+ is built without CUDA|no CUDA device is visible)"
+for _cmd in MODEL_COMMANDS:
+    # placement: a device this machine does not have, refused before anything is loaded or written
+    case(f"{_cmd}-device-cuda-without-cuda")(lambda e, c=_cmd: _run(e, c, ["--device", "cuda"], rf"--device cuda: {NO_CUDA}", r"use --device cpu \(or auto\)"))  # fmt: skip
+    SKIP_WITH_CUDA.add(f"{_cmd}-device-cuda-without-cuda")
+    # an explicit map naming a module the model does not have (accelerate ignored it silently)
+    case(f"{_cmd}-device-map-unknown-module")(lambda e, c=_cmd: _run(e, c, ["--device-map", '{"model.layerz.1": "cpu", "": "cpu"}'], r"--device-map key 'model\.layerz\.1' is not a module of", r"use its real module names \(closest: model\.layers\.1"))  # fmt: skip
+    # a disk map without a catch-all: the fix, not "transformers cannot load this model"
+    case(f"{_cmd}-device-map-disk-without-catch-all")(lambda e, c=_cmd: _run(e, c, ["--device-map", '{"model.layers.1": "disk"}'], r"--device-map gives no device to model\.embed_tokens, model\.layers\.0", r'add them, or add a catch-all "": "cpu"'))  # fmt: skip
+
+
+@case("ppl-device-cuda-index-beyond-the-count")
+def _(e):  # refused on any machine: on a GPU one by the count, here for want of CUDA
+    return _run(e, "ppl", ["--device", "cuda:99"], rf"--device cuda:99: ({NO_CUDA}|this machine has \d+ CUDA devices?)", r"(use --device cpu|use an index below)")  # fmt: skip
+
+
+@case("sweep-device-cuda-index-beyond-the-count")
+def _(e):  # the sweep used to leave intervals.jsonl behind
+    return _run(e, "sweep", ["--device", "cuda:99"], rf"--device cuda:99: ({NO_CUDA}|this machine has \d+ CUDA devices?)", r"(use --device cpu|use an index below)")  # fmt: skip
+
+
+@case("crc-device-unknown-type")
+def _(e):
+    return _run(e, "crc", ["--device", "tpu"], r"--device tpu: unknown device type 'tpu'", r"use cpu, cuda, cuda:N, mps, xpu or auto")  # fmt: skip
+
+
+@case("generate-device-unparsable")
+def _(e):
+    return _run(e, "generate", ["--device", "cuda:x"], r"--device 'cuda:x' is not a device", r"use cpu, cuda")  # fmt: skip
+
+
+@case("scores-device-map-unknown-strategy")
+def _(e):
+    return _run(e, "scores", ["--device-map", "balance"], r"--device-map 'balance' is neither a strategy", r"use one of those")  # fmt: skip
+
+
+@case("compare-device-map-entry-on-cuda")
+def _(e):
+    return _run(e, "compare", ["--device-map", '{"model.layers.1": "cuda:0", "": "cpu"}'], rf"--device-map maps 'model\.layers\.1' to cuda:0: ({NO_CUDA})", r'use "cpu" or "disk" for it')  # fmt: skip
+
+
+SKIP_WITH_CUDA.add("compare-device-map-entry-on-cuda")
+
+# -- counts: 0 and negative batch sizes are refused, never read as "the default"
+for _cmd in ("sweep", "generate", "compare", "scores", "prune", "compare-recovery", "lm-eval"):
+    for _bad in ("0", "-1"):
+        case(f"{_cmd}-batch-size-{_bad}")(lambda e, c=_cmd, b=_bad: _run(e, c, [f"--batch-size={b}"], rf"argument --batch-size: must be at least 1, not {b}", r"give a positive count"))  # fmt: skip
+XFAIL.update({"sweep-batch-size-0": SLR_REWRITE, "sweep-batch-size--1": SLR_REWRITE})
+
+
+@case("generate-n-0")
+def _(e):
+    return _run(e, "generate", ["--n=0"], r"argument --n: must be at least 1, not 0", r"give a positive count")  # fmt: skip
+
+
+# -- Ray: a malformed address is refused before the command creates its outputs
+for _cmd in ("sweep", "compare"):
+    case(f"{_cmd}-ray-malformed-address")(lambda e, c=_cmd: _run(e, c, ["--ray", "garbage"], r"--ray 'garbage' is not a Ray address", r"write HOST:PORT"))  # fmt: skip
+
+
+@case("compare-ray-port-out-of-range")
+def _(e):
+    return _run(e, "compare", ["--ray", "127.0.0.1:99999"], r"--ray '127\.0\.0\.1:99999' is not a Ray address", r"write HOST:PORT")  # fmt: skip
+
+
+# -- single-file outputs: never an input, never inside one; a parent that exists and takes files
+def _diff(e: Env, plot: Path, problem: str, fix: str, post: Path | None = None, out: Path | None = None) -> Case:  # fmt: skip
+    base, post = e.m["base"], post or e.m["post"]
+    argv = ["diff", str(base), str(post), "--plot", str(plot), "--quiet"]
+    return Case(argv, problem, fix, inputs=[base, post], out=out)
+
+
+@case("diff-plot-inside-the-post-model")
+def _(e):  # `diff B P --plot P/config.json` replaced the post model's config with a PNG, exit 0
+    post = e.copy("post")
+    return _diff(e, post / "config.json", r"--plot .*post/config\.json is inside the input", r"choose a path outside it", post=post, out=post / "config.json")  # fmt: skip
+
+
+@case("diff-plot-unwritable-location")
+def _(e):  # used to end in a traceback after both checkpoints were read
+    return _diff(e, Path("/proc/x.png"), r"--plot /proc/x\.png: cannot write in /proc", r"choose a writable location")  # fmt: skip
+
+
+@case("diff-plot-missing-directory")
+def _(e):
+    return _diff(e, e.tmp / "nope" / "x.png", r"the directory .*nope does not exist", r"create it or choose another path", out=e.tmp / "nope")  # fmt: skip
+
+
+@case("diff-plot-is-a-directory")
+def _(e):
+    (e.tmp / "adir").mkdir()
+    return _diff(e, e.tmp / "adir", r"--plot .*adir is a directory", r"give a file name", out=e.tmp / "adir")  # fmt: skip
+
+
+@case("scores-plot-inside-the-model")
+def _(e):
+    m = e.copy("base")
+    return _run(e, "scores", ["--plot", str(m / "config.json")], r"--plot .*config\.json is inside the input", r"choose a path outside it", out=m / "config.json", inputs=[m, e.m["calib"]], model=m)  # fmt: skip
+
+
+@case("scores-plot-unwritable-location")
+def _(e):
+    return _run(e, "scores", ["--plot", "/proc/x.png"], r"cannot write in /proc", r"choose a writable location")  # fmt: skip
+
+
+@case("scores-plot-missing-directory")
+def _(e):
+    return _run(e, "scores", ["--plot", str(e.tmp / "nope" / "x.png")], r"the directory .*nope does not exist", r"create it", out=e.tmp / "nope")  # fmt: skip
+
+
+@case("restore-export-mergekit-into-the-base")
+def _(e):  # replaced a base file with YAML, exit 0
+    base = e.copy("base")
+    return restore(e, r"--export-mergekit .*tokenizer_config\.json is inside the input", r"choose a path outside it", base=base, extra=["--export-mergekit", str(base / "tokenizer_config.json")])  # fmt: skip
+
+
+@case("restore-export-mergekit-unwritable-location")
+def _(e):  # used to leave a complete restore behind, and a traceback
+    return restore(e, r"--export-mergekit /proc/mk\.yaml: cannot write in /proc", r"choose a writable location", extra=["--export-mergekit", "/proc/mk.yaml"])  # fmt: skip
+
+
+XFAIL.update({"restore-export-mergekit-into-the-base": SLR_REWRITE,
+              "restore-export-mergekit-unwritable-location": SLR_REWRITE})  # fmt: skip
+
+
+@case("generate-out-inside-the-model")
+def _(e):
+    m = e.copy("base")
+    return _run(e, "generate", ["--out", str(m / "g.jsonl")], r"--out .*g\.jsonl is inside the input", r"choose a path outside it", out=m / "g.jsonl", inputs=[m], model=m)  # fmt: skip
+
+
+@case("generate-out-is-the-task-file")
+def _(e):
+    t = e.file("t.jsonl", '{"id": "a", "prompt": "Say a word."}\n')
+    c = _run(e, "generate", ["--task", str(t), "--out", str(t)], r"--out .*t\.jsonl is an input itself", r"choose a new path", inputs=[e.m["base"], t])  # fmt: skip
+    c.argv.remove("qa")
+    c.argv.remove("--task")
+    return c
+
+
+@case("generate-out-missing-directory")
+def _(e):
+    return _run(e, "generate", ["--out", str(e.tmp / "nope" / "g.jsonl")], r"the directory .*nope does not exist", r"create it", out=e.tmp / "nope")  # fmt: skip
+
+
+@case("diversity-out-is-the-generations-file")
+def _(e):
+    g = e.file("g.jsonl", '{"prompt_id": "a", "sample": 0, "text": "x"}\n')
+    return Case(["diversity", str(g), "--embedder", "none", "--out", str(g)], r"--out .*g\.jsonl is an input itself", r"choose a new path", inputs=[g], inproc=True)  # fmt: skip
+
+
+@case("diversity-out-unwritable-location")
+def _(e):
+    g = e.file("g.jsonl", '{"prompt_id": "a", "sample": 0, "text": "x"}\n')
+    return Case(["diversity", str(g), "--embedder", "none", "--out", "/proc/d.json"], r"cannot write in /proc", r"choose a writable location", inputs=[g], inproc=True)  # fmt: skip
+
+
+@case("compare-out-inside-a-model")
+def _(e):
+    m = e.copy("base")
+    c = _run(e, "compare", [], r"--out .*cmp is inside the input", r"choose a directory outside it", out=m / "cmp", inputs=[m])  # fmt: skip
+    c.argv[c.argv.index("--models") + 1] = f"post={m}"
+    c.argv[c.argv.index("--out") + 1] = str(m / "cmp")
+    return c
+
+
+@case("compare-out-contains-a-model")
+def _(e):
+    m = e.copy("base")
+    c = _run(e, "compare", [], r"--out .* contains the input", r"choose another directory", out=e.tmp, inputs=[m])  # fmt: skip
+    c.argv[c.argv.index("--models") + 1] = f"post={m}"
+    c.argv[c.argv.index("--out") + 1] = str(e.tmp)
+    return c
+
+
+@case("compare-out-is-a-file")
+def _(e):
+    f = e.file("cmp", "x")
+    return _run(e, "compare", [], r"--out .*cmp exists and is not a directory", r"choose another path", out=f)  # fmt: skip
+
+
+# -- output directories: the same rule
+@case("restore-out-missing-parent")
+def _(e):  # a typo no longer becomes a tree of directories
+    return restore(e, r"the directory .*nope does not exist", r"create it or choose another path", out=e.tmp / "nope" / "out")  # fmt: skip
+
+
+@case("soup-out-inside-the-post-model")
+def _(e):
+    base, post = e.m["base"], e.copy("post")
+    argv = ["soup", "--base", str(base), "--post", str(post), "--alpha", "0.5", "--out", str(post / "soup"), "--quiet"]  # fmt: skip
+    return Case(argv, r"is inside the input", r"choose a directory outside it", inputs=[base, post], out=post / "soup")  # fmt: skip
+
+
+@case("prune-out-missing-parent")
+def _(e):
+    c = prune(e, r"the directory .*nope does not exist", r"create it or choose another path")
+    c.argv[c.argv.index("--out") + 1] = str(e.tmp / "nope" / "out")
+    c.out = e.tmp / "nope"
+    return c
+
+
+@case("demo-out-missing-parent")
+def _(e):
+    argv = ["demo", "--out", str(e.tmp / "nope" / "demo"), "--quick", "--quiet"]
+    return Case(argv, r"the directory .*nope does not exist", r"create it or choose another path", out=e.tmp / "nope", inproc=True)  # fmt: skip
+
+
+@case("sweep-out-inside-the-post-model")
+def _(e):  # created the sweep directory inside the input
+    post = e.copy("post")
+    argv = ["sweep", "--base", str(e.m["base"]), "--post", str(post), "--out", str(post / "sweep"), "--quiet"]  # fmt: skip
+    return Case(argv, r"--out .*sweep is inside the input", r"choose a directory outside it", inputs=[e.m["base"], post], out=post / "sweep", inproc=True)  # fmt: skip
+
+
+@case("sweep-restore-best-inside-the-post-model")
+def _(e):  # refused only after the whole sweep ran, leaving the sweep directory
+    post = e.copy("post")
+    c = _run(e, "sweep", ["--restore-best", str(post / "best")], r"--restore-best .*best is inside the input", r"choose a directory outside it", out=e.tmp / "sweep", inputs=[e.m["base"], post])  # fmt: skip
+    c.argv[c.argv.index("--post") + 1] = str(post)
+    return c
+
+
+@case("sweep-out-contains-the-post-model-with-force")
+def _(e):  # --force deleted the old sweep directory with everything in it: here, the post model
+    post = e.copy("post")
+    argv = ["sweep", "--base", str(e.m["base"]), "--post", str(post), "--out", str(e.tmp), "--force", "--quiet"]  # fmt: skip
+    return Case(argv, r"--out .* contains the input", r"choose another directory", inputs=[e.m["base"], post], inproc=True)  # fmt: skip
+
+
+XFAIL.update({"sweep-out-contains-the-post-model-with-force": SLR_REWRITE,
+              "sweep-out-inside-the-post-model": SLR_REWRITE,
+              "sweep-restore-best-inside-the-post-model": SLR_REWRITE})  # fmt: skip
+
+
 def test_catalogue_is_large_enough():
     assert len(CASES) >= 30
 
 
-@pytest.mark.parametrize("name", list(CASES))
+def _param(name: str) -> Any:
+    marks = []
+    if name in XFAIL:
+        marks.append(pytest.mark.xfail(reason=XFAIL[name], strict=False))
+    if name in SKIP_WITH_CUDA:
+        marks.append(pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present here"))
+    return pytest.param(name, marks=marks)
+
+
+@pytest.mark.parametrize("name", [_param(n) for n in CASES])
 def test_refused(name, env, capsys):
     check(CASES[name](env), capsys)
 

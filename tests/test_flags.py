@@ -155,6 +155,42 @@ def test_old_option_names_still_work_and_say_the_new_one(tiny, capsys):
         assert (a.ppl_seqlen, a.ppl_tokens) == (2048, None)
 
 
+def test_a_renamed_option_warning_is_a_whole_line(tiny):
+    """Warned while parsing, it used to lack its newline, so the error after it ran on."""
+    import subprocess
+    import sys
+
+    d, calib = tiny
+    r = subprocess.run([sys.executable, "-m", "layergraft", "ppl", str(d), "--seqlen", "64",
+                        "--device", "tpu"], capture_output=True, text=True)  # fmt: skip
+    lines = r.stderr.splitlines()
+    assert r.returncode == 2 and len(lines) == 2, r.stderr
+    assert lines[0] == (
+        "layergraft: WARNING: RenamedOptionWarning: --seqlen is now --ppl-seqlen; the old name still works"
+    )
+    assert lines[1].startswith("layergraft ppl: error: --device tpu: unknown device type")
+
+
+def test_a_device_map_catch_all_fills_what_the_map_does_not_name(tiny, capsys):
+    """``"": "cpu"`` beside a layer on disk: transformers 5 refuses that map as given; the
+    resolved, flat map loads and computes the same perplexity as no map at all."""
+    d, calib = tiny
+    argv = ["ppl", str(d), "--data", str(calib), "--ppl-seqlen", "64", "--ppl-tokens", "300", "--json"]  # fmt: skip
+    assert main(argv) == 0
+    plain = json.loads(capsys.readouterr().out)["ppl"]
+    for dm in ('{"model.layers.1": "disk", "": "cpu"}',
+               '{"model": "cpu", "model.layers.2": "disk", "lm_head": "cpu"}'):  # fmt: skip
+        assert main([*argv, "--device-map", dm]) == 0
+        assert json.loads(capsys.readouterr().out)["ppl"] == pytest.approx(plain, rel=1e-6)
+
+
+def test_diff_of_a_model_with_itself_ranks_no_layer(tiny, capsys):
+    d, _ = tiny
+    assert main(["diff", str(d), str(d), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "most changed layers: none (every decoder layer of post equals base)" in out
+
+
 def test_dtype_bfloat16_is_the_dtype_loaded_and_computed_in(tiny, tmp_path, capsys, monkeypatch):
     """``--dtype bfloat16`` loads bfloat16 weights (a plain and a ghosted model; the ghost
     operators stay float32 by design) and the perplexity is computed in it: it differs from the
@@ -191,3 +227,22 @@ def test_dtype_bfloat16_is_the_dtype_loaded_and_computed_in(tiny, tmp_path, caps
             assert {p.dtype for p in ghosts.parameters()} == {torch.float32}
         assert ppl["bfloat16"] != ppl["float32"]
         assert ppl["bfloat16"] == pytest.approx(ppl["float32"], rel=0.05)
+
+
+def test_placement_on_a_machine_with_one_gpu(monkeypatch):
+    """The index and availability checks, with torch told it has one CUDA device (this
+    runs anywhere; the catalogue covers the real CPU-only machine)."""
+    import torch
+
+    from layergraft.errors import InputError
+    from layergraft.models.placement import check_device, check_placement
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    for ok in ("cuda", "cuda:0", "cpu", "auto", None, 0):
+        check_device(ok)
+    with pytest.raises(InputError, match=r"--device cuda:7: this machine has 1 CUDA device \(cuda:0\); use an index below 1"):  # fmt: skip
+        check_device("cuda:7")
+    with pytest.raises(InputError, match=r"--device-map maps 'lm_head' to cuda:1: this machine has 1 CUDA device"):  # fmt: skip
+        check_placement(device_map={"": 0, "lm_head": 1})
+    assert check_placement(device_map={"": 0, "lm_head": "disk"}).device_map == {"": 0, "lm_head": "disk"}  # fmt: skip
