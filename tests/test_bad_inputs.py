@@ -1009,6 +1009,17 @@ def _(e):
     return Case(argv, r"the directory .*nope does not exist", r"create it or choose another path", out=e.tmp / "nope", inproc=True)  # fmt: skip
 
 
+@case("toy-build-out-unwritable-location")
+def _(e):  # failed with a traceback from mkdir
+    return Case(["toy", "build", "--out", "/proc/toy", "--quiet"], r"--out /proc/toy: cannot write in /proc", r"choose a writable location", inproc=True)  # fmt: skip
+
+
+@case("toy-build-out-missing-parent")
+def _(e):
+    out = e.tmp / "nope" / "toy"
+    return Case(["toy", "build", "--out", str(out), "--quiet"], r"the directory .*nope does not exist", r"create it or choose another path", out=out.parent, inproc=True)  # fmt: skip
+
+
 @case("sweep-out-inside-the-post-model")
 def _(e):  # created the sweep directory inside the input
     post = e.copy("post")

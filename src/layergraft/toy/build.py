@@ -19,6 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from layergraft.checkpoint.outputs import check_output
 from layergraft.errors import InputError, OutputError
 from layergraft.slr.proxy.crc import crc_exact
 from layergraft.slr.proxy.crc_prompts import load_crc_prompts
@@ -121,11 +122,12 @@ def build_pair(
     from transformers import LlamaForCausalLM
 
     s = settings or BuildSettings()
-    out = Path(out_dir).resolve()
+    # the one output rule, before 8 minutes of training: the pair goes into DIR (reused)
+    out = check_output(out_dir, kind="dir", flag="--out", reuse=True).resolve()
     for name in ("base", "post", "toy_build.json"):
         if (out / name).exists():
             raise OutputError(f"{out / name} already exists; remove it or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(exist_ok=True)
     t0 = time.time()
     old_threads = torch.get_num_threads()
     torch.set_num_threads(s.threads)
