@@ -214,7 +214,7 @@ def test_self_bleu_is_the_mean_leave_one_out_sentence_bleu():
 
 # ---- what mutation testing found unchecked -------------------------------------------------
 def test_aliases_count_as_their_answer():
-    """"NYC" is "new york city" when the prompt's reference says so (and only then)."""
+    """ "NYC" is "new york city" when the prompt's reference says so (and only then)."""
     valid, aliases = ["new york city", "boston"], {"nyc": "new york city"}
     texts = ["NYC", "Boston.", "nyc!", "Paris"]
     assert Q.qa_validity(texts, valid, aliases) == 0.75
@@ -235,3 +235,29 @@ def test_error_messages_name_the_rule():
         Q.pass_at_k(3, 1, 4)
     with pytest.raises(ValueError, match=r"^c must be in \[0, n\] \(c=5, n=3\)$"):
         Q.pass_at_k(3, 5, 1)
+
+
+def test_perplexity_default_length_and_the_context_clamp():
+    """The default chunk is the papers' 2048 tokens; a chunk longer than the model's context is
+    cut to it, with a warning naming the flag."""
+    from layergraft.models.batching import ContextWarning
+
+    long = make_tiny("llama", num_layers=1, seed=0, max_position_embeddings=4096)
+    ids = torch.randint(3, 128, (2100,), generator=torch.Generator().manual_seed(3)).tolist()
+    res = perplexity(long, ids)
+    assert (res["seqlen"], res["windows"], res["tokens_scored"]) == (2048, 1, 2047)
+    short = make_tiny("llama", num_layers=1, seed=0)  # a context of 128 positions
+    with pytest.warns(ContextWarning, match=r"^--ppl-seqlen 1000 is longer than the model's"):
+        res = perplexity(short, ids[:300], seqlen=1000)
+    assert (res["seqlen"], res["tokens_scored"]) == (128, 2 * 127)
+
+
+def test_embedding_metrics_compute_in_float64_whatever_the_input():
+    """sentence-transformers returns float32: the metrics still compute in float64."""
+    rng = np.random.default_rng(7)
+    e32 = rng.standard_normal((6, 384)).astype(np.float32)
+    e64 = e32.astype(np.float64)
+    pairs = list(itertools.combinations(range(len(e64)), 2))
+    want = sum(1 - _cos(e64[i], e64[j]) for i, j in pairs) / len(pairs)
+    assert D.embedding_diversity(e32) == pytest.approx(want, rel=1e-13)
+    assert D.vendi_score(e32) == pytest.approx(D.vendi_score(e64), rel=1e-13)

@@ -284,10 +284,15 @@ def test_diag_fit_and_forward_against_numpy(fam):
 )
 def test_replaceme_fold_is_the_old_projection_times_t(fam, overrides):
     """A random non-symmetric ``T`` folded into layer 2's MLP output projection (Linear with
-    and without bias; GPT-2's transposed Conv1D): the new projection maps x to old(x)·T."""
+    and without a bias, random here since transformers initialises biases to zero; GPT-2's
+    transposed Conv1D): the new projection maps x to old(x)·T, and the fold returns every
+    parameter it changed (the writer copies the others from the input checkpoint)."""
     model = make_tiny(fam, num_layers=4, seed=13, **overrides)
-    old = copy.deepcopy(_layers(model, fam)[2].get_submodule(DOWN[fam]))
     new = _layers(model, fam)[2].get_submodule(DOWN[fam])
+    if new.bias is not None:
+        with torch.no_grad():
+            new.bias.copy_(torch.randn(new.bias.shape, generator=torch.Generator().manual_seed(4)))
+    old = copy.deepcopy(new)
     d = model.config.hidden_size
     g = torch.Generator().manual_seed(2)
     t = (
@@ -295,9 +300,11 @@ def test_replaceme_fold_is_the_old_projection_times_t(fam, overrides):
         + torch.randn(d, d, generator=g, dtype=torch.float64) * 0.3
     )
     assert _asymmetry(t - torch.eye(d, dtype=torch.float64)) > 0.5
-    fold_replaceme(
+    changed = fold_replaceme(
         adapter_for_model(model), model, R.Operator("replaceme", 3, 4, "replaceme", delta=t), 2
     )
+    bias = [new.bias] if new.bias is not None else []
+    assert [id(p) for p in changed] == [id(p) for p in [new.weight, *bias]]
     n_in = old.weight.shape[0] if fam == "gpt2" else old.weight.shape[1]
     x = torch.randn(5, 7, n_in, generator=g)
     with torch.no_grad():
@@ -407,6 +414,8 @@ def test_scale_fold_multiplies_the_residual_writers_by_c(fam):
     assert [op.scale for op in p.ops] == pytest.approx(alpha, rel=1e-9)
     assert not hasattr(p.model, "layergraft_ghosts")
     after = p.model.state_dict()
+    params = dict(p.model.named_parameters())
+    changed = {id(x) for x in p.changed}  # written from memory; the rest is copied from disk
     prefix = LAYERS[fam] + "."
     writers = {
         "llama": ("self_attn.o_proj.weight", "mlp.down_proj.weight"),
@@ -420,6 +429,8 @@ def test_scale_fold_multiplies_the_residual_writers_by_c(fam):
         ):
             w_old = dense[f"{prefix}{old}.{name}"].double().numpy()
             w_new = after[f"{prefix}{new}.{name}"].double().numpy()
+            if name in writers and c != 1.0:
+                assert id(params[f"{prefix}{new}.{name}"]) in changed, name
             if name not in writers or c == 1.0:
                 np.testing.assert_array_equal(w_new, w_old, err_msg=name)
             elif fam == "gemma2":  # Gemma's norm computes x·(1 + w): 1 + w scales by c
@@ -488,3 +499,50 @@ def test_every_fit_records_what_it_fitted_and_names_itself_when_refusing():
     for method in fits:
         with pytest.raises(InputError, match=f"{method} needs at least {MIN_TOKENS}"):
             R.fit(method, few)
+
+
+def test_fold_refusals_name_the_fix():
+    from layergraft.errors import ArchitectureError, InputError
+
+    gemma = make_tiny("gemma2", num_layers=4, seed=1)
+    op = R.Operator("replaceme", 3, 4, "replaceme", delta=torch.eye(32, dtype=torch.float64))
+    with pytest.raises(
+        ArchitectureError, match="cannot be folded into its down projection; use --recover ghost"
+    ):
+        fold_replaceme(adapter_for_model(gemma), gemma, op, 2)
+    llama = make_tiny("llama", num_layers=4, seed=1)
+    down = _layers(llama, "llama")[2].mlp.down_proj
+    down.weight = nn.Parameter(torch.empty(down.weight.shape, device="meta"), requires_grad=False)
+    with pytest.raises(InputError, match="^the MLP output projection of layer 2 is offloaded"):
+        fold_replaceme(adapter_for_model(llama), llama, op, 2)
+    st = collect_gap_stats(llama, adapter_for_model(llama), _batches(1, n=1), [(0, 2)], mlp=True)[0]
+    with pytest.raises(
+        ArchitectureError,
+        match="^replaceme folds into the MLP of the layer before the gap, and gap 0:2 has none",
+    ):
+        R.fit_replaceme(st)
+
+
+def test_ghost_keeps_the_layers_other_positional_arguments():
+    """GPT-2 hands its blocks the cache, the attention mask and the encoder states as
+    positional arguments after the hidden states; the ghost hook must replace only the first.
+    With left padding the mask is a real tensor, so dropping or shifting it shows."""
+    fam = "gpt2"
+    model = make_tiny(fam, num_layers=6, seed=11)
+    ref = _cut(model, fam, [(2, 4)])
+    p = prune_model(model, adapter_for_model(model), [(2, 4)], "ghost", _batches(), bias=True)
+    op = p.ops[0]
+    ids = _batches(5, n=1)[0].input_ids
+    mask = torch.ones_like(ids)
+    mask[0, :9] = 0  # left padding in the first row
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+
+    def run(m):
+        with torch.no_grad():
+            out = m(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits
+        return out[mask.bool()]
+
+    h = _on_stream(_entering(ref, fam, 2), _ghost_ref(op.delta, op.bias))
+    want = run(ref)
+    h.remove()
+    torch.testing.assert_close(run(p.model), want, rtol=0, atol=1e-5 * float(want.abs().max()))
