@@ -499,6 +499,14 @@ def test_every_fit_records_what_it_fitted_and_names_itself_when_refusing():
     for method in fits:
         with pytest.raises(InputError, match=f"{method} needs at least {MIN_TOKENS}"):
             R.fit(method, few)
+    # more tokens than the minimum but fewer than the 32 channels: damp 0 is refused
+    under = collect_gap_stats(
+        model, adapter_for_model(model), [Batch(torch.arange(3, 23)[None], torch.ones(1, 20).long())],
+        [(2, 4)], mlp=True,
+    )[0]  # fmt: skip
+    for method in ("ghost", "replaceme"):
+        with pytest.raises(InputError, match=f"--damp 0: the {method} fit is underdetermined"):
+            R.fit(method, under, damp=0.0)
 
 
 def test_fold_refusals_name_the_fix():
@@ -546,3 +554,20 @@ def test_ghost_keeps_the_layers_other_positional_arguments():
     want = run(ref)
     h.remove()
     torch.testing.assert_close(run(p.model), want, rtol=0, atol=1e-5 * float(want.abs().max()))
+
+
+def test_ghost_hook_replaces_hidden_states_given_by_keyword():
+    """No family calls its layers with ``hidden_states=`` today, but the hook must handle it."""
+    from layergraft.models.ghost import remote
+
+    mod = remote()
+    g = torch.Generator().manual_seed(8)
+    op = mod.GhostOperator(4, "full", bias=True)
+    with torch.no_grad():
+        op.delta.copy_(torch.randn(4, 4, generator=g))
+        op.bias.copy_(torch.randn(4, generator=g))
+    h = torch.randn(2, 3, 4, generator=g)
+    args, kwargs = mod._apply_to_hidden(op, (), {"hidden_states": h, "other": 5})
+    assert args == () and kwargs["other"] == 5
+    want = _ghost_ref(op.delta, op.bias)(h)
+    torch.testing.assert_close(kwargs["hidden_states"], want, rtol=0, atol=1e-6)
