@@ -716,7 +716,6 @@ def _(e):
 # Cases the slr rewrite wires (its commands call the rule from slr/, which this change does not
 # touch) are expected to fail until then.
 XFAIL: dict[str, str] = {}
-SLR_REWRITE = "wired in slr rewrite"
 SKIP_WITH_CUDA: set[str] = set()  # "--device cuda" is no mistake where CUDA is present
 
 
@@ -848,7 +847,6 @@ SKIP_WITH_CUDA.add("compare-device-map-entry-on-cuda")
 for _cmd in ("sweep", "generate", "compare", "scores", "prune", "compare-recovery", "lm-eval"):
     for _bad in ("0", "-1"):
         case(f"{_cmd}-batch-size-{_bad}")(lambda e, c=_cmd, b=_bad: _run(e, c, [f"--batch-size={b}"], rf"argument --batch-size: must be at least 1, not {b}", r"give a positive count"))  # fmt: skip
-XFAIL.update({"sweep-batch-size-0": SLR_REWRITE, "sweep-batch-size--1": SLR_REWRITE})
 
 
 @case("generate-n-0")
@@ -922,8 +920,6 @@ def _(e):  # used to leave a complete restore behind, and a traceback
     return restore(e, r"--export-mergekit /proc/mk\.yaml: cannot write in /proc", r"choose a writable location", extra=["--export-mergekit", "/proc/mk.yaml"])  # fmt: skip
 
 
-XFAIL.update({"restore-export-mergekit-into-the-base": SLR_REWRITE,
-              "restore-export-mergekit-unwritable-location": SLR_REWRITE})  # fmt: skip
 
 
 @case("generate-out-inside-the-model")
@@ -1042,9 +1038,6 @@ def _(e):  # --force deleted the old sweep directory with everything in it: here
     return Case(argv, r"--out .* contains the input", r"choose another directory", inputs=[e.m["base"], post], inproc=True)  # fmt: skip
 
 
-XFAIL.update({"sweep-out-contains-the-post-model-with-force": SLR_REWRITE,
-              "sweep-out-inside-the-post-model": SLR_REWRITE,
-              "sweep-restore-best-inside-the-post-model": SLR_REWRITE})  # fmt: skip
 
 
 def test_catalogue_is_large_enough():

@@ -76,8 +76,12 @@ def test_crc_batches_hold_one_batch_of_prompts():
     prompts = load_crc_prompts("all")
     batches = CrcProxy(prompts, batch_size=10).batches(build_tokenizer(), None)
     assert [len(b.prompts) for b in batches] == [10, 10, 10, 10, 8]
-    assert sum(b.input_ids.shape[0] for b in batches) == len(prompts)
-    assert all(isinstance(b.input_ids, torch.Tensor) for b in batches)
+    assert sum(len(b.packed.answer) for b in batches) == len(prompts)
+    assert all(isinstance(b.packed.input_ids, torch.Tensor) for b in batches)
+    # packed rows hold every prompt once, with nothing padded between prompts of a row
+    for b in batches:
+        st = b.packed.stats
+        assert st.real == int(b.packed.real.sum()) and st.computed == st.rows * st.width
 
 
 def _item_v(post, base, ad, tok, prompts, p, e):

@@ -1,10 +1,9 @@
-"""CRC exact estimator: V/H against a hand-computed distribution, and the prompt loader."""
+"""CRC scoring: V, H and V_end against hand-computed distributions, and the prompt loader."""
 
 from __future__ import annotations
 
 import json
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,76 +11,78 @@ import torch
 from layergraft.errors import InputError
 from layergraft.slr.proxy.crc import crc_exact
 from layergraft.slr.proxy.crc_prompts import CrcPrompt, bundled_crc_sets, load_crc_prompts
-
-VOCAB = ["<pad>", "<unk>", "<s>", "<|go|>", "k", " k", "d", "q", "x", "\tq"]
-
-
-def _tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.WordLevel({t: i for i, t in enumerate(VOCAB)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.decoder = decoders.Fuse()
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", bos_token="<s>",
-        additional_special_tokens=["<|go|>"], padding_side="left",
-    )  # fmt: skip
-    fast.chat_template = (
-        "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
-        "{% if add_generation_prompt %}<|go|>{% endif %}"
-    )
-    return fast
+from layergraft.slr.proxy.crc_scoring import CrcBatch, result_of, score_items
 
 
-class _Stub(torch.nn.Module):
-    """Fixed next-token probabilities after ``<|go|>``; NaN anywhere else (catches bad padding)."""
-
-    def __init__(self, probs: dict[str, float]) -> None:
-        super().__init__()
-        p = torch.full((len(VOCAB),), 1e-30, dtype=torch.float64)
-        for t, v in probs.items():
-            p[VOCAB.index(t)] = v
-        self.logits = torch.nn.Parameter(p.log(), requires_grad=False)
-
-    def forward(self, input_ids, attention_mask=None, **kwargs):  # position_ids, use_cache, ...
-        b, t = input_ids.shape
-        out = torch.full((b, t, len(VOCAB)), float("nan"), dtype=torch.float64)
-        last = input_ids[:, -1] == VOCAB.index("<|go|>")
-        out[last, -1] = self.logits
-        return SimpleNamespace(logits=out)
+def _batch(prompts, char_ids, ends=(), closers=()):
+    """A CRC batch for the scoring arithmetic alone (no model: the log-probs are given)."""
+    return CrcBatch(list(prompts), None, char_ids, tuple(ends), tuple(closers))
 
 
-def test_crc_exact_matches_hand_computation() -> None:
-    # k: 0.2 + " k" 0.1 -> 0.3; d 0.3; q 0 (only "\tq": whitespace-led, counts) 0.05; x invalid
-    model = _Stub({"k": 0.2, " k": 0.1, "d": 0.3, "\tq": 0.05, "x": 0.35})
-    prompts = [
-        CrcPrompt("a", "letters", "pick k d q", ("k", "d", "q")),
-        CrcPrompt("b", "short", "k or x please and more words", ("k", "x")),
-    ]
-    res = crc_exact(model, _tokenizer(), prompts, batch_size=2)
-    a, b = res.items
-    assert a.validity == pytest.approx(0.65)
-    assert a.probs == pytest.approx({"k": 0.3, "d": 0.3, "q": 0.05})
+def _lp(*probs):
+    return torch.tensor(probs, dtype=torch.float64).log()
+
+
+def test_scores_match_a_hand_computation() -> None:
+    # k: token 4 (0.2) + token 5, " k" (0.1) -> 0.3; d 0.3; q: token 9 (0.05); x invalid
+    chars = {"k": [4, 5], "d": [6], "q": [9], "x": [8]}
+    a = CrcPrompt("a", "letters", "pick k d q", ("k", "d", "q"))
+    b = CrcPrompt("b", "short", "k or x", ("k", "x"))
+    # answer tokens are read in id order: a -> 4, 5, 6, 9; b -> 4, 5, 8
+    logprobs = [_lp(0.2, 0.1, 0.3, 0.05), _lp(0.2, 0.1, 0.35)]
+    res = result_of(score_items(_batch([a, b], chars), logprobs))
+    ia, ib = res.items
+    assert ia.validity == pytest.approx(0.65)
+    assert ia.probs == pytest.approx({"k": 0.3, "d": 0.3, "q": 0.05})
     qs = [0.3 / 0.65, 0.3 / 0.65, 0.05 / 0.65]
     h = -sum(q * math.log(q) for q in qs)
-    assert a.entropy == pytest.approx(h)
-    assert a.entropy_norm == pytest.approx(h / math.log(3))
-    assert b.validity == pytest.approx(0.65)
+    assert ia.entropy == pytest.approx(h)
+    assert ia.entropy_norm == pytest.approx(h / math.log(3))
+    assert ib.validity == pytest.approx(0.65)
     hb = -(0.3 / 0.65) * math.log(0.3 / 0.65) - (0.35 / 0.65) * math.log(0.35 / 0.65)
-    assert b.entropy_norm == pytest.approx(hb / math.log(2))
+    assert ib.entropy_norm == pytest.approx(hb / math.log(2))
     assert res.mean["V"] == pytest.approx(0.65)
+    assert res.mean["V_end"] is None and ia.validity_end is None
     assert res.by_category["short"]["H_norm"] == pytest.approx(hb / math.log(2))
     json.dumps(res.to_dict())  # results are data
 
 
+def test_v_end_matches_a_hand_computation() -> None:
+    """V_end = sum_t p(t|x) [p(end|x,t) + sum_q p(q|x,t) p(end|x,t,q)], over two end ids."""
+    chars = {"k": [4, 5], "d": [6]}
+    p = CrcPrompt("a", "letters", "pick k or d", ("k", "d"))
+    ends, closers = (7, 2), (10,)
+    first = _lp(0.4, 0.1, 0.3)  # tokens 4, 5, 6
+    # per answer token: p(7), p(2), p(10) after it; then p(7), p(2) after it + closer 10
+    after = {
+        4: (_lp(0.5, 0.1, 0.2), _lp(0.6, 0.2)),
+        5: (_lp(0.0 + 1e-300, 0.3, 0.5), _lp(1.0, 1e-300)),
+        6: (_lp(0.9, 1e-300, 1e-300), _lp(0.5, 0.5)),
+    }
+    strict = [first] + [after[t][0][:2] for t in (4, 5, 6)]
+    (item,) = score_items(_batch([p], chars, ends), strict)
+    assert item.validity_end == pytest.approx(0.4 * 0.6 + 0.1 * 0.3 + 0.3 * 0.9)
+    assert item.end_probs == pytest.approx({"k": 0.4 * 0.6 + 0.1 * 0.3, "d": 0.3 * 0.9})
+    with_closers = [first] + [x for t in (4, 5, 6) for x in after[t]]
+    (item,) = score_items(_batch([p], chars, ends, closers), with_closers)
+    expect = 0.4 * (0.6 + 0.2 * 0.8) + 0.1 * (0.3 + 0.5 * 1.0) + 0.3 * (0.9 + 1e-300)
+    assert item.validity_end == pytest.approx(expect)
+    assert item.validity == pytest.approx(0.8)
+
+
 def test_crc_exact_batches_agree_and_accept_dicts() -> None:
-    model = _Stub({"k": 0.5, "d": 0.5})
+    from layergraft.toy.tokenizer import build_tokenizer
+    from tiny import make_tiny
+
+    tok = build_tokenizer()
+    model = make_tiny("llama", num_layers=2, seed=1, vocab_size=len(tok))
     prompts = [{"prompt": "k " * n, "valid": ["k", "d"], "category": "c"} for n in range(1, 6)]
-    one = crc_exact(model, _tokenizer(), prompts, batch_size=1)
-    many = crc_exact(model, _tokenizer(), prompts, batch_size=4)
+    one = crc_exact(model, tok, prompts, batch_size=1)
+    many = crc_exact(model, tok, prompts, batch_size=4)
     assert [i.validity for i in one.items] == pytest.approx([i.validity for i in many.items])
-    assert one.mean["H_norm"] == pytest.approx(1.0)
+    assert [i.validity_end for i in one.items] == pytest.approx(
+        [i.validity_end for i in many.items]
+    )
 
 
 def test_bundled_sets() -> None:

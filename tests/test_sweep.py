@@ -10,9 +10,9 @@ import pytest
 from layergraft.cli import main
 from layergraft.errors import InputError, OutputError
 from layergraft.models.load import load_model, load_with_tokenizer
+from layergraft.slr.hybrid.swap import swapped_layers
 from layergraft.slr.proxy import crc as crcmod
 from layergraft.slr.proxy.crc import crc
-from layergraft.slr.hybrid.swap import swapped_layers
 from layergraft.slr.sweep.run import sweep
 from layergraft.toy import toy_paths
 from tiny import write_few_crc_prompts
@@ -46,11 +46,20 @@ def test_results_files_and_rule(swept):
     data = json.loads((out / "results.json").read_text())
     assert data == json.loads(json.dumps(res))
     assert len(data["intervals"]) == 36  # every [s, e) of 8 layers
+    post = data["references"]["post"]
     thr = data["selection"]["validity_threshold"]
-    assert thr == pytest.approx(0.9 * data["references"]["post"]["V"])
-    eligible = [r for r in data["intervals"] if r["V"] >= thr]
-    best = max(eligible, key=lambda r: r["H_norm"])
-    assert data["selected"]["interval"] == best["interval"] == data["selection"]["interval"]
+    assert thr == pytest.approx(0.9 * post["V"])
+    # each rule's choice, recomputed here from the rows: the most diverse eligible interval
+    paper = [r for r in data["intervals"] if r["V"] >= 0.9 * post["V"]]
+    fmt = [r for r in paper if r["V_end"] >= 0.9 * post["V_end"]]
+    for name, pool in (("paper", paper), ("format", fmt)):
+        best = max(pool, key=lambda r: r["H_norm"])
+        assert data["selections"][name]["interval"] == best["interval"]
+    assert data["rule"]["name"] == "format"  # the default where the model has end markers
+    assert data["selected"]["interval"] == data["selections"]["format"]["interval"]
+    assert data["selection"]["end_threshold"] == pytest.approx(0.9 * post["V_end"])
+    # the pair shows why the rule exists: the paper rule's pick loses end of turn here
+    assert data["selections"]["paper"]["interval"] != data["selections"]["format"]["interval"]
     assert len(data["soup"]["alphas"]) == 21 and data["soup"]["alphas"][0]["alpha"] == 0.0
     # alpha 0 is the post model itself
     assert data["soup"]["alphas"][0]["V"] == pytest.approx(
@@ -78,13 +87,22 @@ def test_fast_engine_matches_swapped_model(swept, prompts_file):
         assert direct["H"] == pytest.approx(row[f"{s}:{e}"]["H"], abs=1e-5)
 
 
-def test_restore_best_is_the_selected_hybrid(swept, prompts_file):
+def test_restore_best_is_the_chosen_hybrid(swept, prompts_file):
+    """--restore-best writes the active rule's best over every family swept (here the
+    intervals and the whole-model soups), and the model on disk scores what the sweep said."""
     res, _, best = swept
+    chosen = res["best"]["format"]
+    pool = res["candidates"]["format"]
+    assert chosen["H_norm"] == max(rows[0]["H_norm"] for rows in pool.values() if rows)
     model, tok, _ = load_with_tokenizer(best, device="cpu")
     meta = json.loads((best / "layergraft.json").read_text())
-    assert meta["details"]["layers"] == res["selected"]["interval"]
+    if chosen["family"] == "soup":
+        assert meta["operation"] == "soup" and meta["details"]["alpha"] == chosen["alpha"]
+    else:
+        assert meta["details"]["layers"] == chosen["interval"]
     got = crcmod.crc_exact(model, tok, crcmod.load_crc_prompts(prompts_file)).mean
-    assert got["V"] == pytest.approx(res["selected"]["V"], abs=1e-5)
+    assert got["V"] == pytest.approx(chosen["V"], abs=1e-5)
+    assert got["V_end"] == pytest.approx(chosen["V_end"], abs=1e-5)
 
 
 def test_crc_cli_and_determinism(prompts_file, capsys):

@@ -8,14 +8,14 @@ import torch
 from layergraft.arch import adapter_for_model
 from layergraft.errors import RangeError
 from layergraft.models.batching import forward_logits
+from layergraft.models.runner import LayerRunner
 from layergraft.slr.sweep.engines import (
     enumerate_intervals,
     plan_units,
     score_start,
     score_start_swap,
 )
-from layergraft.models.runner import LayerRunner
-from layergraft.slr.sweep.selection import pareto_front, select_interval
+from layergraft.slr.sweep.selection import Rule, pareto_front, select
 from tiny import LogitsProxy, make_tiny
 
 FAMILIES = ["llama", "qwen2", "gemma2", "gemma3_text", "gpt2", "gpt_neox", "phi3"]
@@ -82,8 +82,67 @@ def test_selection_rule_and_pareto():
         (1, 2): {"V": 0.85, "H": 0.5},
         (2, 4): {"V": 0.82, "H": 0.5},  # tie on H, longer: loses to (1, 2)
     }
-    sel = select_interval(scores, post_validity=0.9)
-    assert sel.interval == (1, 2) and sel.candidates == 3 and abs(sel.threshold - 0.81) < 1e-12
-    assert select_interval(scores, post_validity=2.0).interval is None
+    rows = [{"start": s, "end": e, **v} for (s, e), v in scores.items()]
+    sel = select(rows, {"V": 0.9}, Rule("paper", diversity_key="H"))
+    best = sel["selected"]
+    assert (best["start"], best["end"]) == (1, 2) and sel["eligible"] == 3
+    assert abs(sel["thresholds"]["V"] - 0.81) < 1e-12
+    assert select(rows, {"V": 2.0}, Rule("paper", diversity_key="H"))["selected"] is None
     front = pareto_front({r: (s["V"], s["H"]) for r, s in scores.items()})
     assert front == [(0, 2), (1, 2), (0, 1)]
+
+
+def _blend_by_hand(post, base, layers, alpha, whole=False):
+    """A copy of ``post`` whose ``layers`` (or every tensor, ``whole``) are
+    ``post + alpha (base - post)``, computed here with plain torch (the reference)."""
+    import copy
+
+    out = copy.deepcopy(post)
+    ad = adapter_for_model(post)
+    prefixes = [f"{ad.layers_path}.{i}." for i in layers]
+    base_params = dict(base.named_parameters())
+    with torch.no_grad():
+        for name, p in out.named_parameters():
+            if whole or any(name.startswith(pf) for pf in prefixes):
+                p.copy_(p + alpha * (base_params[name] - p))
+    return out
+
+
+@pytest.mark.parametrize("fam", ["llama", "gemma2", "gpt2", "gpt_neox"])
+@pytest.mark.parametrize("alpha", [0.3, 1.0])
+def test_interval_soups_equal_a_model_blended_by_hand(fam, alpha):
+    """Both engines' interval soup [s, e) at alpha equals a plain forward of a model whose
+    layers s..e-1 were blended in the test; alpha 1 is the SLR interval itself."""
+    post, base = make_tiny(fam, num_layers=4, seed=2), make_tiny(fam, num_layers=4, seed=1)
+    ad = adapter_for_model(post)
+    b = _batch(post.config.vocab_size)
+    for start, ends in ((0, (2, 4)), (1, (2, 3))):
+        fast = score_start(post, base, ad, LogitsProxy(), [b], start, ends, "all", alpha)
+        slow = score_start_swap(post, base, ad, LogitsProxy(), [b], start, ends, "all", alpha)
+        for e in ends:
+            ref = forward_logits(
+                _blend_by_hand(post, base, range(start, e), alpha),
+                b["input_ids"],
+                b["attention_mask"],
+            )
+            torch.testing.assert_close(fast[e]["logits"], ref, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(slow[e]["logits"], ref, rtol=1e-5, atol=1e-5)
+    control = forward_logits(post, b["input_ids"], b["attention_mask"])
+    assert not torch.allclose(fast[3]["logits"], control, atol=1e-3)
+
+
+def test_an_interval_soup_over_every_layer_is_the_whole_model_soup():
+    """[0, L) blends every layer; with embeddings, final norm and head shared by the pair it
+    is exactly the whole-model soup (which blends those too)."""
+    from layergraft.slr.hybrid.soup import souped
+
+    post, base = make_tiny("llama", num_layers=3, seed=2), make_tiny("llama", num_layers=3, seed=1)
+    with torch.no_grad():
+        for name in ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"):
+            base.get_parameter(name).copy_(post.get_parameter(name))
+    ad = adapter_for_model(post)
+    b = _batch(post.config.vocab_size)
+    rows = score_start(post, base, ad, LogitsProxy(), [b], 0, (3,), "all", 0.4)
+    with souped(post, base, 0.4):
+        whole = forward_logits(post, b["input_ids"], b["attention_mask"])
+    torch.testing.assert_close(rows[3]["logits"], whole, rtol=1e-5, atol=1e-5)

@@ -52,9 +52,11 @@ def _lines(path: Path) -> list[dict]:
 
 
 def test_journal_holds_every_unit_and_results_come_from_it(uninterrupted):
-    rows = _lines(uninterrupted / "intervals.jsonl")
-    assert rows[0]["kind"] == "header" and rows[0]["version"] == 1
-    kinds = [r["kind"] for r in rows[1:]]
+    lines = _lines(uninterrupted / "intervals.jsonl")
+    assert lines[0]["kind"] == "header" and lines[0]["version"] == 2
+    assert all(x["kind"] == "unit" for x in lines[1:])  # one line per unit: all or nothing
+    assert len(lines) == 1 + 2 + 8 + 21
+    kinds = [r["kind"] for x in lines[1:] for r in x["rows"]]
     assert kinds.count("reference") == 2 and kinds.count("interval") == 36
     assert kinds.count("soup") == 21
     res = json.loads((uninterrupted / "results.json").read_text())
@@ -65,17 +67,42 @@ def test_journal_holds_every_unit_and_results_come_from_it(uninterrupted):
     assert json.loads((uninterrupted / "run.json").read_text())["units_run"] == 2 + 8 + 21
 
 
+def _journal_cut(src: Path, dst: Path, cut: str) -> bytes:
+    """A copy of the sweep in ``src`` as a kill at ``cut`` would have left it in ``dst``."""
+    data = (src / "intervals.jsonl").read_bytes()
+    ends = [i + 1 for i, b in enumerate(data) if b == ord("\n")]
+    keep = {
+        "between_units": data[: ends[4]],  # header + 4 units, nothing after
+        "inside_a_line": data[: ends[4] + (ends[5] - ends[4]) // 2],  # half of the 5th unit
+        "after_the_last_unit": data,  # every unit, no results.json yet
+    }[cut]
+    dst.mkdir()
+    (dst / "intervals.jsonl").write_bytes(keep)
+    return keep
+
+
+@pytest.mark.parametrize("cut", ["between_units", "inside_a_line", "after_the_last_unit"])
+def test_resume_after_a_kill_anywhere_is_byte_identical(tmp_path, uninterrupted, prompts, cut):
+    out = tmp_path / "sweep"
+    _journal_cut(uninterrupted, out, cut)
+    assert main(_argv(out, prompts, "--resume")) == 0
+    assert (out / "results.json").read_bytes() == (uninterrupted / "results.json").read_bytes()
+    assert (out / "intervals.jsonl").read_bytes() == (
+        uninterrupted / "intervals.jsonl"
+    ).read_bytes()
+
+
 def test_sigkill_mid_sweep_then_resume_gives_identical_results(tmp_path, uninterrupted, prompts):
     out = tmp_path / "sweep"
     env = dict(os.environ, **ONE_THREAD_ENV)
     cmd = [sys.executable, "-m", "layergraft", *_argv(out, prompts)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     journal = out / "intervals.jsonl"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300
     killed_at = None
     while time.monotonic() < deadline and proc.poll() is None:
         # complete lines only: the sweep is appending to the journal while we read it
-        if sum(1 for r in complete_lines(journal) if r["kind"] == "interval") >= 3:
+        if len(complete_lines(journal)) >= 4:  # header, both references, one start unit
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             killed_at = len(complete_lines(journal))
@@ -83,16 +110,11 @@ def test_sigkill_mid_sweep_then_resume_gives_identical_results(tmp_path, uninter
         time.sleep(0.005)
     proc.wait()
     assert killed_at is not None, "the sweep ended before it could be killed"
-    assert killed_at < 1 + 2 + 36 + 21  # work was left
+    assert killed_at < 1 + 2 + 8 + 21  # work was left
     assert not (out / "results.json").exists()
     assert main(_argv(out, prompts, "--resume")) == 0
     run = json.loads((out / "run.json").read_text())
     assert run["units_resumed"] > 0
-    assert (out / "results.json").read_bytes() == (uninterrupted / "results.json").read_bytes()
-    # a truncated last line (a kill mid-write) is dropped and its unit scored again
-    with open(journal, "ab") as f:
-        f.write(b'{"kind": "interval", "start": 7, "en')
-    assert main(_argv(out, prompts, "--resume")) == 0
     assert (out / "results.json").read_bytes() == (uninterrupted / "results.json").read_bytes()
 
 
@@ -104,16 +126,91 @@ def test_resume_refuses_another_sweep_and_existing_out_needs_a_flag(
     other = write_few_crc_prompts(tmp_path / "other.jsonl", per_category=2)
     assert main(_argv(uninterrupted, other, "--resume")) == 2
     err = capsys.readouterr().err
-    assert "records another sweep: proxy_fingerprint" in err and err.count("\n") == 1
+    assert "records another sweep: rows.prompts" in err and err.count("\n") == 1
     assert main(_argv(tmp_path / "nothing", prompts, "--resume")) == 2
     assert main(_argv(tmp_path / "x", prompts, "--resume", "--force")) == 2
+
+
+@pytest.mark.parametrize(
+    "change,field",
+    [
+        (("--method", "slr"), "rows.method"),
+        (("--parts", "mlp,all"), "rows.parts"),
+        (("--alphas", "0.5,1"), "rows.alphas"),
+        (("--max-len", "3"), "rows.max_len"),
+        (("--v-end", "closers"), "rows.v_end"),
+    ],
+)
+def test_a_changed_row_setting_is_refused_before_the_journal_changes(
+    tmp_path, uninterrupted, prompts, capsys, change, field
+):
+    """Settings that decide which rows exist or what they mean are never silently mixed;
+    the refusal comes before the partial last line of a killed run is dropped."""
+    out = tmp_path / "sweep"
+    before = _journal_cut(uninterrupted, out, "inside_a_line")
+    argv = _argv(out, prompts, "--resume")
+    argv[argv.index("both")] = change[1] if change[0] == "--method" else "both"
+    if change[0] != "--method":
+        argv += list(change)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"records another sweep: {field}" in err and err.count("\n") == 1
+    assert (out / "intervals.jsonl").read_bytes() == before
+    assert not (out / "results.json").exists()
+
+
+def test_a_changed_rule_reselects_from_the_same_rows(tmp_path, uninterrupted, prompts):
+    out = tmp_path / "sweep"
+    _journal_cut(uninterrupted, out, "after_the_last_unit")
+    assert main(_argv(out, prompts, "--resume", "--rule", "paper")) == 0
+    got = json.loads((out / "results.json").read_text())
+    ref = json.loads((uninterrupted / "results.json").read_text())
+    assert got["rule"]["name"] == "paper" and ref["rule"]["name"] == "format"
+    assert got["intervals"] == ref["intervals"]
+    assert got["selections"] == ref["selections"]  # both rules, whichever is active
+    assert got["selected"] == next(
+        r for r in ref["intervals"] if r["interval"] == ref["selections"]["paper"]["interval"]
+    )
+
+
+@pytest.mark.parametrize(
+    "line,why",
+    [
+        (b"42\n", "line 6 is not a unit of sweep rows"),
+        (b'{"kind": "unit", "rows": [{"kind": "interval", "start": 1, "scores": {}}]}\n',
+         "line 6: a row is an interval row without start and end"),
+        (b"{not json\n", "line 6 is not valid JSON"),
+    ],
+)  # fmt: skip
+def test_a_malformed_journal_line_is_refused_naming_it(
+    tmp_path, uninterrupted, prompts, capsys, line, why
+):
+    out = tmp_path / "sweep"
+    keep = _journal_cut(uninterrupted, out, "between_units") + line
+    (out / "intervals.jsonl").write_bytes(keep)
+    assert main(_argv(out, prompts, "--resume")) == 2
+    err = capsys.readouterr().err
+    assert why in err and err.count("\n") == 1 and "Traceback" not in err
+    assert (out / "intervals.jsonl").read_bytes() == keep
+
+
+def test_dry_run_resume_reports_the_units_done_and_checks_settings(
+    tmp_path, uninterrupted, prompts, capsys
+):
+    out = tmp_path / "sweep"
+    before = _journal_cut(uninterrupted, out, "inside_a_line")
+    assert main(_argv(out, prompts, "--resume", "--dry-run")) == 0
+    assert "(4 already done)" in capsys.readouterr().out
+    assert (out / "intervals.jsonl").read_bytes() == before
+    assert main([*_argv(out, prompts, "--resume", "--dry-run"), "--max-len", "2"]) == 2
+    assert "records another sweep" in capsys.readouterr().err
 
 
 def test_dry_run_prints_a_plan_and_writes_nothing(tmp_path, prompts, capsys):
     out = tmp_path / "never"
     assert main(_argv(out, prompts, "--dry-run")) == 0
     text = capsys.readouterr().out
-    assert "36 intervals in 31 units" in text and "decoder-layer forwards" in text
+    assert "36 intervals in 31 units (0 already done)" in text and "decoder-layer forwards" in text
     assert "estimate:" in text and "GiB" in text
     assert not out.exists()
 
@@ -128,7 +225,7 @@ def test_batch_size_does_not_change_the_numbers(tmp_path, uninterrupted, prompts
 
 
 def test_restore_best_is_honoured_or_loud(tmp_path, prompts, capsys, caplog):
-    # --method soup writes the selected soup
+    """--method soup writes the chosen soup; nothing eligible exits 1 with the results kept."""
     out = tmp_path / "soup"
     argv = _argv(tmp_path / "s1", prompts, "--restore-best", str(out))
     argv[argv.index("both")] = "soup"

@@ -169,10 +169,8 @@ class LogitsProxy:
     """A sweep proxy whose row is the last-position logits themselves: engines that agree on
     it agree on every proxy."""
 
-    last_only = True
-
-    def score(self, batch: Any, logits: Any) -> Any:
-        return logits.clone()
+    def score(self, batch: Any, run: Any, final: Any) -> Any:
+        return run.logits(final).clone()
 
     def combine(self, parts: list[Any]) -> dict[str, Any]:
         import torch

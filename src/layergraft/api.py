@@ -34,11 +34,11 @@ from layergraft.models.verify import verify_model_dir
 from layergraft.prune.compare import compare_recovery
 from layergraft.prune.pipeline import prune
 from layergraft.prune.scores import scores
-from layergraft.slr.proxy.crc import crc
 from layergraft.slr.hybrid.diff import diff
 from layergraft.slr.hybrid.restore import restore
 from layergraft.slr.hybrid.soup import soup, souped
 from layergraft.slr.hybrid.swap import swapped_layers
+from layergraft.slr.proxy.crc import crc
 from layergraft.slr.sweep.run import sweep, sweep_ppl
 from layergraft.toy import build_pair as build_toy_pair
 from layergraft.toy import toy_paths

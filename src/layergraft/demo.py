@@ -27,10 +27,10 @@ from layergraft.gen.sampling import SamplingSettings
 from layergraft.models.load import load_model
 from layergraft.prune.compare import compare_recovery
 from layergraft.report.demo import write_reports
-from layergraft.slr.proxy.crc_prompts import load_crc_prompts
 from layergraft.slr.hybrid.restore import restore
 from layergraft.slr.hybrid.soup import soup
 from layergraft.slr.hybrid.swap import swapped_layers
+from layergraft.slr.proxy.crc_prompts import load_crc_prompts
 from layergraft.slr.sweep.run import sweep
 from layergraft.toy import toy_paths
 

@@ -17,7 +17,16 @@ from layergraft.errors import InputError
 #: keys each operation accepts in a recipe (besides ``operation``)
 RECIPE_KEYS: dict[str, tuple[str, ...]] = {
     "restore": ("base", "post", "layers", "parts", "embed_from", "head_from", "max_shard_size"),
-    "soup": ("base", "post", "alpha", "parts", "embed_from", "head_from", "max_shard_size"),
+    "soup": (
+        "base",
+        "post",
+        "alpha",
+        "layers",
+        "parts",
+        "embed_from",
+        "head_from",
+        "max_shard_size",
+    ),  # fmt: skip
 }
 
 

@@ -18,13 +18,13 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from layergraft.cli import demo, gen, model, prune, slr
+from layergraft.cli import demo, gen, model, prune, slr, sweep
 from layergraft.cli.options import Parser
 from layergraft.errors import LayergraftError
 from layergraft.version import __version__
 
 #: the areas, in the order ``layergraft --help`` lists their commands
-AREAS = (demo, model, slr, gen, prune)
+AREAS = (demo, model, slr, sweep, gen, prune)
 
 _ENV_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
 

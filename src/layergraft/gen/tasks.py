@@ -24,8 +24,10 @@ from layergraft.gen.answers import extract_final_answer
 from layergraft.jsonl import json_lines
 
 TASK_KINDS = ("creative", "qa", "reasoning")
-BUNDLED_TASKS = TASK_KINDS
-"""Names of the bundled sets (``layergraft/data/tasks/<name>.jsonl``)."""
+BUNDLED_TASKS = (*TASK_KINDS, "validation")
+"""Names of the bundled sets (``layergraft/data/tasks/<name>.jsonl``). ``validation`` is the
+held-out chat set ``sweep --validate`` generates from (open QA and open-ended requests, none
+of them a CRC prompt or a prompt of the three evaluation tasks)."""
 
 
 @dataclass(frozen=True)
@@ -120,7 +122,8 @@ def load_task(source: str | Path, *, limit: int | None = None) -> list[TaskPromp
     text_source = str(source)
     if text_source in BUNDLED_TASKS and not Path(text_source).exists():
         res = resources.files("layergraft") / "data" / "tasks" / f"{text_source}.jsonl"
-        prompts = parse_jsonl(res.read_text(encoding="utf-8"), f"{text_source}.jsonl", text_source)
+        kind = text_source if text_source in TASK_KINDS else None
+        prompts = parse_jsonl(res.read_text(encoding="utf-8"), f"{text_source}.jsonl", kind)
     else:
         path = Path(text_source)
         if not path.is_file():

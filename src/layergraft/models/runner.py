@@ -7,22 +7,38 @@ chain s..e-1 extends by one layer as ``e`` grows. So we record what every decode
 post model *receives besides its hidden states* (masks, rotary embeddings, per-layer
 sliding-window masks, ...) in one cheap pass in which the layers are stand-ins that only
 record (and the pass stops before the head), then call the layers directly. No architecture
-knowledge is needed beyond the adapter's layer list: the model computes its own masks and
-position embeddings (from padding-aware positions, so a row scores the same alone and in any
-batch), and the head (final norm, lm_head, logit soft-capping) is run by the model's own
-forward with the layers replaced by pass-throughs.
+knowledge is needed beyond the adapter's layer list and attention windows: the model computes
+its own position embeddings, and the head (final norm, lm_head, logit soft-capping) is run by
+the model's own forward with the layers replaced by pass-throughs.
 
-Memory: one batch's hidden states and the recorded call arguments; nothing grows with the
-number of batches a sweep goes through.
+Two kinds of batch:
+
+* a dense batch (``input_ids`` and a 2-D ``attention_mask``, e.g. perplexity chunks): the
+  model builds its own masks, from padding-aware positions;
+* a :class:`~layergraft.models.packing.Packed` batch (token trees): the runner gives the model
+  the tree's mask and depths as positions, then hands each sliding-window layer the same mask
+  cut to its window (:mod:`layergraft.arch.windows`). transformers passes a ready 4-D mask to
+  the layers untouched, so the layer calls carry exactly the masks built here.
+
+Memory: one batch's hidden states and the recorded call arguments; the head runs on at most
+``HEAD_CHUNK`` positions at a time, so a 262k-token vocabulary costs a few hundred MB at most.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
+from layergraft.arch.windows import attention_windows
+from layergraft.errors import InputError
 from layergraft.models.batching import position_ids
+from layergraft.models.packing import Packed
+
+#: positions whose logits are computed at once by :meth:`LayerRunner.log_probs`
+HEAD_CHUNK = 64
+#: attention implementations that accept an arbitrary additive 4-D mask
+_MASKABLE = ("eager", "sdpa")
 
 
 class _Stop(Exception):
@@ -45,12 +61,22 @@ def _stand_in(torch: Any) -> Any:
     return _StandIn
 
 
+def _compute_dtype(model: Any) -> Any:
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    import torch
+
+    return torch.float32
+
+
 class LayerRunner:
-    """The recorded layer calls of ``model`` on one batch ``input_ids`` / ``attention_mask``.
+    """The recorded layer calls of ``model`` on one batch: a :class:`Packed` batch, or dense
+    ``input_ids`` with an optional 2-D ``attention_mask``.
 
     ``hidden0`` is the residual stream entering layer 0 (the embeddings); :meth:`layer` runs
-    any compatible decoder layer (the base model's too) at position ``i``; :meth:`logits` runs
-    the model's head on the output of the last layer.
+    any compatible decoder layer (the base model's too) at position ``i``; :meth:`logits`
+    and :meth:`log_probs` run the model's head on the output of the last layer.
     """
 
     def __init__(
@@ -61,14 +87,23 @@ class LayerRunner:
         self.torch = torch
         self.model = model
         self.adapter = adapter
-        self.input_ids = input_ids
-        self.attention_mask = (
-            attention_mask if attention_mask is not None else torch.ones_like(input_ids)
-        )
+        self.packed: Packed | None = input_ids if isinstance(input_ids, Packed) else None
         self.num_layers = len(adapter.layers(model))
         self.calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = [((), {})] * self.num_layers
         self.tuple_output = False
         self.hidden0: Any = None
+        if self.packed is not None:
+            self.input_ids = self.packed.input_ids
+            self.attention_mask = None
+            positions = self.packed.position_ids
+            given = self._mask(None)
+        else:
+            self.input_ids = input_ids
+            self.attention_mask = (
+                attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+            )
+            positions = position_ids(self.attention_mask)
+            given = self.attention_mask
 
         def recorder(i: int) -> Any:
             def record(hidden: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -87,12 +122,53 @@ class LayerRunner:
             contextlib.suppress(_Stop),
         ):
             model(
-                input_ids=input_ids,
-                attention_mask=self.attention_mask,
-                position_ids=position_ids(self.attention_mask),
+                input_ids=self.input_ids,
+                attention_mask=given,
+                position_ids=positions,
                 use_cache=False,
             )
+        if self.packed is not None:
+            self._window_masks(given)
 
+    # ---- packed batches: one mask per attention window ----------------------------------------
+    def _mask(self, window: int | None) -> Any:
+        """The packed batch's additive ``[rows, 1, width, width]`` mask in the compute dtype."""
+        assert self.packed is not None
+        impl = getattr(self.model.config, "_attn_implementation", None) or "eager"
+        if impl not in _MASKABLE:
+            raise InputError(
+                f"the model was loaded with {impl!r} attention, which cannot take a packed "
+                "batch's mask; load it with attn_implementation='sdpa' (layergraft's default)"
+            )
+        dtype = _compute_dtype(self.model)
+        allowed = self.packed.allowed(window)
+        mask = self.torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+        mask.masked_fill_(~allowed, self.torch.finfo(dtype).min)
+        return mask[:, None]
+
+    def _window_masks(self, full: Any) -> None:
+        """Give every sliding-window layer the packed mask cut to its window."""
+        windows = attention_windows(self.adapter.family, self.model.config, self.num_layers)
+        cut: dict[int, Any] = {}
+        for i, w in enumerate(windows):
+            if w is None:
+                continue
+            if w not in cut:
+                cut[w] = self._mask(w)
+            args, kwargs = self.calls[i]
+            hits = [k for k, v in kwargs.items() if v is full]
+            spots = [j for j, v in enumerate(args) if v is full]
+            if not hits and not spots:
+                raise InputError(
+                    f"decoder layer {i} of this {self.adapter.family} model did not receive the "
+                    "attention mask it was given, so its sliding window cannot be applied to a "
+                    "packed batch; this architecture cannot be scored with packed batches"
+                )
+            kwargs = {k: (cut[w] if k in hits else v) for k, v in kwargs.items()}
+            args = tuple(cut[w] if j in spots else v for j, v in enumerate(args))
+            self.calls[i] = (args, kwargs)
+
+    # ---- layers ------------------------------------------------------------------------------
     def layer(self, module: Any, i: int, hidden: Any) -> Any:
         """Run ``module`` as decoder layer ``i`` on ``hidden`` (same masks/positions as recorded)."""
         args, kwargs = self.calls[i]
@@ -125,18 +201,47 @@ class LayerRunner:
         finally:
             setattr(parent, attr, original)
 
-    def logits(self, final_hidden: Any, last_only: bool = True) -> Any:
-        """Logits of the model's head applied to ``final_hidden`` (the output of the last
-        layer): ``[batch, vocab]`` at the last position, or ``[batch, seq, vocab]``."""
+    # ---- the head ----------------------------------------------------------------------------
+    def _head(self, input_ids: Any, mask: Any, value: Any, keep: int) -> Any:
+        """The model's own forward with pass-through layers and ``value`` as the last
+        layer's output: final norm, lm_head, soft-capping, whatever the family does."""
         stand_in = _stand_in(self.torch)
-        value = (final_hidden,) if self.tuple_output else final_hidden
+        value = (value,) if self.tuple_output else value
         stand_ins = [stand_in() for _ in range(self.num_layers - 1)] + [stand_in(value=value)]
         with self.torch.no_grad(), self._layers_replaced(stand_ins):
-            out = self.model(
-                input_ids=self.input_ids,
-                attention_mask=self.attention_mask,
-                position_ids=position_ids(self.attention_mask),
+            return self.model(
+                input_ids=input_ids,
+                attention_mask=mask,
+                position_ids=position_ids(mask),
                 use_cache=False,
-                logits_to_keep=1 if last_only else 0,
+                logits_to_keep=keep,
             ).logits
+
+    def logits(self, final_hidden: Any, last_only: bool = True) -> Any:
+        """Logits of the model's head on ``final_hidden`` (the output of the last layer) of
+        a dense batch: ``[batch, vocab]`` at the last position, or ``[batch, seq, vocab]``."""
+        if self.packed is not None:
+            raise ValueError("a packed batch is read with log_probs(), at its own positions")
+        out = self._head(self.input_ids, self.attention_mask, final_hidden, 1 if last_only else 0)
         return out[:, -1] if last_only else out
+
+    def log_probs(
+        self, final_hidden: Any, slots: Sequence[tuple[int, int]], ids: Sequence[Sequence[int]]
+    ) -> list[Any]:
+        """Per slot ``(row, col)``, the float64 log-probabilities of the token ids ``ids[k]``
+        as the next token there. The head runs on ``HEAD_CHUNK`` slots at a time, and the
+        normaliser is taken over the whole vocabulary in float64."""
+        torch = self.torch
+        out: list[Any] = []
+        for a in range(0, len(slots), HEAD_CHUNK):
+            part = slots[a : a + HEAD_CHUNK]
+            rows = torch.tensor([r for r, _ in part], device=final_hidden.device)
+            cols = torch.tensor([c for _, c in part], device=final_hidden.device)
+            h = final_hidden[rows, cols][None]  # [1, m, hidden]
+            dummy = torch.zeros((1, len(part)), dtype=torch.long, device=final_hidden.device)
+            logits = self._head(dummy, torch.ones_like(dummy), h, 0)[0]  # [m, vocab]
+            lse = torch.logsumexp(logits.double(), dim=-1)
+            for j, want in enumerate(ids[a : a + HEAD_CHUNK]):
+                idx = torch.tensor(list(want), dtype=torch.long, device=logits.device)
+                out.append(logits[j, idx].double() - lse[j])
+        return out

@@ -23,14 +23,14 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from layergraft.arch import LAYER_PARTS
 from layergraft.checkpoint.dtypes import tensor_bytes
 from layergraft.checkpoint.finite import has_nonfinite, nonfinite_error
+from layergraft.checkpoint.outputs import check_output
 from layergraft.checkpoint.reader import Checkpoint, as_checkpoint
-from layergraft.errors import InputError, OutputError
+from layergraft.errors import InputError
 from layergraft.report.diff import plot_diff
 from layergraft.slr.hybrid.pair import check_compatible
 from layergraft.version import __version__
@@ -122,18 +122,6 @@ def _refuse_nonfinite(name: str, inputs: tuple[tuple[Checkpoint, Any], ...]) -> 
     )
 
 
-def _check_plot_target(plot: PathLike) -> Path:
-    """Refuse an unwritable plot path before reading gigabytes, not after."""
-    p = Path(plot)
-    if p.is_dir():
-        raise OutputError(f"--plot {p} is a directory; give a file name such as diff.png")
-    if not p.parent.is_dir():
-        raise OutputError(
-            f"--plot {p}: the directory {p.parent} does not exist; create it or choose another path"
-        )
-    return p
-
-
 def _cell(ck: Checkpoint, name: str) -> tuple[int | None, str]:
     """(layer, part) of a tensor; (None, row name) outside the layers."""
     ad = ck.adapter
@@ -159,9 +147,10 @@ def diff(
     change, largest first. ``plot`` writes the layers x parts heatmap there (PNG).
     Non-floating tensors (integer buffers) are listed in ``skipped``, not compared.
     """
-    target = _check_plot_target(plot) if plot is not None else None
     b = as_checkpoint(base, allow_pickle)
     p = as_checkpoint(post, allow_pickle)
+    # an unwritable plot path, or one onto an input, fails before gigabytes are read
+    target = check_output(plot, inputs=[b, p], flag="--plot") if plot is not None else None
     check_compatible(b, p)
     ad = p.adapter
     n = ad.num_layers

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from layergraft.errors import InputError
@@ -27,8 +26,8 @@ def check_mergekit_export(
     head_from: str,
     restored: Sequence[Restored] = (),
 ) -> None:
-    """Refuse, before a restore writes anything, an export mergekit cannot express or a
-    recipe path that cannot be written."""
+    """Refuse, before a restore writes anything, an export mergekit cannot express (where
+    the recipe may be written is :func:`~layergraft.checkpoint.outputs.check_output`'s)."""
     partial = [r for r in restored if not r.whole]
     if partial:
         raise InputError(
@@ -41,12 +40,6 @@ def check_mergekit_export(
             f"--export-mergekit: mergekit's passthrough takes embeddings and lm_head from one "
             f"base_model, but this restore takes embeddings from {embed_from} and the head from "
             f"{head_from}; give --embed-from and --head-from the same model, or drop --export-mergekit"
-        )
-    parent = Path(path).absolute().parent
-    if not parent.is_dir():
-        raise InputError(
-            f"--export-mergekit {path}: the directory {parent} does not exist; create it or "
-            "choose another path"
         )
 
 

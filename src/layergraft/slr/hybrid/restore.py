@@ -18,6 +18,7 @@ from typing import Any, Literal
 from layergraft.arch.spec import LAYER_PARTS
 from layergraft.checkpoint.atomic import write_text_atomic
 from layergraft.checkpoint.model_dir import write_model_dir
+from layergraft.checkpoint.outputs import check_output
 from layergraft.checkpoint.reader import Checkpoint, as_checkpoint
 from layergraft.checkpoint.writer import OutTensor
 from layergraft.errors import InputError
@@ -132,6 +133,7 @@ def restore(
         check_mergekit_export(
             export_mergekit, embed_from=embed_from, head_from=head_from, restored=restored
         )
+        check_output(export_mergekit, inputs=[b, p], flag="--export-mergekit")
     if embed_from != "post" or head_from != "post":
         log.warning(
             "embeddings from %s, lm_head/final norm from %s (recorded in layergraft.json)",
@@ -188,5 +190,5 @@ def restore(
             b.origin, p.origin, plain_ranges(restored), p.adapter.num_layers, mk,
             outside_from=embed_from,
         )  # fmt: skip
-        write_text_atomic(export_mergekit, recipe)
+        write_text_atomic(export_mergekit, recipe, inputs=[b, p], flag="--export-mergekit")
     return prov

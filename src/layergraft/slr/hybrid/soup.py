@@ -25,6 +25,7 @@ from layergraft.checkpoint.reader import Checkpoint, as_checkpoint
 from layergraft.checkpoint.writer import OutTensor
 from layergraft.errors import InputError
 from layergraft.models.offload import offloaded_params, param_value
+from layergraft.ranges import Range, format_ranges, parse_ranges
 from layergraft.slr.hybrid.pair import check_compatible
 from layergraft.slr.hybrid.swap import overridden
 
@@ -51,23 +52,36 @@ def blend(post: Any, base: Any, alpha: float) -> Any:
     return out.to(post.dtype)
 
 
-def _blended(ck: Checkpoint, parts: tuple[str, ...]) -> Any:
+def _blended(ck: Checkpoint, parts: tuple[str, ...], layers: Iterable[Range] | None) -> Any:
     """Which tensors a soup of ``parts`` blends: every floating one for all parts, else the
-    layer tensors of those parts (embeddings, final norm and head stay the post model's)."""
-    if parts == LAYER_PARTS:
+    layer tensors of those parts (embeddings, final norm and head stay the post model's);
+    with ``layers``, only the tensors of those decoder layers (an interval soup)."""
+    if parts == LAYER_PARTS and layers is None:
         return lambda name: True
     ad = ck.adapter
-    return lambda name: ad.classify(name).section == "layer" and ad.layer_part(name) in parts
+    inside = None if layers is None else {i for s, e in layers for i in range(s, e)}
+
+    def wanted(name: str) -> bool:
+        where = ad.classify(name)
+        if where.section != "layer" or ad.layer_part(name) not in parts:
+            return False
+        return inside is None or where.layer in inside
+
+    return wanted
 
 
 def plan_soup(
-    base: Checkpoint, post: Checkpoint, alpha: float, parts: str | Iterable[str] = "all"
+    base: Checkpoint,
+    post: Checkpoint,
+    alpha: float,
+    parts: str | Iterable[str] = "all",
+    layers: Iterable[Range] | None = None,
 ) -> list[OutTensor]:
     """One output tensor per post tensor; floats blended lazily at write time (only those of
-    ``parts``), others copied verbatim from the post model. alpha 0 / 1 are exact byte copies
-    of post / base."""
+    ``parts``, of the decoder layers in ``layers`` when given), others copied verbatim from
+    the post model. alpha 0 / 1 are exact byte copies of post / base."""
     check_compatible(base, post)
-    wanted = _blended(post, parse_parts(parts))
+    wanted = _blended(post, parse_parts(parts), None if layers is None else list(layers))
     out: list[OutTensor] = []
     for name, e in post.tensors.items():
         b = base.tensors[name]
@@ -98,12 +112,18 @@ def _refuse_nonfinite(name: str, inputs: tuple[tuple[Checkpoint, Any], ...]) -> 
 
 @contextlib.contextmanager
 def souped(
-    post_model: Any, base_model: Any, alpha: float, parts: str | Iterable[str] = "all"
+    post_model: Any,
+    base_model: Any,
+    alpha: float,
+    parts: str | Iterable[str] = "all",
+    layers: Iterable[Range] | None = None,
 ) -> Iterator[Any]:
     """Within the block, every floating parameter of ``post_model`` (of the layers' ``parts``
     only, when given) is the blend with the base model's; the original tensors are put back on
-    exit (exception or not). Offloaded parameters (accelerate ``device_map``) are blended on
-    demand, one module per forward (:func:`~layergraft.slr.hybrid.swap.overridden`)."""
+    exit (exception or not). With ``layers`` (ranges), only those decoder layers are blended —
+    an interval soup; embeddings, final norm and head stay the post model's, as in SLR.
+    Offloaded parameters (accelerate ``device_map``) are blended on demand, one module per
+    forward (:func:`~layergraft.slr.hybrid.swap.overridden`)."""
     import torch
 
     post_off, base_off = offloaded_params(post_model), offloaded_params(base_model)
@@ -120,15 +140,17 @@ def souped(
             return blend(pv, bv, alpha)
 
     chosen = parse_parts(parts)
-    if chosen != LAYER_PARTS:
+    keep: set[str] | None = None
+    if chosen != LAYER_PARTS or layers is not None:
         adapter = adapter_for_model(post_model)
-        keep = {
-            n
-            for i in range(adapter.num_layers)
-            for n, _ in adapter.layer_parameters(post_model, i, chosen)
-        }
+        which = (
+            sorted({i for s, e in layers for i in range(s, e)})
+            if layers is not None
+            else range(adapter.num_layers)
+        )
+        keep = {n for i in which for n, _ in adapter.layer_parameters(post_model, i, chosen)}
     for name, p in post_model.named_parameters():
-        if not p.is_floating_point() or (chosen != LAYER_PARTS and name not in keep):
+        if not p.is_floating_point() or (keep is not None and name not in keep):
             continue
         if name in post_off:
             values[name] = lambda n=name, q=p: blended(n, q)
@@ -145,6 +167,7 @@ def soup(
     out: PathLike,
     *,
     parts: str | Iterable[str] = "all",
+    layers: str | Iterable[Range] | None = None,
     force: bool = False,
     max_shard_bytes: int | None = None,
     hash_inputs: bool = False,
@@ -155,18 +178,21 @@ def soup(
     fsync: bool = False,
 ) -> dict[str, Any]:
     """Write the weight interpolation ``(1 - alpha) * post + alpha * base`` (every floating
-    tensor, or the layer tensors of ``parts``; streamed one at a time). The proxy-soup
-    baseline SLR is compared with."""
+    tensor, or the layer tensors of ``parts``; streamed one at a time): the proxy-soup
+    baseline SLR is compared with. With ``layers`` (``"4:7"`` or ranges), only those decoder
+    layers are blended: an interval soup, SLR's family (alpha 1 is the restore)."""
     a = check_alpha(alpha)
     chosen = parse_parts(parts)
     b = as_checkpoint(base, allow_pickle)
     p = as_checkpoint(post, allow_pickle)
-    check_output_target(out, force=force, inputs=[b.path, p.path])
-    tensors = plan_soup(b, p, a, chosen)
+    ranges = None if layers is None else parse_ranges(layers, p.adapter.num_layers)
+    check_output_target(out, force=force, inputs=[b.path, p.path], flag="--out")
+    tensors = plan_soup(b, p, a, chosen, ranges)
     what = (
         "every floating tensor"
-        if chosen == LAYER_PARTS
-        else f"the {'/'.join(chosen)} tensors of every layer"
+        if chosen == LAYER_PARTS and ranges is None
+        else f"the {'/'.join(chosen)} tensors of "
+        + ("every layer" if ranges is None else f"layers {format_ranges(ranges)}")
     )
     return write_model_dir(
         out,
@@ -179,10 +205,12 @@ def soup(
             "post": p.origin,
             "alpha": a,
             "parts": "all" if chosen == LAYER_PARTS else ",".join(chosen),
+            **({"layers": format_ranges(ranges)} if ranges is not None else {}),
         },
         details={
             "alpha": a,
             "parts": list(chosen),
+            "layers": format_ranges(ranges) if ranges is not None else "all",
             "formula": "(1 - alpha) * post + alpha * base",
             "family": p.adapter.family,
         },

@@ -1,9 +1,11 @@
 """The CRC proxy task, estimated exactly from the first answer token; the ``crc`` command.
 
 Why exact: CRC's answer is one token, so instead of sampling answers we read the model's
-next-token distribution after the chat prompt once per prompt (V and H as defined in
+next-token distribution after the chat prompt once per prompt, and V_end's at one more
+position per valid token (V, H and V_end as defined in
 :mod:`layergraft.slr.proxy.crc_scoring`). :func:`crc_exact` is a pure function of ``(model,
-tokenizer, prompts)``: one batched forward pass per batch, no sampling, no files.
+tokenizer, prompts)``: the prompts are packed as token trees and run once through the
+model's layers (:class:`~layergraft.models.runner.LayerRunner`), no sampling, no files.
 :class:`CrcProxy` is the same scoring as the sweep sees it.
 """
 
@@ -12,16 +14,19 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from layergraft.arch import adapter_for_model
 from layergraft.errors import InputError
-from layergraft.models.batching import forward_logits
 from layergraft.models.load import load_with_tokenizer
+from layergraft.models.packing import DEFAULT_ATTENTION_RATIO
+from layergraft.models.runner import LayerRunner
 from layergraft.slr.proxy.crc_prompts import CrcPrompt, load_crc_prompts
 from layergraft.slr.proxy.crc_sampled import crc_sampled
 from layergraft.slr.proxy.crc_scoring import (
+    V_END_MODES,
     CrcBatch,
     CrcItem,
     CrcResult,
@@ -29,11 +34,25 @@ from layergraft.slr.proxy.crc_scoring import (
     result_of,
     score_items,
 )
+from layergraft.slr.proxy.ends import EndMarkers, find_end_markers
 
 
-def forward_last_logits(model: Any, batch: CrcBatch) -> Any:
-    """Next-token logits at every row's answer slot, ``[n_prompts, vocab]``."""
-    return forward_logits(model, batch.input_ids, batch.attention_mask)
+def attention_ratio(model: Any) -> float:
+    """Attention's cost per (query, key) pair relative to one token's linear layers in
+    ``model`` (about ``2 * hidden / parameters per layer``): how long packed rows may grow."""
+    try:
+        adapter = adapter_for_model(model)
+        per_layer = sum(p.numel() for p in adapter.layers(model)[0].parameters())
+        return 2 * adapter.hidden_size / max(per_layer, 1)
+    except Exception:  # an exotic model: any ratio packs correctly, this one packs well
+        return DEFAULT_ATTENTION_RATIO
+
+
+def score_batch(model: Any, adapter: Any, batch: CrcBatch) -> list[CrcItem]:
+    """One packed batch through the whole model: the per-prompt scores."""
+    run = LayerRunner(model, adapter, batch.packed)
+    final = run.run_from(0, run.hidden0, adapter.layers(model))
+    return score_items(batch, run.log_probs(final, *batch.requests()))
 
 
 def crc_exact(
@@ -41,13 +60,25 @@ def crc_exact(
     tokenizer: Any,
     prompts: Sequence[CrcPrompt | dict[str, Any]],
     batch_size: int = 64,
+    *,
+    ends: EndMarkers | Sequence[int] | None = None,
+    v_end: str = "strict",
+    share_prefix: bool = True,
 ) -> CrcResult:
-    """Score ``prompts`` by the model's exact next-token distribution after the chat prompt,
-    ``batch_size`` prompts per forward pass (the numbers do not depend on it)."""
-    device = next(iter(model.parameters())).device if hasattr(model, "parameters") else None
+    """Score ``prompts`` by the model's exact next-token distributions after the chat prompt,
+    ``batch_size`` prompts per packed forward pass (the numbers do not depend on it).
+    ``ends``: the end markers (default: the model's own, :func:`find_end_markers`)."""
+    device = next(iter(model.parameters())).device
+    if ends is None:
+        ends = find_end_markers(tokenizer, model) if v_end != "off" else EndMarkers(())
+    end_ids = ends.ids if isinstance(ends, EndMarkers) else tuple(ends)
+    adapter = adapter_for_model(model)
     items: list[CrcItem] = []
-    for b in prepare_batches(tokenizer, prompts, batch_size=batch_size, device=device):
-        items += score_items(b, forward_last_logits(model, b))
+    for b in prepare_batches(
+        tokenizer, prompts, batch_size=batch_size, device=device, ends=end_ids, v_end=v_end,
+        share_prefix=share_prefix, attention_ratio=attention_ratio(model),
+    ):  # fmt: skip
+        items += score_batch(model, adapter, b)
     return result_of(items)
 
 
@@ -56,37 +87,51 @@ def crc_exact(
 
 @dataclass
 class CrcProxy:
-    """CRC as a sweep proxy: batches of prompts, per-batch scores, one row per hybrid.
+    """CRC as a sweep proxy: packed batches of prompts, per-batch scores, one row per hybrid.
 
-    Picklable (prompts are data), so a worker process can rebuild the batches with its own
-    tokenizer and device."""
+    Picklable (prompts and end-marker ids are data), so a worker process can rebuild the
+    batches with its own tokenizer and device. ``ends`` are found once, on the driver."""
 
     prompts: list[CrcPrompt]
     source: str = "all"
     batch_size: int = 64
+    ends: EndMarkers = field(default_factory=lambda: EndMarkers(()))
+    v_end: str = "strict"
+    share_prefix: bool = True
     kind: str = "crc"
-    last_only: bool = True
 
-    def batches(self, tokenizer: Any, device: Any) -> list[CrcBatch]:
-        return prepare_batches(tokenizer, self.prompts, batch_size=self.batch_size, device=device)
+    def batches(self, tokenizer: Any, device: Any, model: Any = None) -> list[CrcBatch]:
+        return prepare_batches(
+            tokenizer, self.prompts, batch_size=self.batch_size, device=device,
+            ends=self.ends.ids, v_end=self.v_end, share_prefix=self.share_prefix,
+            attention_ratio=attention_ratio(model) if model is not None else None,
+        )  # fmt: skip
 
-    def score(self, batch: CrcBatch, logits: Any) -> list[CrcItem]:
-        return score_items(batch, logits)
+    def score(self, batch: CrcBatch, run: LayerRunner, final: Any) -> list[CrcItem]:
+        return score_items(batch, run.log_probs(final, *batch.requests()))
 
     def combine(self, parts: list[list[CrcItem]]) -> dict[str, Any]:
         res = result_of([i for p in parts for i in p])
-        return {**{k: res.mean[k] for k in ("V", "H", "H_norm")}, "by_category": res.by_category}
+        return {
+            **{k: res.mean[k] for k in ("V", "H", "H_norm", "V_end")},
+            "by_category": res.by_category,
+        }
 
     def describe(self) -> dict[str, Any]:
         return {
             "source": self.source,
             "n": len(self.prompts),
             "categories": sorted({p.category for p in self.prompts}),
+            "v_end": self.v_end if self.ends.ids else "unavailable",
+            "end_markers": self.ends.as_json(),
         }
 
     def fingerprint(self) -> str:
-        """sha256 of everything that decides the numbers: the prompts and the batching."""
-        body = json.dumps([asdict(p) for p in self.prompts] + [self.batch_size], sort_keys=True)
+        """sha256 of everything that decides the numbers: the prompts, the end markers and
+        the V_end definition (batching and packing do not change them)."""
+        body = json.dumps(
+            [asdict(p) for p in self.prompts] + [list(self.ends.ids), self.v_end], sort_keys=True
+        )
         return hashlib.sha256(body.encode()).hexdigest()
 
 
@@ -104,28 +149,37 @@ def crc(
     device: str | None = None,
     dtype: Any = "auto",
     device_map: Any = None,
+    v_end: str = "strict",
 ) -> dict[str, Any]:
-    """CRC validity/diversity of one model: a path / hub id (``tokenizer``: another model's
-    tokenizer, path or object, e.g. the post model's chat template for a base model), or a
-    loaded model with its tokenizer."""
+    """CRC validity, diversity and format (V, H, V_end) of one model: a path / hub id
+    (``tokenizer``: another model's tokenizer, path or object, e.g. the post model's chat
+    template for a base model), or a loaded model with its tokenizer. ``v_end``: how V_end
+    is defined (:data:`~layergraft.slr.proxy.crc_scoring.V_END_MODES`)."""
     if estimator not in ("exact", "sample"):
         raise InputError(
             f"--estimator {estimator!r} is not 'exact' or 'sample'; choose one of them"
         )
+    if v_end not in V_END_MODES:
+        raise InputError(f"--v-end {v_end!r} is not one of {', '.join(V_END_MODES)}")
     items = load_crc_prompts(prompts)  # a bad prompt file fails before the model loads
     if not hasattr(model, "forward"):
         model, tokenizer, _ = load_with_tokenizer(
             model, tokenizer=tokenizer, device=device, dtype=dtype, device_map=device_map
         )
+    ends = find_end_markers(tokenizer, model) if v_end != "off" else EndMarkers(())
     if estimator == "exact":
-        res = crc_exact(model, tokenizer, items, batch_size=batch_size)
+        res = crc_exact(model, tokenizer, items, batch_size=batch_size, ends=ends, v_end=v_end)
     else:  # "sample" (checked above)
         res = crc_sampled(
             model, tokenizer, items, samples=samples, temperature=temperature, min_p=min_p,
-            seed=seed, batch_size=batch_size,
+            seed=seed, batch_size=batch_size, ends=ends.ids, v_end=v_end,
         )  # fmt: skip
     out = res.to_dict()
     out["estimator"] = estimator
+    out["v_end"] = {
+        "definition": v_end if ends.ids else "unavailable",
+        "end_markers": ends.as_json(),
+    }
     if estimator == "sample":
         out["settings"] = {
             "samples": samples,

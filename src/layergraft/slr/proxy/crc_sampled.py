@@ -1,5 +1,7 @@
 """The sampled CRC estimator: for models whose answer is not the first token (a preamble, a
-thinking block), V and H come from sampled replies instead of the first-token distribution."""
+thinking block), V and H come from sampled replies instead of the first-token distribution;
+V_end is the share of replies that are one valid character (with ``v_end="closers"``, plus
+one closing mark) and then end."""
 
 from __future__ import annotations
 
@@ -8,7 +10,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from layergraft.slr.proxy.crc_prompts import CrcPrompt
-from layergraft.slr.proxy.crc_scoring import CrcResult, item_scores, prepare_batch, result_of
+from layergraft.slr.proxy.crc_scoring import (
+    CLOSERS,
+    CrcResult,
+    _as_prompts,
+    item_scores,
+    left_padded,
+    result_of,
+)
 
 
 def parse_answer(text: str, valid: Sequence[str]) -> str | None:
@@ -34,6 +43,8 @@ def crc_sampled(
     max_new_tokens: int = 8,
     seed: int = 0,
     batch_size: int = 64,
+    ends: Sequence[int] = (),
+    v_end: str = "strict",
 ) -> CrcResult:
     """Sampled estimator: ``samples`` replies per prompt; V = fraction of replies that name a
     valid character, H = entropy of the empirical distribution of the valid answers.
@@ -43,13 +54,16 @@ def crc_sampled(
     """
     import torch
 
-    batch = prepare_batch(tokenizer, prompts, device=next(model.parameters()).device)
+    items_in = _as_prompts(prompts)
+    input_ids, attention_mask = left_padded(tokenizer, items_in, next(model.parameters()).device)
     torch.manual_seed(seed)
-    rows = batch.input_ids.repeat_interleave(samples, dim=0)
-    mask = batch.attention_mask.repeat_interleave(samples, dim=0)
+    rows = input_ids.repeat_interleave(samples, dim=0)
+    mask = attention_mask.repeat_interleave(samples, dim=0)
     texts: list[str] = []
+    stopped: list[bool] = []
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    end_ids = set(ends) if v_end != "off" else set()
     with torch.no_grad():
         for i in range(0, rows.shape[0], batch_size):
             out = model.generate(
@@ -62,11 +76,31 @@ def crc_sampled(
                 top_p=1.0,
                 max_new_tokens=max_new_tokens,
                 pad_token_id=pad,
+                eos_token_id=sorted(end_ids) or eos,
             )
-            texts += tokenizer.batch_decode(out[:, rows.shape[1] :], skip_special_tokens=True)
+            for seq in out[:, rows.shape[1] :].tolist():
+                cut = next((j for j, t in enumerate(seq) if t in end_ids), None)
+                stopped.append(cut is not None)
+                texts.append(tokenizer.decode(seq[:cut], skip_special_tokens=True))
     items = []
-    for k, p in enumerate(batch.prompts):
-        answers = [parse_answer(t, p.valid) for t in texts[k * samples : (k + 1) * samples]]
+    for k, p in enumerate(items_in):
+        part = range(k * samples, (k + 1) * samples)
+        answers = [parse_answer(texts[j], p.valid) for j in part]
         counts = {c: sum(a == c for a in answers) / samples for c in p.valid}
-        items.append(item_scores(p, counts))
+        end_counts = None
+        if end_ids:
+            bare = [_bare_answer(texts[j], p.valid, v_end) if stopped[j] else None for j in part]
+            end_counts = {c: sum(a == c for a in bare) / samples for c in p.valid}
+        items.append(item_scores(p, counts, end_counts))
     return result_of(items)
+
+
+def _bare_answer(text: str, valid: Sequence[str], v_end: str) -> str | None:
+    """The character of a reply that is nothing but it (V_end's event), else None."""
+    s = text.lstrip()
+    if v_end == "closers":
+        for c in CLOSERS:
+            if s.endswith(c) and len(s) > len(c):
+                s = s[: -len(c)]
+                break
+    return s if s in valid else None

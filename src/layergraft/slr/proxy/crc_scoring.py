@@ -1,4 +1,5 @@
-"""CRC scoring ("give a random character from this set"): prompts to batches, logits to V and H.
+"""CRC scoring ("give a random character from this set"): prompts to packed batches,
+log-probabilities to V, H and V_end.
 
 Why this task: it has a known ideal answer distribution (uniform over the set), a one-token
 answer, and a post-trained model's collapse shows in it plainly. So instead of sampling
@@ -12,9 +13,19 @@ answers we read the model's next-token distribution after the chat prompt, once 
 * diversity ``H`` = entropy (nats) of the per-character masses renormalised to sum to 1, and
   ``H_norm = H / log|S|`` (1 = uniform over the set, 0 = one character always).
 
-Prompts are data (:mod:`layergraft.slr.proxy.crc_prompts`). Batches are left-padded with
-padding-aware positions, so a prompt scores the same alone and in any batch. The estimators
-use these pieces: :mod:`layergraft.slr.proxy.crc` (exact; also the sweep's :class:`CrcProxy`) and
+* format ``V_end`` = probability that the reply is one valid character and then ends:
+  ``sum over valid tokens t of p(t | x) * p(end | x, t)``, where "end" is any of the model's
+  end markers (:mod:`layergraft.slr.proxy.ends`). CRC's first token cannot see whether a
+  hybrid still stops; V_end can, exactly, from one more position per valid token. With
+  ``v_end="closers"`` a closing mark before the end also counts:
+  ``+ sum over closers q of p(t | x) * p(q | x, t) * p(end | x, t, q)`` (:data:`CLOSERS`:
+  ".", "!" and newlines, each a token of its own). With ``"off"``, or for a model without
+  an end marker, V_end is None (unavailable).
+
+Prompts are data (:mod:`layergraft.slr.proxy.crc_prompts`). Batches are packed token trees
+(:mod:`layergraft.models.packing`): each prompt's positions are those it has alone, so a
+prompt scores the same alone and in any batch. The estimators use these pieces:
+:mod:`layergraft.slr.proxy.crc` (exact; also the sweep's :class:`CrcProxy`) and
 :mod:`layergraft.slr.proxy.crc_sampled`.
 """
 
@@ -28,7 +39,14 @@ from typing import Any
 
 from layergraft.errors import InputError
 from layergraft.models.batching import left_pad
+from layergraft.models.packing import Packed, PackItem, pack
 from layergraft.slr.proxy.crc_prompts import CrcPrompt, parse_prompt
+
+#: how V_end is defined (module doc); "off" skips it
+V_END_MODES = ("strict", "closers", "off")
+#: texts of the closing tokens that ``v_end="closers"`` lets stand between the character and
+#: the end marker
+CLOSERS = (".", "!", "\n", ".\n", "!\n", "\n\n")
 
 
 class CrcWarning(UserWarning):
@@ -39,7 +57,9 @@ class CrcWarning(UserWarning):
 class CrcItem:
     """Scores of one prompt: ``validity`` in [0, 1], ``entropy`` in nats, ``entropy_norm`` in [0, 1].
 
-    ``probs`` maps each valid character to its (un-renormalised) next-token probability.
+    ``probs`` maps each valid character to its (un-renormalised) next-token probability;
+    ``validity_end`` (V_end) and ``end_probs`` (per character: it, then the end) are None
+    when V_end is not computed.
     """
 
     id: str
@@ -48,11 +68,14 @@ class CrcItem:
     entropy: float
     entropy_norm: float
     probs: dict[str, float]
+    validity_end: float | None = None
+    end_probs: dict[str, float] | None = None
 
 
 @dataclass
 class CrcResult:
-    """Per-prompt scores plus means overall and per category (``{"V":..,"H":..,"H_norm":..}``)."""
+    """Per-prompt scores plus means overall and per category
+    (``{"V":..,"H":..,"H_norm":..,"V_end":..}``; V_end None when not computed)."""
 
     items: list[CrcItem]
     mean: dict[str, float]
@@ -88,22 +111,31 @@ def _candidates(tokenizer: Any) -> list[int]:
     return keep
 
 
+def _text_token_ids(
+    tokenizer: Any, texts: set[str], *, strip: bool = True, exhaustive: bool = False
+) -> dict[str, list[int]]:
+    """Token ids whose decoded text (minus leading whitespace with ``strip``) is exactly one
+    of ``texts``; special tokens never count. Only the candidate tokens (:func:`_candidates`)
+    are decoded unless ``exhaustive``."""
+    out: dict[str, list[int]] = {c: [] for c in texts}
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    ids = list(range(len(tokenizer))) if exhaustive else _candidates(tokenizer)
+    decoded = tokenizer.batch_decode([[i] for i in ids], clean_up_tokenization_spaces=False)
+    for i, text in zip(ids, decoded, strict=True):
+        if i in special:
+            continue
+        key = text.lstrip() if strip else text
+        if key in out:
+            out[key].append(i)
+    return out
+
+
 def _char_token_ids(
     tokenizer: Any, chars: set[str], exhaustive: bool = False
 ) -> dict[str, list[int]]:
     """Token ids whose decoded text, minus leading whitespace, is exactly one of ``chars``;
-    a :class:`CrcWarning` names every character that has none. Only the candidate tokens
-    (:func:`_candidates`) are decoded unless ``exhaustive``."""
-    out: dict[str, list[int]] = {c: [] for c in chars}
-    special = set(getattr(tokenizer, "all_special_ids", []) or [])
-    ids = list(range(len(tokenizer))) if exhaustive else _candidates(tokenizer)
-    texts = tokenizer.batch_decode([[i] for i in ids], clean_up_tokenization_spaces=False)
-    for i, text in zip(ids, texts, strict=True):
-        if i in special:
-            continue
-        key = text.lstrip()
-        if key in out:
-            out[key].append(i)
+    a :class:`CrcWarning` names every character that has none."""
+    out = _text_token_ids(tokenizer, chars, exhaustive=exhaustive)
     missing = sorted(c for c, found in out.items() if not found)
     if missing:
         warnings.warn(
@@ -125,23 +157,44 @@ def _as_prompts(prompts: Sequence[CrcPrompt | dict[str, Any]]) -> list[CrcPrompt
 
 @dataclass
 class CrcBatch:
-    """Encoded CRC prompts (left-padded) plus the token ids of every valid character."""
+    """CRC prompts packed as token trees (:mod:`layergraft.models.packing`), with every valid
+    character's token ids and, for V_end, the end markers and closing tokens.
+
+    Each prompt's tree holds, below its answer slot, one branch per token of a valid
+    character (the position after "prompt + that token") and, with ``closers``, one more per
+    closing token below it: the positions whose next-token distributions V_end reads."""
 
     prompts: list[CrcPrompt]
-    input_ids: Any
-    attention_mask: Any
+    packed: Packed
     char_ids: dict[str, list[int]]
+    ends: tuple[int, ...] = ()
+    closers: tuple[int, ...] = ()
 
-    def __getitem__(self, key: str) -> Any:  # so a batch can be passed as model(**batch)-like dict
-        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}[key]
+    def answer_tokens(self, p: CrcPrompt) -> list[int]:
+        return sorted({t for c in p.valid for t in self.char_ids[c]})
 
-    def get(self, key: str, default: Any = None) -> Any:
-        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}.get(
-            key, default
-        )
+    def requests(self) -> tuple[list[tuple[int, int]], list[list[int]]]:
+        """Every slot to read and the token ids read there, in the order
+        :func:`score_items` consumes them."""
+        slots: list[tuple[int, int]] = []
+        ids: list[list[int]] = []
+        for k, p in enumerate(self.prompts):
+            toks = self.answer_tokens(p)
+            slots.append(self.packed.answer[k])
+            ids.append(toks)
+            if not self.ends:
+                continue
+            for t in toks:
+                slots.append(self.packed.branch[k][(t,)])
+                ids.append(list(self.ends) + list(self.closers))
+                for q in self.closers:
+                    slots.append(self.packed.branch[k][(t, q)])
+                    ids.append(list(self.ends))
+        return slots, ids
 
 
-def _encode_chat(tokenizer: Any, prompt: str) -> list[int]:
+def encode_chat(tokenizer: Any, prompt: str) -> list[int]:
+    """The chat-template encoding of one user prompt, ending where the reply starts."""
     ids = tokenizer.apply_chat_template(
         [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
     )
@@ -150,16 +203,7 @@ def _encode_chat(tokenizer: Any, prompt: str) -> list[int]:
     return list(ids)
 
 
-def prepare_batches(
-    tokenizer: Any,
-    prompts: Sequence[CrcPrompt | dict[str, Any]],
-    *,
-    batch_size: int = 64,
-    device: Any = None,
-) -> list[CrcBatch]:
-    """Chat-encode the prompts and cut them into left-padded batches of ``batch_size`` (the
-    last position is every row's answer slot); character ids are found once for all."""
-    items = _as_prompts(prompts)
+def _check(tokenizer: Any, items: list[CrcPrompt], batch_size: int) -> None:
     if not items:
         raise InputError("no CRC prompts to score; load a set with load_crc_prompts()")
     if batch_size < 1:
@@ -169,53 +213,105 @@ def prepare_batches(
             "the tokenizer has no chat template; CRC scores a chat model's reply - use a tokenizer "
             "with a chat_template (e.g. the post-trained model's, with --tokenizer)"
         )
+
+
+def pad_id_of(tokenizer: Any) -> int:
     pad_id = tokenizer.pad_token_id
     if pad_id is None:
         pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    return int(pad_id)
+
+
+def closer_ids(tokenizer: Any) -> tuple[int, ...]:
+    """Tokens whose text is exactly a closing mark (:data:`CLOSERS`): a reply "k." or "k\n"
+    followed by the end marker counts towards V_end with ``v_end="closers"``."""
+    found = _text_token_ids(tokenizer, set(CLOSERS), strip=False)
+    return tuple(sorted(i for ids in found.values() for i in ids))
+
+
+def prepare_batches(
+    tokenizer: Any,
+    prompts: Sequence[CrcPrompt | dict[str, Any]],
+    *,
+    batch_size: int = 64,
+    device: Any = None,
+    ends: Sequence[int] = (),
+    v_end: str = "strict",
+    share_prefix: bool = True,
+    attention_ratio: float | None = None,
+) -> list[CrcBatch]:
+    """Chat-encode the prompts and pack every ``batch_size`` of them into one
+    :class:`CrcBatch` (character ids are found once for all). ``ends`` (the model's end
+    markers) with ``v_end`` ``"strict"`` or ``"closers"`` adds the V_end branches."""
+    items = _as_prompts(prompts)
+    _check(tokenizer, items, batch_size)
+    if v_end not in V_END_MODES:
+        raise InputError(f"--v-end {v_end!r} is not one of {', '.join(V_END_MODES)}")
     char_ids = _char_token_ids(tokenizer, {c for p in items for c in p.valid})
+    ends = tuple(ends) if v_end != "off" else ()
+    closers = closer_ids(tokenizer) if ends and v_end == "closers" else ()
     batches = []
     for i in range(0, len(items), batch_size):
         chunk = items[i : i + batch_size]
-        input_ids, mask = left_pad([_encode_chat(tokenizer, p.prompt) for p in chunk], pad_id)
-        if device is not None:
-            input_ids, mask = input_ids.to(device), mask.to(device)
-        batches.append(CrcBatch(chunk, input_ids, mask, char_ids))
+        pack_items = []
+        for p in chunk:
+            toks = sorted({t for c in p.valid for t in char_ids[c]})
+            branches = [(t,) for t in toks] if ends else []
+            branches += [(t, q) for t in toks for q in closers]
+            pack_items.append(PackItem(tuple(encode_chat(tokenizer, p.prompt)), tuple(branches)))
+        packed = pack(
+            pack_items, pad_id=pad_id_of(tokenizer), share_prefix=share_prefix,
+            attention_ratio=attention_ratio,
+        ).to(device)  # fmt: skip
+        batches.append(CrcBatch(chunk, packed, char_ids, ends, closers))
     return batches
 
 
-def prepare_batch(
-    tokenizer: Any, prompts: Sequence[CrcPrompt | dict[str, Any]], device: Any = None
-) -> CrcBatch:
-    """All prompts as one batch (see :func:`prepare_batches`)."""
-    return prepare_batches(tokenizer, prompts, batch_size=max(len(prompts), 1), device=device)[0]
+def left_padded(
+    tokenizer: Any, prompts: Sequence[CrcPrompt], device: Any = None
+) -> tuple[Any, Any]:
+    """``(input_ids, attention_mask)`` of the chat-encoded prompts, left-padded: what the
+    sampled estimator generates from."""
+    _check(tokenizer, list(prompts), 1)
+    input_ids, mask = left_pad(
+        [encode_chat(tokenizer, p.prompt) for p in prompts], pad_id_of(tokenizer)
+    )
+    if device is not None:
+        input_ids, mask = input_ids.to(device), mask.to(device)
+    return input_ids, mask
 
 
-def score_items(batch: CrcBatch, logits: Any) -> list[CrcItem]:
-    """V and H of every prompt of ``batch`` from its answer-slot logits (see the module doc).
-
-    Probabilities in float64, one row at a time: only the valid characters' tokens are read,
-    so a 262k-token vocabulary costs one row of float64, not a batch of them."""
+def score_items(batch: CrcBatch, logprobs: Sequence[Any]) -> list[CrcItem]:
+    """V, H and V_end of every prompt of ``batch`` from the log-probabilities read at its
+    slots (``logprobs`` in the order of :meth:`CrcBatch.requests`)."""
     import torch
 
     items: list[CrcItem] = []
-    for r, p in enumerate(batch.prompts):
-        row = logits[r].double()
-        lse = torch.logsumexp(row, dim=-1)
-        mass = {
-            c: float(torch.exp(row[batch.char_ids[c]] - lse).sum()) if batch.char_ids[c] else 0.0
-            for c in p.valid
-        }
-        items.append(item_scores(p, mass))
+    it = iter(logprobs)
+    for p in batch.prompts:
+        toks = batch.answer_tokens(p)
+        first = dict(zip(toks, torch.exp(next(it)).tolist(), strict=True))
+        mass = {c: sum(first[t] for t in batch.char_ids[c]) for c in p.valid}
+        end_mass: dict[str, float] | None = None
+        if batch.ends:
+            after: dict[int, float] = {}
+            n_end = len(batch.ends)
+            for t in toks:
+                follow = torch.exp(next(it)).tolist()
+                stop = sum(follow[:n_end])
+                for pq in follow[n_end:]:  # one slot per closer, in batch.closers' order
+                    stop += pq * float(torch.exp(next(it)).sum())
+                after[t] = stop
+            end_mass = {c: sum(first[t] * after[t] for t in batch.char_ids[c]) for c in p.valid}
+        items.append(item_scores(p, mass, end_mass))
     return items
 
 
-def score_logits(batch: CrcBatch, logits: Any) -> CrcResult:
-    """:func:`score_items` of one batch, summarised."""
-    return result_of(score_items(batch, logits))
-
-
-def item_scores(p: CrcPrompt, mass: dict[str, float]) -> CrcItem:
-    """V, H and H_norm of one prompt from the probability mass on each valid character."""
+def item_scores(
+    p: CrcPrompt, mass: dict[str, float], end_mass: dict[str, float] | None = None
+) -> CrcItem:
+    """V, H and H_norm of one prompt from the probability mass on each valid character (and
+    V_end from the mass of "that character, then the end", when given)."""
     v = sum(mass.values())
     h = 0.0
     if v > 0:
@@ -224,15 +320,18 @@ def item_scores(p: CrcPrompt, mass: dict[str, float]) -> CrcItem:
                 q = m / v
                 h -= q * math.log(q)
     h_norm = h / math.log(len(p.valid)) if len(p.valid) > 1 else 0.0
-    return CrcItem(p.id, p.category, v, h, h_norm, mass)
+    v_end = sum(end_mass.values()) if end_mass is not None else None
+    return CrcItem(p.id, p.category, v, h, h_norm, mass, v_end, end_mass)
 
 
-def _summary(items: Sequence[CrcItem]) -> dict[str, float]:
+def _summary(items: Sequence[CrcItem]) -> dict[str, Any]:
     n = max(len(items), 1)
+    ends = [i.validity_end for i in items]
     return {
         "V": sum(i.validity for i in items) / n,
         "H": sum(i.entropy for i in items) / n,
         "H_norm": sum(i.entropy_norm for i in items) / n,
+        "V_end": None if any(e is None for e in ends) or not items else sum(ends) / n,  # type: ignore[arg-type]
         "n": len(items),
     }
 

@@ -67,19 +67,18 @@ class PplProxy:
     max_tokens: int | None = None
     batch_size: int = 4
     kind: str = "ppl"
-    last_only: bool = False
 
     def __post_init__(self) -> None:
         read_text(self.data, "perplexity")  # a bad file fails before any model loads
 
-    def batches(self, tokenizer: Any, device: Any) -> list[dict[str, Any]]:
+    def batches(self, tokenizer: Any, device: Any, model: Any = None) -> list[dict[str, Any]]:
         return ppl_batches(
             tokenizer, self.data, seqlen=self.seqlen, max_tokens=self.max_tokens,
             batch_size=self.batch_size, device=device,
         )  # fmt: skip
 
-    def score(self, batch: dict[str, Any], logits: Any) -> tuple[float, int]:
-        return nll_of(batch, logits)
+    def score(self, batch: dict[str, Any], run: Any, final: Any) -> tuple[float, int]:
+        return nll_of(batch, run.logits(final, last_only=False))
 
     def combine(self, parts: list[tuple[float, int]]) -> dict[str, Any]:
         nll, n = sum(p[0] for p in parts), sum(p[1] for p in parts)

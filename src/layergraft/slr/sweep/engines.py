@@ -22,10 +22,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from layergraft.errors import InputError, RangeError
-from layergraft.models.batching import forward_logits
-from layergraft.ranges import Range
+from layergraft.arch import adapter_for_model
+from layergraft.errors import RangeError
 from layergraft.models.runner import LayerRunner
+from layergraft.ranges import Range
+from layergraft.slr.hybrid.soup import souped
 from layergraft.slr.hybrid.swap import swapped_layers
 
 
@@ -53,17 +54,26 @@ def enumerate_intervals(
     ]
 
 
+def interval_key(start: int, end: int, parts: str = "all", alpha: float = 1.0) -> str:
+    """The journal key of an interval row: ``interval:s:e``, then ``:parts`` unless whole
+    layers, then ``@alpha`` for an interval soup (alpha below 1)."""
+    tail = "" if parts == "all" else f":{parts}"
+    return f"interval:{start}:{end}{tail}" + ("" if alpha == 1.0 else f"@{alpha:g}")
+
+
 @dataclass(frozen=True)
 class Unit:
     """One piece of sweep work: ``reference`` (``name`` post/base), ``start`` (all intervals
     ``[start, e)`` for ``e`` in ``ends``, restoring ``parts`` of their layers: ``all`` or one
-    of ``attn``, ``mlp``, ``norms``) or ``soup`` (one ``alpha``)."""
+    of ``attn``, ``mlp``, ``norms``; ``alpha`` below 1 blends them, an interval soup) or
+    ``soup`` (the whole model blended at ``alpha``); ``validate`` generates from the hybrid
+    named ``name`` (:mod:`layergraft.slr.sweep.validate`)."""
 
     kind: str
     name: str = ""
     start: int = -1
     ends: tuple[int, ...] = field(default_factory=tuple)
-    alpha: float = 0.0
+    alpha: float = 1.0
     parts: str = "all"
 
     @property
@@ -73,8 +83,9 @@ class Unit:
             return [f"reference:{self.name}"]
         if self.kind == "soup":
             return [f"soup:{self.alpha:g}"]
-        tail = "" if self.parts == "all" else f":{self.parts}"
-        return [f"interval:{self.start}:{e}{tail}" for e in self.ends]
+        if self.kind == "validate":
+            return [f"validate:{self.name}"]
+        return [interval_key(self.start, e, self.parts, self.alpha) for e in self.ends]
 
     def cost(self, num_layers: int, prefix_reuse: bool = True) -> int:
         """Decoder-layer forwards per batch (for the plan and for balancing workers)."""
@@ -91,47 +102,53 @@ def plan_units(
     intervals: Sequence[Range],
     soups: Sequence[float],
     parts: Sequence[str] = ("all",),
+    alphas: Sequence[float] = (1.0,),
 ) -> list[Unit]:
-    """References first, then one unit per (part, start), starts ascending, then the soups."""
+    """References first, then one unit per (part, alpha, start), starts ascending, then the
+    whole-model soups."""
     ends: dict[int, list[int]] = {}
     for s, e in intervals:
         ends.setdefault(s, []).append(e)
     starts = [
-        Unit("start", start=s, ends=tuple(sorted(es)), parts=p)
+        Unit("start", start=s, ends=tuple(sorted(es)), parts=p, alpha=a)
         for p in parts
+        for a in sorted(alphas, reverse=True)
         for s, es in sorted(ends.items())
     ]
     refs = [Unit("reference", name="post"), Unit("reference", name="base")]
     return refs + starts + [Unit("soup", alpha=a) for a in soups]
 
 
-SWEEP_PARTS = ("attn", "mlp", "norms", "all")
+def runner_for(model: Any, adapter: Any, batch: Any) -> LayerRunner:
+    """A :class:`LayerRunner` of ``model`` on a proxy's batch: a packed CRC batch, or a dense
+    one (``input_ids`` and ``attention_mask``)."""
+    if hasattr(batch, "packed"):
+        return LayerRunner(model, adapter, batch.packed)
+    return LayerRunner(model, adapter, batch["input_ids"], batch["attention_mask"])
 
 
-def parse_sweep_parts(text: str | Sequence[str]) -> tuple[str, ...]:
-    """``--parts attn,mlp,all`` -> the variants a sweep scores, each once: one part of the
-    layers or ``all`` (whole layers), in the order attn, mlp, norms, all."""
-    words = [w.strip() for w in (text.split(",") if isinstance(text, str) else text) if w.strip()]
-    bad = [w for w in words if w not in SWEEP_PARTS]
-    if bad or not words:
-        raise InputError(
-            f"--parts {bad[0] if bad else text!r} is not a part; give attn, mlp, norms or all "
-            "(several as attn,mlp,all: one sweep each)"
-        )
-    return tuple(p for p in SWEEP_PARTS if p in words)
-
-
-def score_model(model: Any, proxy: Any, batches: Sequence[Any]) -> dict[str, Any]:
-    """The proxy's row for a whole model (a reference, a soup, a swapped hybrid)."""
+def score_model(
+    model: Any, proxy: Any, batches: Sequence[Any], adapter: Any = None
+) -> dict[str, Any]:
+    """The proxy's row for a whole model (a reference, a soup, a swapped hybrid): every
+    batch run through all layers with the same runner the fast engine uses."""
     if hasattr(proxy, "score_model"):  # a user's own function of the model
         return proxy.score_model(model)
-    parts = [
-        proxy.score(
-            b, forward_logits(model, b["input_ids"], b["attention_mask"], last_only=proxy.last_only)
-        )
-        for b in batches
-    ]
+    if adapter is None:
+        adapter = adapter_for_model(model)
+    parts = []
+    for b in batches:
+        run = runner_for(model, adapter, b)
+        parts.append(proxy.score(b, run, run.run_from(0, run.hidden0, adapter.layers(model))))
     return proxy.combine(parts)
+
+
+def _as_base(post_model: Any, base_model: Any, rng: Range, parts: str, alpha: float) -> Any:
+    """The context in which ``post_model``'s layers ``rng`` are the hybrid's: the base's
+    (``parts`` of them) or, for an interval soup, the blend at ``alpha``."""
+    if alpha == 1.0:
+        return swapped_layers(post_model, base_model, [rng], parts=parts)
+    return souped(post_model, base_model, alpha, parts, layers=[rng])
 
 
 def score_start(
@@ -143,26 +160,27 @@ def score_start(
     start: int,
     ends: Sequence[int],
     parts: str = "all",
+    alpha: float = 1.0,
 ) -> dict[int, dict[str, Any]]:
     """Rows of the intervals ``[start, e)``, ``e`` in ``ends``, by prefix reuse (module doc).
 
-    With ``parts`` other than ``all`` the chain's layer ``i`` is the post layer carrying the
-    base's tensors of that part (swapped in for its one call, no copy)."""
+    With ``parts`` other than ``all``, or ``alpha`` below 1, the chain's layer ``i`` is the
+    post layer carrying the base's tensors of that part, or their blend, for its one call."""
     post_layers, base_layers = adapter.layers(post_model), adapter.layers(base_model)
     wanted = set(ends)
     got: dict[int, list[Any]] = {e: [] for e in ends}
     for b in batches:
-        run = LayerRunner(post_model, adapter, b["input_ids"], b["attention_mask"])
+        run = runner_for(post_model, adapter, b)
         h = run.run(post_layers, 0, start, run.hidden0)  # the post prefix, once per batch
         for e in range(start + 1, max(ends) + 1):
-            if parts == "all":  # the base chain grows by one layer
+            if parts == "all" and alpha == 1.0:  # the base chain grows by one layer
                 h = run.layer(base_layers[e - 1], e - 1, h)
             else:
-                with swapped_layers(post_model, base_model, [(e - 1, e)], adapter, parts):
+                with _as_base(post_model, base_model, (e - 1, e), parts, alpha):
                     h = run.layer(post_layers[e - 1], e - 1, h)
             if e in wanted:
                 final = run.run_from(e, h, post_layers)
-                got[e].append(proxy.score(b, run.logits(final, last_only=proxy.last_only)))
+                got[e].append(proxy.score(b, run, final))
     return {e: proxy.combine(got[e]) for e in ends}
 
 
@@ -175,10 +193,12 @@ def score_start_swap(
     start: int,
     ends: Sequence[int],
     parts: str = "all",
+    alpha: float = 1.0,
 ) -> dict[int, dict[str, Any]]:
-    """Rows of the intervals ``[start, e)`` by the in-memory swap, each from the embeddings."""
+    """Rows of the intervals ``[start, e)`` by the in-memory swap (or blend), each from the
+    embeddings."""
     out = {}
     for e in ends:
-        with swapped_layers(post_model, base_model, [(start, e)], adapter, parts):
-            out[e] = score_model(post_model, proxy, batches)
+        with _as_base(post_model, base_model, (start, e), parts, alpha):
+            out[e] = score_model(post_model, proxy, batches, adapter)
     return out

@@ -1,13 +1,20 @@
 """The durable, resumable results file of a sweep: ``OUT/intervals.jsonl``.
 
-Why a journal: an exhaustive sweep of a deep pair runs for hours. Every finished unit's rows
-(references, the intervals of one start, a soup alpha) are appended in one write and flushed
-to the device (``fsync``) before the next unit starts, so a kill loses at most the unit in
-flight, and ``--resume`` continues from what is on disk. The first line records everything
-that decides the numbers (inputs, proxy and prompts, engine, placement); resuming with
-anything different is refused, so a journal never mixes two experiments. ``results.json`` is
-assembled from the journal alone, so it is the same whether the sweep ran in one go, was
-resumed, or was spread over workers.
+Why a journal: an exhaustive sweep of a deep pair runs for hours. The contract:
+
+* The first line records everything that decides the rows (inputs, proxy and prompts,
+  every row setting of :class:`~layergraft.slr.sweep.config.SweepConfig`, engine, placement)
+  and the selection settings of the run that wrote it.
+* Every finished unit (references, the intervals of one start, a soup) is ONE line, appended
+  in one write and flushed to the device (``fsync``) before the next unit starts. A kill
+  inside a unit loses that unit, a kill inside the write leaves a partial last line; either
+  way no unit is half-recorded, so a resumed sweep runs exactly the missing units and its
+  ``results.json`` is byte-identical to an uninterrupted run's.
+* Resuming reads the file without changing it, refuses a different row setting in one line
+  (selection settings may change: the rows are the same, and results.json records the ones
+  used), refuses a malformed line naming its number, and only then drops a partial last line.
+* ``results.json`` is assembled from the journal alone, so it is the same whether the sweep
+  ran in one go, was resumed, or was spread over workers.
 """
 
 from __future__ import annotations
@@ -15,14 +22,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from layergraft.errors import InputError, OutputError
-from layergraft.jsonl import json_lines
+from layergraft.slr.sweep.engines import interval_key
 
 JOURNAL = "intervals.jsonl"
-VERSION = 1
+VERSION = 2
+_FIX = "start a new --out (or --force to start over)"
 
 
 def row_key(row: dict[str, Any]) -> str:
@@ -30,8 +39,7 @@ def row_key(row: dict[str, Any]) -> str:
         return f"reference:{row['name']}"
     if row["kind"] == "soup":
         return f"soup:{row['alpha']:g}"
-    tail = f":{row['parts']}" if row.get("parts", "all") != "all" else ""
-    return f"interval:{row['start']}:{row['end']}{tail}"
+    return interval_key(row["start"], row["end"], row.get("parts", "all"), row.get("alpha", 1.0))
 
 
 def _short(v: Any) -> str:
@@ -50,32 +58,157 @@ def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> 
     return out
 
 
+def _row_problem(row: Any) -> str | None:
+    """Why ``row`` is not a sweep row, or None."""
+    if not isinstance(row, dict) or not isinstance(row.get("scores"), dict):
+        return "is not a row with scores"
+    kind = row.get("kind")
+    if kind == "reference":
+        return None if row.get("name") in ("post", "base") else "is a reference without a name"
+    if kind == "soup":
+        return None if isinstance(row.get("alpha"), (int, float)) else "is a soup without alpha"
+    if kind == "interval":
+        ok = all(isinstance(row.get(k), int) for k in ("start", "end"))
+        return None if ok else "is an interval row without start and end"
+    return f"has kind {kind!r}"
+
+
+@dataclass
+class Contents:
+    """What a journal holds, read without changing it."""
+
+    path: Path
+    header: dict[str, Any]
+    rows: list[dict[str, Any]]
+    partial: int  # bytes of a partial last line (a kill mid-write), dropped on resume
+    size: int  # bytes up to the end of the last complete line
+
+
+def read_journal(path: Path, problem: Any = None, key: Any = None, what: str = "sweep") -> Contents:
+    """Parse ``path`` strictly (one line naming each problem); nothing is written.
+    ``problem(row)`` says why a row is malformed and ``key(row)`` names it (the sweep's row
+    rules by default; validation brings its own)."""
+    problem = problem or _row_problem
+    key = key or row_key
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    partial = len(data) - end
+    header: dict[str, Any] | None = None
+    rows: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for n, raw in enumerate(data[:end].decode("utf-8", errors="replace").splitlines(), 1):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError:
+            raise InputError(f"{path} line {n} is not valid JSON; {_FIX}") from None
+        if n == 1:
+            if not isinstance(obj, dict) or obj.get("kind") != "header":
+                raise InputError(
+                    f"{path} has no {what} header; it is not a {what} journal — {_FIX}"
+                )
+            if obj.get("version") != VERSION:
+                raise InputError(
+                    f"{path} was written by another layergraft version (journal "
+                    f"v{obj.get('version')}, this one writes v{VERSION}); {_FIX}"
+                )
+            header = obj
+            continue
+        unit = obj.get("rows") if isinstance(obj, dict) and obj.get("kind") == "unit" else None
+        if not isinstance(unit, list) or not unit:
+            raise InputError(f"{path} line {n} is not a unit of {what} rows; {_FIX}")
+        for row in unit:
+            why = problem(row)
+            if why is not None:
+                raise InputError(f"{path} line {n}: a row {why}; {_FIX}")
+            name = key(row)
+            if name in seen:
+                raise InputError(f"{path} line {n} records {name} a second time; {_FIX}")
+            seen.add(name)
+            rows.append(row)
+    if header is None:
+        raise InputError(f"{path} has no {what} header; it is not a {what} journal — {_FIX}")
+    return Contents(path, header, rows, partial, end)
+
+
+def done_keys(contents: Contents) -> set[str]:
+    """The sweep rows a journal holds, by key."""
+    return {row_key(r) for r in contents.rows}
+
+
+def check_settings(contents: Contents, config: dict[str, Any]) -> None:
+    """Refuse a journal whose recorded row settings differ from ``config``'s (one line)."""
+    old = {k: v for k, v in contents.header.get("config", {}).items() if k != "selection"}
+    new = {k: v for k, v in config.items() if k != "selection"}
+    # the user's own settings first: "rows.max_len" says more than a fingerprint does
+    first = {"rows": old.pop("rows", None)}, {"rows": new.pop("rows", None)}
+    diff = _differences(*first) + _differences(old, new)
+    if diff:
+        raise InputError(
+            f"--resume: {contents.path} records another sweep: {diff[0]}; resume with the same "
+            "inputs and settings, or start a new --out"
+        )
+
+
+def inspect_journal(out: str | os.PathLike[str], config: dict[str, Any]) -> Contents:
+    """For ``--dry-run --resume``: the sweep journal in ``out`` read and checked, never changed."""
+    return Journal.inspect(out, config)
+
+
 class Journal:
-    """An open ``intervals.jsonl``: its header's config, the rows so far, appending more."""
+    """An open journal (``intervals.jsonl`` by default): its header's config, the rows so
+    far, appending more. ``name``/``problem``/``key``/``what`` make the same contract hold
+    for another kind of unit (validation's generations)."""
+
+    name = JOURNAL
+    what = "sweep"
 
     def __init__(self, path: Path, config: dict[str, Any], rows: list[dict[str, Any]]) -> None:
         self.path, self.config, self.rows = path, config, rows
 
+    @staticmethod
+    def problem(row: Any) -> str | None:
+        return _row_problem(row)
+
+    @staticmethod
+    def key(row: dict[str, Any]) -> str:
+        return row_key(row)
+
     @property
     def done(self) -> set[str]:
-        return {row_key(r) for r in self.rows}
+        return {self.key(r) for r in self.rows}
+
+    @classmethod
+    def inspect(cls, out: str | os.PathLike[str], config: dict[str, Any]) -> Contents:
+        """The journal in ``out`` read and checked against ``config``, never changed."""
+        path = Path(out) / cls.name
+        if not path.is_file():
+            raise InputError(
+                f"--resume: {path} does not exist; run the sweep without --resume to start it"
+            )
+        contents = read_journal(path, cls.problem, cls.key, cls.what)
+        check_settings(contents, json.loads(json.dumps(config)))
+        return contents
 
     @classmethod
     def open(
         cls, out: str | os.PathLike[str], config: dict[str, Any], *, resume: bool, force: bool
     ) -> Journal:
-        """Start ``out/intervals.jsonl`` (a new directory; ``force`` deletes an old one first)
-        or, with ``resume``, continue the one there after checking it records ``config``."""
+        """Start ``out/<name>`` (in a new directory; ``force`` deletes an old one first) or,
+        with ``resume``, continue the one there after checking it records ``config``."""
         out = Path(out)
-        path = out / JOURNAL
+        path = out / cls.name
         config = json.loads(json.dumps(config))  # the form it has when read back
         if resume:
-            if not path.is_file():
-                raise InputError(
-                    f"--resume: {path} does not exist; run the sweep without --resume to start it"
-                )
-            return cls._continue(path, config)
-        if out.exists() or out.is_symlink():
+            contents = cls.inspect(out, config)
+            if (
+                contents.partial
+            ):  # a kill mid-write: drop the partial line, now that all checks passed
+                with open(path, "r+b") as f:
+                    f.truncate(contents.size)
+            return cls(path, config, contents.rows)
+        if cls.name == JOURNAL and (out.exists() or out.is_symlink()):
             if not force:
                 raise OutputError(
                     f"output {out} already exists; pass --resume to continue that sweep or --force to start over"
@@ -86,53 +219,24 @@ class Journal:
                 )
             shutil.rmtree(out)
         try:
-            out.mkdir(parents=True)
+            out.mkdir(exist_ok=cls.name != JOURNAL)
         except OSError as e:
             raise OutputError(
                 f"cannot create {out}: {e.strerror}; choose a writable location"
             ) from e
+        path.unlink(missing_ok=True)
         journal = cls(path, config, [])
-        journal._write([{"kind": "header", "version": VERSION, "config": config}])
+        journal._write({"kind": "header", "version": VERSION, "config": config})
         return journal
 
-    @classmethod
-    def _continue(cls, path: Path, config: dict[str, Any]) -> Journal:
-        data = path.read_bytes()
-        if data and not data.endswith(b"\n"):  # a kill mid-write: drop the partial line
-            with open(path, "r+b") as f:
-                f.truncate(data.rfind(b"\n") + 1)
-            data = data[: data.rfind(b"\n") + 1]
-        lines = list(
-            json_lines(
-                data.decode("utf-8"), str(path), "it is not a sweep journal; start a new --out"
-            )
-        )
-        if not lines or not isinstance(lines[0][1], dict) or lines[0][1].get("kind") != "header":
-            raise InputError(
-                f"{path} has no sweep header; it is not a sweep journal — start a new --out"
-            )
-        header = lines[0][1]
-        if header.get("version") != VERSION:
-            raise InputError(
-                f"{path} was written by another layergraft version (journal v{header.get('version')}); start a new --out"
-            )
-        diff = _differences(header.get("config", {}), config)
-        if diff:
-            raise InputError(
-                f"--resume: {path} records another sweep: {diff[0]}; resume with the same "
-                "inputs and settings, or start a new --out"
-            )
-        return cls(path, config, [obj for _, obj in lines[1:]])
-
     def append(self, rows: list[dict[str, Any]]) -> None:
-        """Add one unit's rows durably (one write, flushed and fsynced)."""
-        self._write(rows)
+        """Add one unit's rows durably (one line, one write, flushed and fsynced)."""
+        self._write({"kind": "unit", "rows": rows})
         # as read back: a resumed sweep and an uninterrupted one see the very same rows
         self.rows.extend(json.loads(json.dumps(r)) for r in rows)
 
-    def _write(self, rows: list[dict[str, Any]]) -> None:
-        text = "".join(json.dumps(r) + "\n" for r in rows)
-        data = memoryview(text.encode("utf-8"))
+    def _write(self, obj: dict[str, Any]) -> None:
+        data = memoryview((json.dumps(obj) + "\n").encode("utf-8"))
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             while data:

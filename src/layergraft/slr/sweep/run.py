@@ -1,20 +1,23 @@
-"""``sweep``: score every restored interval on a proxy and choose one (the paper's rule).
+"""``sweep``: score every hybrid of a family on a proxy and choose one.
 
-The steps: validate everything cheap (pair, prompts or text, outputs) -> plan the units
-(:mod:`layergraft.slr.sweep.engines`) -> with ``dry_run`` stop at :mod:`layergraft.slr.sweep.plan` -> open
-``OUT/intervals.jsonl`` (:mod:`layergraft.slr.sweep.journal`; ``resume`` continues it) -> score the
-units not yet done with a :class:`~layergraft.slr.sweep.worker.SweepWorker` (the models are loaded
-once, and only if there is work) -> assemble the results from the journal
-(:mod:`layergraft.slr.sweep.assemble`) -> write results.json, CSV and plots
-(:mod:`layergraft.report.sweep`) -> optionally restore the selected hybrid.
+The steps: settings in one :class:`~layergraft.slr.sweep.config.SweepConfig` -> validate
+everything cheap (pair, prompts or text, end markers, outputs) -> plan the units
+(:mod:`.engines`) -> with ``dry_run`` stop at :mod:`.plan` -> open ``OUT/intervals.jsonl``
+(:mod:`.journal`; ``resume`` continues it) -> score the units not yet done with a
+:class:`~layergraft.slr.sweep.worker.SweepWorker` (the models are loaded once, and only if
+there is work) -> assemble the results from the journal (:mod:`.assemble`) -> optionally
+validate the best candidates by generation (:mod:`.validate`) -> write results.json, CSV and
+plots (:mod:`layergraft.report.sweep`) -> optionally write the chosen hybrid.
 
-Proxies: ``crc`` (the CRC task, exact first-token estimator; the paper's rule) or ``ppl``
-(perplexity on ``data``; the lowest is selected). ``method``: intervals (``slr``), the 21 weight
-soups (``soup``) or ``both``.
+Proxies: ``crc`` (the CRC task, exact first-token estimator with the format score V_end) or
+``ppl`` (perplexity on ``data``; the lowest is selected). ``method``: intervals (``slr``), the
+21 whole-model soups (``soup``) or ``both``; ``alphas`` blends the intervals' layers instead
+of restoring them (interval soups); ``parts`` restores only attention, MLP or norms.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -24,44 +27,70 @@ from pathlib import Path
 from typing import Any
 
 from layergraft.arch import adapter_for_model
-from layergraft.checkpoint.atomic import check_output_target, write_json_atomic
+from layergraft.checkpoint.atomic import write_json_atomic
+from layergraft.checkpoint.outputs import check_output
 from layergraft.errors import InputError, OutputError
 from layergraft.models.batching import fit_context
-from layergraft.models.load import load_model, load_tokenizer, open_loadable
-from layergraft.models.placement import Placement
+from layergraft.models.load import load_tokenizer, open_loadable
+from layergraft.models.placement import check_placement
 from layergraft.report.sweep import write_sweep_outputs
-from layergraft.slr.sweep.assemble import assemble_crc, assemble_ppl
+from layergraft.slr.hybrid import candidate
+from layergraft.slr.hybrid.diff import change_vs_gain, diff
+from layergraft.slr.hybrid.pair import check_compatible
 from layergraft.slr.proxy.crc import CrcProxy
 from layergraft.slr.proxy.crc_prompts import load_crc_prompts
-from layergraft.slr.hybrid.diff import change_vs_gain, diff
-from layergraft.slr.sweep.engines import Unit, enumerate_intervals, parse_sweep_parts, plan_units
-from layergraft.slr.sweep.journal import Journal, row_key
-from layergraft.slr.hybrid.pair import check_compatible
-from layergraft.slr.sweep.plan import sweep_plan, time_layer
+from layergraft.slr.proxy.custom import CustomProxy
+from layergraft.slr.proxy.ends import EndMarkers, find_end_markers
 from layergraft.slr.proxy.ppl import PplProxy
-from layergraft.slr.hybrid.restore import restore
-from layergraft.slr.hybrid.soup import soup
-from layergraft.slr.sweep.worker import CustomProxy, SweepWorker, WorkerSpec
+from layergraft.slr.sweep.assemble import assemble_crc, assemble_ppl
+from layergraft.slr.sweep.config import SweepConfig, parse_alphas, parse_sweep_parts
+from layergraft.slr.sweep.engines import Unit, enumerate_intervals, plan_units
+from layergraft.slr.sweep.journal import Journal, done_keys, inspect_journal, row_key
+from layergraft.slr.sweep.plan import dry_run_plan
+from layergraft.slr.sweep.validate import validate_candidates
+from layergraft.slr.sweep.worker import SweepWorker, WorkerSpec
 from layergraft.version import __version__
 
 log = logging.getLogger(__name__)
 PathLike = str | os.PathLike[str]
-SOUP_ALPHAS = tuple(round(i * 0.05, 2) for i in range(21))
-METHODS = ("slr", "soup", "both")
-PROXIES = ("crc", "ppl")
+_FIELDS = {f.name for f in dataclasses.fields(SweepConfig)}
+
+
+def make_config(settings: dict[str, Any]) -> SweepConfig:
+    """A :class:`SweepConfig` from the API's keyword arguments (strings and lists accepted
+    where the CLI gives them: ``parts="attn,all"``, ``alphas="0.5,1"``, ``starts=[0, 2]``)."""
+    bad = sorted(set(settings) - _FIELDS)
+    if bad:
+        raise TypeError(f"sweep() got an unexpected keyword argument {bad[0]!r}")
+    s = dict(settings)
+    if "parts" in s:
+        s["parts"] = parse_sweep_parts(s["parts"])
+    if "alphas" in s:
+        s["alphas"] = parse_alphas(s["alphas"])
+    if s.get("starts") is not None:
+        s["starts"] = tuple(s["starts"])
+    for k in ("prompts", "data"):
+        if s.get(k) is not None and not isinstance(s[k], str):
+            s[k] = str(s[k]) if isinstance(s[k], os.PathLike) else s[k]
+    return SweepConfig(**s)
 
 
 def _make_proxy(
-    proxy: str, prompts: Any, data: Any, seqlen: int, max_tokens: int | None, batch_size: int | None,
-    score_model: Callable[[Any], dict[str, Any]] | None,
-) -> Any:  # fmt: skip
+    cfg: SweepConfig, ends: EndMarkers, score_model: Callable[[Any], dict[str, Any]] | None
+) -> Any:
     if score_model is not None:
         return CustomProxy(score_model)
-    if proxy == "ppl":
-        if data is None:
-            raise InputError("--proxy ppl needs --data FILE (text, or JSONL with a text field)")
-        return PplProxy(str(data), seqlen=seqlen, max_tokens=max_tokens, batch_size=batch_size or 4)
-    return CrcProxy(load_crc_prompts(prompts), source=str(prompts), batch_size=batch_size or 64)
+    if cfg.proxy == "ppl":
+        return PplProxy(
+            str(cfg.data), seqlen=cfg.seqlen, max_tokens=cfg.max_tokens,
+            batch_size=4 if cfg.batch_size is None else cfg.batch_size,
+        )  # fmt: skip
+    prompts = cfg.prompts if isinstance(cfg.prompts, str) else list(cfg.prompts)
+    return CrcProxy(
+        load_crc_prompts(prompts), source=str(cfg.prompts),
+        batch_size=64 if cfg.batch_size is None else cfg.batch_size,
+        ends=ends, v_end=cfg.v_end, share_prefix=cfg.share_prefix,
+    )  # fmt: skip
 
 
 def _fingerprint(ck: Any) -> dict[str, Any]:
@@ -78,21 +107,8 @@ def sweep(
     post: Any,
     out: PathLike | None = None,
     *,
+    config: SweepConfig | None = None,
     tokenizer: Any = None,
-    proxy: str = "crc",
-    prompts: str | Path | Iterable[str] = "all",
-    data: PathLike | None = None,
-    seqlen: int = 2048,
-    max_tokens: int | None = None,
-    min_len: int = 1,
-    max_len: int | None = None,
-    starts: Sequence[int] | None = None,
-    validity_ratio: float = 0.9,
-    diversity_key: str = "H_norm",
-    method: str = "slr",
-    parts: str | Sequence[str] = "all",
-    prefix_reuse: bool = True,
-    batch_size: int | None = None,
     device: str | None = None,
     dtype: Any = "auto",
     device_map: Any = None,
@@ -103,27 +119,25 @@ def sweep(
     progress: bool = True,
     score_model: Callable[[Any], dict[str, Any]] | None = None,
     executor: Any = None,
+    **settings: Any,
 ) -> dict[str, Any]:
-    """Score every interval ``[s, e)`` (and/or soup) on a proxy and select one.
+    """Score every hybrid the settings ask for on a proxy and select one.
 
     ``base``/``post``: paths (directory, hub id, ``.gguf``) or loaded models (then pass the
-    post model's ``tokenizer``). ``proxy``: ``"crc"`` (``prompts``) or ``"ppl"`` (``data``,
-    ``seqlen``, ``max_tokens``); ``parts`` (``"attn,mlp,all"``) scores every interval once
-    per part — restoring only the layers' attention, MLP or norms, or whole layers — with one
-    selection each; ``score_model`` replaces the proxy with any function of a model
-    returning ``{"V":..,"H":..,"H_norm":..}`` (scored through the in-memory swap). With
-    ``out``, every finished unit is appended durably to ``out/intervals.jsonl`` and ``resume``
-    continues a killed sweep. ``dry_run`` returns the plan without scoring. ``executor``
-    (:mod:`layergraft.slr.sweep.distributed`) scores the units elsewhere. Returns the results dict
-    (also ``out/results.json``).
+    post model's ``tokenizer``). The settings (``config``, or its fields as keywords:
+    ``proxy``, ``prompts``, ``method``, ``parts``, ``alphas``, ``rule``, ``validate``, ...)
+    are those of :class:`~layergraft.slr.sweep.config.SweepConfig`. ``score_model`` replaces
+    the proxy with any function of a model returning ``{"V":..,"H":..,"H_norm":..}`` (scored
+    through the in-memory swap). With ``out``, every finished unit is appended durably to
+    ``out/intervals.jsonl`` and ``resume`` continues a killed sweep. ``dry_run`` returns the
+    plan without scoring. ``executor`` (:mod:`.distributed`) scores the units elsewhere.
+    ``restore_best`` writes the chosen hybrid: the validated choice with ``validate``, else
+    the active rule's best over the families swept. Returns the results dict (also
+    ``out/results.json``).
     """
-    if method not in METHODS:
-        raise InputError(f"--method {method!r} is not one of {', '.join(METHODS)}")
-    if proxy not in PROXIES:
-        raise InputError(f"--proxy {proxy!r} is not one of {', '.join(PROXIES)}")
-    if diversity_key not in ("H", "H_norm"):
-        raise InputError(f"diversity key {diversity_key!r} is not H or H_norm")
-    sweep_parts = parse_sweep_parts(parts)
+    cfg = config if config is not None else make_config(settings)
+    if config is not None and settings:
+        raise TypeError("give the settings either as config= or as keywords, not both")
     if resume and out is None:
         raise InputError("--resume needs --out DIR (the sweep to continue)")
     if resume and force:
@@ -135,10 +149,7 @@ def sweep(
         raise OutputError(
             f"output {out} already exists; pass --resume to continue that sweep or --force to start over"
         )
-    if restore_best is not None:
-        check_output_target(restore_best, force=force)  # fail before hours of scoring
     placement = {"device": device, "dtype": dtype, "device_map": device_map}
-    Placement(**placement)  # a bad --dtype / --device + --device-map fails now
     if in_memory:
         if tokenizer is None:
             raise InputError(
@@ -148,6 +159,7 @@ def sweep(
         num_layers, family, context = adapter.num_layers, adapter.family, adapter.context_length
         inputs = {"base": "in-memory", "post": "in-memory"}
         config_inputs: dict[str, Any] = inputs
+        tok, gen_source = load_tokenizer(tokenizer), post
     else:
         base_ck, post_ck = open_loadable(base), open_loadable(post)
         check_compatible(base_ck, post_ck)
@@ -156,53 +168,79 @@ def sweep(
         inputs = {"base": str(base_ck.origin), "post": str(post_ck.origin)}
         config_inputs = {"base": _fingerprint(base_ck), "post": _fingerprint(post_ck)}
         tok_spec = str(tokenizer or post_ck.path)
-    if proxy == "ppl":  # rows longer than the model's context would not be text it can read
-        seqlen = fit_context(seqlen, context, "--ppl-seqlen")
-    px = _make_proxy(proxy, prompts, data, seqlen, max_tokens, batch_size, score_model)
+        tok, gen_source = None, post_ck.path
+    # every output and the placement are checked before anything is loaded or written
+    readable = [] if in_memory else [base_ck, post_ck]
+    readable += [Path(x) for x in (cfg.prompts, cfg.data) if x is not None and Path(x).exists()]
+    check_placement(device, dtype, device_map, models=[] if in_memory else [base_ck, post_ck])
+    if out is not None and not dry_run:
+        check_output(out, inputs=readable, kind="dir", flag="--out", force=force, reuse=resume)
+    if restore_best is not None:  # fail before hours of scoring
+        check_output(restore_best, inputs=readable, kind="dir", flag="--restore-best", force=force)
+    if cfg.proxy == "ppl":  # rows longer than the model's context would not be text it can read
+        cfg = dataclasses.replace(cfg, seqlen=fit_context(cfg.seqlen, context, "--ppl-seqlen"))
+    ends = EndMarkers(())
+    if cfg.uses_v_end and score_model is None:
+        if tok is None:
+            tok = load_tokenizer(tok_spec)
+        ends = find_end_markers(tok, gen_source)
+        if cfg.rule == "format" and not ends.ids:
+            raise InputError(
+                "--rule format needs the model's end markers and this one has none (no "
+                "eos_token_id in its generation config, no end of turn in its chat "
+                "template); use --rule paper"
+            )
+    px = _make_proxy(cfg, ends, score_model)
     intervals = (
-        enumerate_intervals(num_layers, min_len=min_len, max_len=max_len, starts=starts)
-        if method != "soup"
+        enumerate_intervals(num_layers, min_len=cfg.min_len, max_len=cfg.max_len, starts=cfg.starts)
+        if cfg.method != "soup"
         else []
     )
-    units = plan_units(num_layers, intervals, SOUP_ALPHAS if method != "slr" else (), sweep_parts)
+    units = plan_units(num_layers, intervals, cfg.soups, cfg.parts, cfg.alphas)
     if not in_memory:
         spec = WorkerSpec(
-            str(base_ck.path), str(post_ck.path), tok_spec, px, placement, prefix_reuse
+            str(base_ck.path), str(post_ck.path), tok_spec, px, placement, cfg.prefix_reuse
         )
-    header = {"proxy": px.kind, "num_layers": num_layers, "family": family, "inputs": inputs}
-    if px.kind == "crc":
+    header = {
+        "proxy": px.kind, "num_layers": num_layers, "family": family, "inputs": inputs,
+        "settings": cfg.as_json(),
+    }  # fmt: skip
+    if px.kind in ("crc", "custom"):
         header = {**header, "estimator": "exact", "prompts": px.describe()}
-    elif px.kind == "custom":
-        header = {**header, "proxy": "custom", "estimator": "exact", "prompts": px.describe()}
-    config = {
-        "proxy": px.kind,
+    engine = "prefix-reuse" if cfg.prefix_reuse and px.kind != "custom" else "swap"
+    journal_config = {
+        "rows": cfg.rows_key(),
+        "selection": cfg.selection(),
         "proxy_fingerprint": px.fingerprint(),
         "inputs": config_inputs,
         "num_layers": num_layers,
-        "engine": "prefix-reuse" if prefix_reuse and px.kind != "custom" else "swap",
+        "engine": engine,
         "placement": {
             k: v if isinstance(v, (str, dict, type(None))) else str(v) for k, v in placement.items()
         },
         "layergraft": __version__,
     }
 
+    if dry_run:
+        done = done_keys(inspect_journal(out, journal_config)) if resume else set()
+        ndone = sum(1 for u in units if set(u.keys) <= done)
+        return dry_run_plan(
+            post if in_memory else spec, units, ndone, tokenizer, px, placement, cfg
+        )
     journal: Journal | None = None
     rows: list[dict[str, Any]] = []
     done: set[str] = set()
-    if out is not None and not dry_run:
-        journal = Journal.open(out, config, resume=resume, force=force)
+    if out is not None:
+        journal = Journal.open(out, journal_config, resume=resume, force=force)
         rows, done = journal.rows, journal.done
     pending = [u for u in units if not set(u.keys) <= done]
 
     t0 = time.perf_counter()
-    if dry_run:
-        return _dry_run(
-            post if in_memory else spec, units, len(units) - len(pending), tokenizer, px, placement
-        )
+    worker: SweepWorker | None = None
     if pending:
         if executor is None:
             worker = (
-                SweepWorker(base, post, load_tokenizer(tokenizer), px, prefix_reuse=prefix_reuse)
+                SweepWorker(base, post, tok, px, prefix_reuse=cfg.prefix_reuse)
                 if in_memory
                 else SweepWorker.from_spec(spec)
             )
@@ -221,32 +259,37 @@ def sweep(
     if px.kind == "ppl":
         ref_tokens = next(r["scores"]["tokens"] for r in mine if r["kind"] == "reference")
         results = assemble_ppl(
-            mine, header=header, method=method,
-            definition=px.definition(ref_tokens // (px.seqlen - 1)), parts=sweep_parts,
+            mine, header=header, method=cfg.method,
+            definition=px.definition(ref_tokens // (px.seqlen - 1)), parts=cfg.parts,
         )  # fmt: skip
     else:
         results = assemble_crc(
-            mine, header=header, method=method, validity_ratio=validity_ratio,
-            diversity_key=diversity_key, parts=sweep_parts,
+            mine, header=header, method=cfg.method, rule=cfg.rule,
+            validity_ratio=cfg.validity_ratio, end_ratio=cfg.end_ratio,
+            diversity_key=cfg.diversity_key, parts=cfg.parts,
         )  # fmt: skip
     if not in_memory and px.kind == "crc" and results["intervals"]:
         change = diff(base_ck, post_ck, progress=False)
-        post_div = results["references"]["post"][diversity_key]
+        post_div = results["references"]["post"][cfg.diversity_key]
         results["weight_change"] = change_vs_gain(
-            change, results["intervals"], diversity_key, post_div
+            change, results["intervals"], cfg.diversity_key, post_div
         )
         if out is not None:
             write_json_atomic(Path(out) / "diff.json", change)
+    if cfg.validate is not None:
+        results["validation"] = validate_candidates(
+            results, cfg, out=out, worker=worker, spec=None if in_memory else spec,
+            pair=(base, post, tok) if in_memory else None, executor=executor,
+            progress=progress,
+        )  # fmt: skip
     if restore_best is not None:
-        results["restored_to"] = _restore_best(
-            results, inputs, restore_best, method, force, progress
-        )
+        results["restored_to"] = _restore_best(results, inputs, restore_best, force, progress)
     if out is not None:
         write_sweep_outputs(results, Path(out))
         write_json_atomic(
             Path(out) / "run.json",
             {"seconds": round(elapsed, 3), "units_run": len(pending), "units_resumed": len(units) - len(pending),
-             "engine": config["engine"], "executor": getattr(executor, "name", "local")},
+             "engine": engine, "executor": getattr(executor, "name", "local")},
         )  # fmt: skip
     return results
 
@@ -285,61 +328,31 @@ def _run_units(
             bar.update(len(unit_rows))
 
 
-def _dry_run(
-    post: Any, units: list[Unit], done: int, tokenizer: Any, px: Any, placement: dict[str, Any]
-) -> dict[str, Any]:
-    """Load the post model only, time one layer on the first real batch, return the plan."""
-    if isinstance(post, WorkerSpec):
-        model = load_model(post.post, **placement)
-        tok = load_tokenizer(post.tokenizer)
-    else:
-        model, tok = post, load_tokenizer(tokenizer)
-    if not hasattr(px, "batches") or isinstance(px, CustomProxy):
-        raise InputError("--dry-run needs the crc or ppl proxy, not a custom score function")
-    adapter = adapter_for_model(model)
-    batches = px.batches(tok, next(model.parameters()).device)
-    params = list(model.parameters())
-    elem = params[0].element_size()
-    return {
-        "dry_run": True,
-        "plan": sweep_plan(
-            units,
-            num_layers=adapter.num_layers,
-            batches=batches,
-            timing=time_layer(model, adapter, batches[0], px.last_only),
-            weights_bytes=2 * sum(p.numel() * p.element_size() for p in params),
-            hidden=adapter.hidden_size,
-            vocab=adapter.vocab_size,
-            element_bytes=elem,
-            done=done,
-        ),  # fmt: skip
-    }
+def chosen_hybrid(results: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
+    """The hybrid a sweep stands behind, and why: the validated choice when candidates were
+    validated, else the active rule's best over every family swept."""
+    val = results.get("validation")
+    if val is not None:
+        return val.get("chosen"), val.get("verdict", "")
+    rule = results.get("rule", {}).get("name")
+    best = (results.get("best") or {}).get(rule) if rule else results.get("selected")
+    if best is None and results.get("soup"):
+        best = results["soup"].get("selected")
+    thr = (results.get("selection") or {}).get("validity_threshold")
+    why = f"no hybrid met the rule ({results.get('rule', {}).get('text', '')})"
+    return best, (why if thr is not None else "nothing was scored")
 
 
 def _restore_best(
-    results: dict[str, Any], inputs: dict[str, str], target: PathLike, method: str, force: bool,
-    progress: bool,
-) -> str | None:  # fmt: skip
-    """Write the selected hybrid (the selected soup with ``method="soup"``); None, with a
-    warning naming why, when nothing was selected."""
-    if method == "soup":
-        chosen = (results.get("soup") or {}).get("selected")
-        if chosen is None:
-            log.warning("--restore-best: no soup alpha met the rule; nothing written to %s", target)
-            return None
-        soup(
-            inputs["base"], inputs["post"], chosen["alpha"], target, force=force, progress=progress
-        )
-        return str(target)
-    chosen = results.get("selected")
-    if chosen is None:
-        thr = (results.get("selection") or {}).get("validity_threshold")
-        why = f"no interval met V >= {thr:.3f}" if thr is not None else "no interval was scored"
+    results: dict[str, Any], inputs: dict[str, str], target: PathLike, force: bool, progress: bool
+) -> str | None:
+    """Write the chosen hybrid (:func:`chosen_hybrid`); None, with a warning naming why,
+    when nothing was chosen."""
+    best, why = chosen_hybrid(results)
+    if best is None:
         log.warning("--restore-best: %s; nothing written to %s", why, target)
         return None
-    restore(
-        inputs["base"], inputs["post"], chosen["interval"], target, force=force, progress=progress
-    )
+    candidate.write(best, inputs["base"], inputs["post"], target, force=force, progress=progress)
     return str(target)
 
 

@@ -1,57 +1,94 @@
-"""Choosing an interval: the paper's rule, and the validity/diversity Pareto front.
+"""Choosing a hybrid: the paper's rule, the format rule, and the validity/diversity front.
 
-The rule: the most diverse interval among those whose validity is at least
-``validity_ratio`` times the post model's (ties: the shorter interval, then the earlier one —
-fewer layers changed).
+* ``paper`` (the SLR paper's rule): the most diverse hybrid whose validity is at least
+  ``validity_ratio`` times the post model's: ``V >= 0.9 V_post``.
+* ``format``: the same, and the reply must still end where the post model's ends:
+  ``V_end >= 0.9 V_end_post``. CRC's first answer token cannot see that a hybrid has lost
+  its end of turn (on Gemma-3-270M the paper rule's pick never stops talking); V_end can.
+
+Ties go to the smaller change: the shorter interval, then the smaller blend weight, then the
+earlier start. Rows are the flat dicts of :mod:`layergraft.slr.sweep.assemble` (``V``,
+``H``, ``H_norm``, ``V_end`` and where the hybrid is: ``start``/``end``/``alpha``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from layergraft.ranges import Range, format_range
+from layergraft.ranges import format_range
+
+RULE_NAMES = ("paper", "format")
 
 
 @dataclass(frozen=True)
-class Selection:
-    """The chosen interval and why."""
+class Rule:
+    """A selection rule with its ratios (module doc)."""
 
-    interval: Range | None
-    threshold: float
-    rule: str
-    candidates: int
+    name: str = "paper"
+    validity_ratio: float = 0.9
+    end_ratio: float = 0.9
+    diversity_key: str = "H_norm"
+
+    @property
+    def text(self) -> str:
+        out = f"max {self.diversity_key} s.t. V >= {self.validity_ratio:g}·V_post"
+        if self.name == "format":
+            out += f" and V_end >= {self.end_ratio:g}·V_end_post"
+        return out
+
+    def thresholds(self, post: dict[str, Any]) -> dict[str, float]:
+        thr = {"V": self.validity_ratio * post["V"]}
+        if self.name == "format":
+            thr["V_end"] = self.end_ratio * post["V_end"]
+        return thr
+
+    def eligible(self, row: dict[str, Any], thresholds: dict[str, float]) -> bool:
+        return all(row.get(k) is not None and row[k] >= v for k, v in thresholds.items())
 
     def as_json(self) -> dict[str, Any]:
         return {
-            "interval": format_range(self.interval) if self.interval else None,
-            "validity_threshold": self.threshold,
-            "rule": self.rule,
-            "eligible_intervals": self.candidates,
+            "name": self.name,
+            "text": self.text,
+            "validity_ratio": self.validity_ratio,
+            "end_ratio": self.end_ratio if self.name == "format" else None,
+            "diversity_key": self.diversity_key,
         }
 
 
-def select_interval(
-    scores: dict[Range, dict[str, Any]],
-    post_validity: float,
-    *,
-    validity_ratio: float = 0.9,
-    validity_key: str = "V",
-    diversity_key: str = "H",
-) -> Selection:
-    """The paper's rule: highest diversity among intervals with V >= ratio * V_post.
+def _change(row: dict[str, Any]) -> tuple[float, float, int]:
+    """How much of the post model a hybrid changes, smallest first (the tie-break)."""
+    length = row["end"] - row["start"] if "start" in row else 10**9
+    return (length, row.get("alpha", 1.0), row.get("start", 0))
 
-    Ties go to the shorter interval, then the earlier one (fewer layers changed).
-    """
-    thr = validity_ratio * post_validity
-    ok = [(r, s) for r, s in scores.items() if s[validity_key] >= thr]
-    rule = (
-        f"max {diversity_key} subject to {validity_key} >= {validity_ratio:g} x {validity_key}_post"
-    )
-    if not ok:
-        return Selection(None, thr, rule, 0)
-    best = max(ok, key=lambda rs: (rs[1][diversity_key], -(rs[0][1] - rs[0][0]), -rs[0][0]))
-    return Selection(best[0], thr, rule, len(ok))
+
+def select(rows: Sequence[dict[str, Any]], post: dict[str, Any], rule: Rule) -> dict[str, Any]:
+    """The rule's choice among ``rows``: ``{"selected": row or None, "thresholds", "rule",
+    "eligible"}`` (JSON-ready; ``selected`` is the row itself)."""
+    thr = rule.thresholds(post)
+    ok = [r for r in rows if rule.eligible(r, thr)]
+    best = None
+    if ok:
+        top = max(r[rule.diversity_key] for r in ok)
+        best = min((r for r in ok if r[rule.diversity_key] == top), key=_change)
+    return {
+        "rule": rule.name,
+        "text": rule.text,
+        "thresholds": thr,
+        "eligible": len(ok),
+        "of": len(rows),
+        "selected": best,
+    }
+
+
+def ranked(
+    rows: Sequence[dict[str, Any]], post: dict[str, Any], rule: Rule
+) -> list[dict[str, Any]]:
+    """The rule's eligible rows, most diverse first (ties: the smaller change first)."""
+    thr = rule.thresholds(post)
+    ok = [r for r in rows if rule.eligible(r, thr)]
+    return sorted(ok, key=lambda r: (-r[rule.diversity_key], _change(r)))
 
 
 def pareto_front(points: dict[Any, tuple[float, float]]) -> list[Any]:
@@ -68,3 +105,15 @@ def pareto_front(points: dict[Any, tuple[float, float]]) -> list[Any]:
         if not dominated:
             front.append(k)
     return sorted(front, key=lambda k: points[k][0])
+
+
+def label(row: dict[str, Any]) -> str:
+    """A hybrid's short name: ``4:7``, ``4:7@0.5``, ``4:7:mlp``, ``soup@0.7``."""
+    if "start" not in row:
+        return f"soup@{row['alpha']:g}"
+    out = format_range((row["start"], row["end"]))
+    if row.get("parts", "all") != "all":
+        out += f":{row['parts']}"
+    if row.get("alpha", 1.0) != 1.0:
+        out += f"@{row['alpha']:g}"
+    return out

@@ -12,10 +12,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from layergraft.arch import adapter_for_model
-from layergraft.errors import InputError
+from layergraft.gen.engine import run_generation
+from layergraft.gen.sampling import SamplingSettings
+from layergraft.gen.tasks import load_task
 from layergraft.models.load import load_model, load_tokenizer
-from layergraft.slr.sweep.engines import Unit, score_model, score_start, score_start_swap
+from layergraft.slr.hybrid import candidate
 from layergraft.slr.hybrid.soup import souped
+from layergraft.slr.sweep.engines import Unit, score_model, score_start, score_start_swap
 
 
 @dataclass
@@ -29,37 +32,7 @@ class WorkerSpec:
     proxy: Any
     placement: dict[str, Any]
     prefix_reuse: bool = True
-
-
-class CustomProxy:
-    """A user's ``score(model) -> {"V", "H", "H_norm"}`` as a proxy: whole models only (the
-    swap engine), in this process only."""
-
-    kind = "custom"
-    last_only = True
-
-    def __init__(self, fn: Any) -> None:
-        self.fn = fn
-
-    def batches(self, tokenizer: Any, device: Any) -> list[Any]:
-        return []
-
-    def score_model(self, model: Any) -> dict[str, Any]:
-        d = self.fn(model)
-        missing = [k for k in ("V", "H", "H_norm") if k not in d]
-        if missing:
-            raise InputError(
-                f"custom score function must return V, H and H_norm; {missing[0]} is missing"
-            )
-        return {k: float(d[k]) for k in ("V", "H", "H_norm")} | {
-            "by_category": d.get("by_category", {})
-        }
-
-    def describe(self) -> dict[str, Any]:
-        return {"source": "custom"}
-
-    def fingerprint(self) -> str:
-        return "custom"
+    validation: dict[str, Any] | None = None  # generation settings of validation units
 
 
 class SweepWorker:
@@ -77,14 +50,18 @@ class SweepWorker:
         self.base, self.post, self.tokenizer, self.proxy = base_model, post_model, tokenizer, proxy
         self.adapter = adapter_for_model(post_model)
         self.fast = prefix_reuse and not hasattr(proxy, "score_model")
-        self.batches = proxy.batches(tokenizer, next(post_model.parameters()).device)
+        device = next(post_model.parameters()).device
+        self.batches = proxy.batches(tokenizer, device, post_model) if proxy is not None else []
+        self.validation: dict[str, Any] | None = None
 
     @classmethod
     def from_spec(cls, spec: WorkerSpec) -> SweepWorker:
         post = load_model(spec.post, **spec.placement)
         base = load_model(spec.base, **spec.placement)
         tok = load_tokenizer(spec.tokenizer)
-        return cls(base, post, tok, spec.proxy, prefix_reuse=spec.prefix_reuse)
+        worker = cls(base, post, tok, spec.proxy, prefix_reuse=spec.prefix_reuse)
+        worker.validation = spec.validation
+        return worker
 
     @property
     def engine(self) -> str:
@@ -92,21 +69,50 @@ class SweepWorker:
 
     def run(self, unit: Unit) -> list[dict[str, Any]]:
         """The journal rows of ``unit`` (see :mod:`layergraft.slr.sweep.journal`)."""
+        if unit.kind == "validate":
+            return [self.generate(unit)]
         if unit.kind == "reference":
             model = self.post if unit.name == "post" else self.base
-            scores = score_model(model, self.proxy, self.batches)
+            scores = score_model(model, self.proxy, self.batches, self.adapter)
             return [{"kind": "reference", "name": unit.name, "scores": scores}]
         if unit.kind == "soup":
             with souped(self.post, self.base, unit.alpha):
-                scores = score_model(self.post, self.proxy, self.batches)
+                scores = score_model(self.post, self.proxy, self.batches, self.adapter)
             return [{"kind": "soup", "alpha": unit.alpha, "scores": scores}]
         engine = score_start if self.fast else score_start_swap
         rows = engine(
             self.post, self.base, self.adapter, self.proxy, self.batches, unit.start, unit.ends,
-            unit.parts,
+            unit.parts, unit.alpha,
         )  # fmt: skip
-        extra = {} if unit.parts == "all" else {"parts": unit.parts}
+        extra: dict[str, Any] = {} if unit.parts == "all" else {"parts": unit.parts}
+        if unit.alpha != 1.0:
+            extra["alpha"] = unit.alpha
         return [
             {"kind": "interval", "start": unit.start, "end": e, **extra, "scores": rows[e]}
             for e in unit.ends
         ]
+
+    def generate(self, unit: Unit) -> dict[str, Any]:
+        """A validation unit's generations (:mod:`layergraft.slr.sweep.validate`): the post
+        model itself, or the hybrid made in memory, sampled on the validation set."""
+        if self.validation is None:
+            raise RuntimeError("a validation unit reached a worker without validation settings")
+        v = self.validation
+        settings = SamplingSettings(max_new_tokens=v["max_new_tokens"], seed=v["seed"])
+        row = validation_row(unit)
+        ctx = candidate.in_memory(row, self.post, self.base) if row else candidate.nothing()
+        with ctx:
+            records = run_generation(
+                self.post, self.tokenizer, load_task(v["task"]), n=v["n"], settings=settings,
+                model_name=f"{unit.name}:in-memory", batch_size=v["batch_size"], progress=False,
+            )  # fmt: skip
+        return {"label": unit.name, "hybrid": row, "records": records}
+
+
+def validation_row(unit: Unit) -> dict[str, Any] | None:
+    """The hybrid a validation unit generates from (None: the post model itself)."""
+    if unit.name == "post":
+        return None
+    if unit.start < 0:
+        return {"alpha": unit.alpha}
+    return {"start": unit.start, "end": unit.ends[0], "alpha": unit.alpha, "parts": unit.parts}
