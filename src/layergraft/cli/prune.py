@@ -208,7 +208,8 @@ def _print_compare(res: dict[str, Any], as_json: bool) -> int:
         f"removed {res['removed']} ({res['fit']} fit), calibration {res['calibration']['tokens']} tokens, held-out {res['heldout']['tokens']} tokens"
     )
     tasks = sorted({t for r in res["rows"] for t in r.get("lm_eval", {})})
-    gen = [k for k in ("finished_rate", "valid_rate") if "gen_check" in res["rows"][0]]
+    gc = res["rows"][0].get("gen_check")
+    gen = ["finished_rate", "valid_rate", "empty_rate"] if gc else []
     width = {t: max(len(t), 8) for t in [*tasks, *gen]}
     print(
         f"{'method':<10} {'params':>12} {'PPL':>10}"
@@ -222,10 +223,8 @@ def _print_compare(res: dict[str, Any], as_json: bool) -> int:
         acc += "".join(f" {r['gen_check'][k]:{width[k]}.3f}" for k in gen)
         print(f"{r['method']:<10} {r['params']:>12,} {r['ppl']:10.3f}{acc}")
     print(f"PPL: {res['ppl_definition']}")
-    if gen:
-        print(
-            f"generation check: {res['rows'][0]['gen_check']['prompts']} QA prompts, {res['rows'][0]['gen_check']['decoding']}"
-        )
+    if gc:
+        print(f"generation check: {gc['prompts']} QA prompts, {gc['decoding']}")
     return 0
 
 

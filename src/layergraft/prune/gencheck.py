@@ -8,7 +8,9 @@ the model's most likely reply, no seed to vary), at most :data:`GEN_TOKENS` new 
 
 * ``finished_rate``: replies that end with an end-of-turn / EOS token within the budget;
 * ``valid_rate``: replies whose answer is one of the prompt's valid answers
-  (:func:`layergraft.gen.metrics.quality.qa_validity`), the mean over prompts.
+  (:func:`layergraft.gen.metrics.quality.qa_validity`), the mean over prompts;
+* ``empty_rate``: replies with no text at all — a model that ends its turn at once counts as
+  finished, so this says how much of ``finished_rate`` is silence.
 
 Generation, records and metrics are :mod:`layergraft.gen`'s; this module only chooses the
 prompts and settings and summarises.
@@ -69,5 +71,6 @@ def gen_check(
         "decoding": f"greedy, at most {max_new_tokens} new tokens, chat template",
         "finished_rate": sum(x["finished"] for x in replies) / n,
         "valid_rate": sum(x["valid"] for x in replies) / n,
+        "empty_rate": sum(not x["text"].strip() for x in replies) / n,
         "replies": replies,
     }
