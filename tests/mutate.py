@@ -142,8 +142,9 @@ def _mutmut(scratch: Path, *args: str, capture: bool = False) -> str:
     return res.stdout if capture else ""
 
 
-#: mutmut exit codes that decide nothing: not run, interrupted, timed out
-UNDECIDED = (None, 2, 36, 24, -24, 152, 255)
+#: mutmut exit codes re-run each time: not run, interrupted, timed out, and the survivors
+#: (new tests may kill them now; a killed mutant stays killed while its code is unchanged)
+RERUN = (None, 0, 2, 5, 33, 36, 24, -24, 152, 255)
 
 
 def _results(scratch: Path) -> dict[str, int | None]:
@@ -220,12 +221,12 @@ def main() -> int:
         prepare(scratch, args.src_rev, args.tests_rev)
         names = args.names or (sorted(only) if only else SCOPE)
         if not args.names and not args.rerun and (scratch / "mutants").is_dir():
-            # mutmut re-runs every mutant named on its command line: name the undecided only
-            # (not run yet, interrupted, or timed out: on a busy machine often mere slowness)
+            # mutmut re-runs every mutant named on its command line: name only those not
+            # killed yet (timeouts included: on a busy machine they are often mere slowness)
             done = _results(scratch)
             chosen = only if only is not None else set(in_scope(scratch))
             if chosen:
-                names = sorted(n for n in chosen if done.get(n) in UNDECIDED)
+                names = sorted(n for n in chosen if done.get(n) in RERUN)
         if names:
             _mutmut(scratch, "run", "--max-children", str(args.max_children), *names)
     res = summary(scratch, only)
