@@ -27,11 +27,10 @@ from layergraft.gen.sampling import SamplingSettings
 from layergraft.models.load import load_model
 from layergraft.prune.compare import compare_recovery
 from layergraft.report.demo import write_reports
-from layergraft.slr.hybrid.restore import restore
-from layergraft.slr.hybrid.soup import soup
-from layergraft.slr.hybrid.swap import swapped_layers
+from layergraft.slr.hybrid import candidate
 from layergraft.slr.proxy.crc_prompts import load_crc_prompts
 from layergraft.slr.sweep.run import sweep
+from layergraft.slr.sweep.selection import label as label_of
 from layergraft.toy import toy_paths
 
 PathLike = str | os.PathLike[str]
@@ -58,11 +57,16 @@ class DemoSettings:
     prune_blocks: tuple[int, ...]
     calib_tokens: int
     ppl_max_tokens: int
+    alphas: tuple[float, ...] = (0.5, 1.0)  # interval soups at alpha 0.5 beside SLR itself
+    validate: int = 1  # candidates per family validated by generation
+    validate_samples: int = 2
 
     @staticmethod
     def make(quick: bool) -> DemoSettings:
         if quick:
-            return DemoSettings(12, ("qa",), 6, 4, TOY_BUDGETS, (2,), 2048, 4096)
+            return DemoSettings(
+                12, ("qa",), 6, 4, TOY_BUDGETS, (2,), 2048, 4096, validate_samples=1
+            )
         return DemoSettings(
             None, ("qa", "creative", "reasoning"), 12, 16, TOY_BUDGETS, (2, 4), 8192, 16384
         )
@@ -128,50 +132,59 @@ class _Run:
         return {"base": inspect_model(self.base), "post": inspect_model(self.post)}
 
     def sweep(self) -> dict[str, Any]:
+        """The sweep a user should trust: every family (intervals, interval soups at alpha
+        0.5, part restores, whole-model soups), the format rule, and the best candidates of
+        each family validated by generation."""
         prompts = _crc_subset(self.cfg.crc_prompts, self.tmp / "crc_prompts.jsonl")
         return sweep(
             self.base, self.post, self.tmp / "sweep", prompts=prompts, method="both",
-            parts="attn,mlp,norms,all", progress=self.progress, **self.placement,
+            parts="attn,mlp,norms,all", alphas=self.cfg.alphas, rule="format",
+            validate=self.cfg.validate, validate_samples=self.cfg.validate_samples,
+            progress=self.progress, **self.placement,
         )  # fmt: skip
 
     def restore(self, sweep_res: dict[str, Any]) -> dict[str, Any]:
-        """Write the selected hybrid and the best soup, reload the hybrid with plain
-        transformers and check its logits against the in-memory swap the sweep scored."""
+        """Write the hybrids the comparison generates from — the paper rule's pick, the
+        format rule's pick, the validated choice and the best soup (each once) — with the
+        commands a user would run, reload the validated one with plain transformers and
+        check its logits against the in-memory hybrid the sweep scored."""
         import torch
 
-        sel = sweep_res.get("selected")
-        if not sel:
-            return {"selected": None, "note": "no interval met the validity threshold"}
-        interval = sel["interval"]
-        slr_dir, soup_dir = self.tmp / "models" / "slr", self.tmp / "models" / "soup"
-        slr_dir.parent.mkdir()  # outputs need an existing parent (checkpoint.outputs)
-        restore(self.base, self.post, interval, slr_dir, progress=False)
-        alpha = (sweep_res.get("soup") or {}).get("selected", {}) or {}
-        if alpha:
-            soup(self.base, self.post, alpha["alpha"], soup_dir, progress=False)
-        hybrid = load_model(slr_dir, device="cpu")
+        picks = demo_picks(sweep_res)
+        if not picks:
+            return {"picks": {}, "note": "no hybrid met the rules"}
+        (self.tmp / "models").mkdir()  # outputs need an existing parent (checkpoint.outputs)
+        written: dict[str, dict[str, Any]] = {}
+        for label, row in picks.items():
+            same = next((k for k, v in written.items() if v["hybrid"] == row["label"]), None)
+            if same is not None:
+                written[label] = {**written[same], "same_as": same}
+                continue
+            out = self.tmp / "models" / label
+            candidate.write(row, self.base, self.post, out, progress=False)
+            written[label] = {"hybrid": row["label"], "what": candidate.describe(row),
+                              "dir": f"models/{label}", "family": row["family"]}  # fmt: skip
+        check = picks.get("validated") or next(iter(picks.values()))
         mp = load_model(self.post, device="cpu")
         mb = load_model(self.base, device="cpu")
         ids = torch.arange(8, 40).reshape(1, -1)
-        s, e = (int(x) for x in interval.split(":"))
-        with torch.no_grad(), swapped_layers(mp, mb, [(s, e)]):
+        with torch.no_grad(), candidate.in_memory(check, mp, mb):
             ref = mp(ids).logits
+        label = next(k for k, v in picks.items() if v is check)
+        hybrid = load_model(self.tmp / written[label]["dir"], device="cpu")
         with torch.no_grad():
             got = hybrid(ids).logits
         return {
-            "selected": interval,
-            "slr_dir": "models/slr",
-            "soup_dir": "models/soup" if alpha else None,
-            "soup_alpha": alpha.get("alpha") if alpha else None,
+            "picks": written,
+            "checked": label,
             "reload_max_abs_logit_diff": float((got - ref).abs().max()),
         }
 
     def compare(self, restored: dict[str, Any]) -> dict[str, Any]:
         models: dict[str, Any] = {"post": str(self.post), "base": str(self.base)}
-        if restored.get("selected"):
-            models["slr"] = str(self.tmp / restored["slr_dir"])
-        if restored.get("soup_dir"):
-            models["soup"] = str(self.tmp / restored["soup_dir"])
+        for label, w in restored.get("picks", {}).items():
+            if "same_as" not in w:
+                models[label] = str(self.tmp / w["dir"])
         (self.tmp / "compare").mkdir()  # outputs need an existing parent (checkpoint.outputs)
         return {
             task: compare(
@@ -201,6 +214,24 @@ class _Run:
             )  # fmt: skip
             for n in self.cfg.prune_blocks
         }
+
+
+def demo_picks(sweep_res: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The hybrids the demo writes and compares, by label: the paper rule's and the format
+    rule's most diverse over every family, the validated choice, and the best soup."""
+    best = sweep_res.get("best") or {}
+    out: dict[str, dict[str, Any]] = {}
+    for label, row in (
+        ("paper", best.get("paper")),
+        ("format", best.get("format")),
+        ("validated", (sweep_res.get("validation") or {}).get("chosen")),
+        ("soup", (sweep_res.get("soup") or {}).get("selected")),
+    ):
+        if row:
+            row = {**row, "family": row.get("family", "soup")}
+            row.setdefault("label", label_of(row))
+            out[label] = row
+    return out
 
 
 def run_demo(

@@ -237,47 +237,84 @@ def pack(
     pad_id: int = 0,
     share_prefix: bool = True,
     attention_ratio: float | None = None,
-) -> Packed:
-    """Pack ``items`` into rows of token trees (module doc). With ``share_prefix`` False
-    every prompt gets its own tree (nothing shared between prompts, still no padding inside
-    a row): the reference the shared form is measured against."""
-    import torch
-
+    max_padding: float = 1.0,
+) -> list[tuple[list[int], Packed]]:
+    """Pack ``items`` into rows of token trees (module doc), and the rows into forward
+    batches whose padding (rows shorter than the widest) stays within ``max_padding`` of the
+    positions computed: ``[(item indices, Packed), ...]``. With ``share_prefix`` False every
+    prompt gets its own tree (nothing shared between prompts, still no padding inside a row):
+    the reference the shared form is measured against."""
     if not items:
         raise ValueError("nothing to pack")
-    rows = plan_rows(items, share_prefix=share_prefix, attention_ratio=attention_ratio)
-    answer: list[tuple[int, int]] = [(0, 0)] * len(items)
-    branch: list[dict[tuple[int, ...], tuple[int, int]]] = [{} for _ in items]
-    built: list[_Tree] = []
-    for r, members in enumerate(rows):
+    trees: list[tuple[list[int], _Tree, list[tuple[int, tuple[int, ...] | None, int]]]] = []
+    for members in plan_rows(items, share_prefix=share_prefix, attention_ratio=attention_ratio):
         tree = _Tree()
+        slots: list[tuple[int, tuple[int, ...] | None, int]] = []  # (item, path, node)
         for k in members:
             it = items[k]
             scope: tuple[Any, ...] = () if share_prefix else (k,)
             at = -1
             for i, t in enumerate(it.tokens):
                 at = tree.node(scope + tuple(it.tokens[: i + 1]), t, at)
-            answer[k] = (r, at)
+            slots.append((k, None, at))
             for path in it.branches:
                 b = at
                 for i, t in enumerate(path):
                     b = tree.node(scope + tuple(it.tokens) + tuple(path[: i + 1]), t, b)
-                branch[k][tuple(path)] = (r, b)
-        built.append(tree)
-    width = max(len(t.tokens) for t in built)
-    n = len(built)
+                slots.append((k, tuple(path), b))
+        trees.append((members, tree, slots))
+    out = []
+    for group in _groups([len(t.tokens) for _, t, _ in trees], max_padding):
+        members = [k for g in group for k in trees[g][0]]
+        out.append((members, _tensors(items, members, [trees[g] for g in group], pad_id)))
+    return out
+
+
+def _groups(sizes: Sequence[int], max_padding: float) -> list[list[int]]:
+    """Rows (by index) grouped widest first so that each group pads at most ``max_padding``
+    of what it computes; rows keep their order inside a group."""
+    order = sorted(range(len(sizes)), key=lambda r: (-sizes[r], r))
+    groups: list[list[int]] = []
+    for r in order:
+        if groups:
+            g = groups[-1]
+            width = sizes[g[0]]
+            pad = sum(width - sizes[x] for x in g) + width - sizes[r]
+            if pad <= max_padding * width * (len(g) + 1):
+                g.append(r)
+                continue
+        groups.append([r])
+    return [sorted(g) for g in groups]
+
+
+def _tensors(
+    items: Sequence[PackItem], members: list[int], trees: list[Any], pad_id: int
+) -> Packed:
+    import torch
+
+    width = max(len(t.tokens) for _, t, _ in trees)
+    n = len(trees)
     ids = torch.full((n, width), pad_id, dtype=torch.long)
     pos = torch.zeros((n, width), dtype=torch.long)
     par = torch.full((n, width), -1, dtype=torch.long)
     real = torch.zeros((n, width), dtype=torch.bool)
-    for r, tree in enumerate(built):
+    local = {k: j for j, k in enumerate(members)}
+    answer: list[tuple[int, int]] = [(0, 0)] * len(members)
+    branch: list[dict[tuple[int, ...], tuple[int, int]]] = [{} for _ in members]
+    for r, (_, tree, slots) in enumerate(trees):
         m = len(tree.tokens)
         ids[r, :m] = torch.tensor(tree.tokens, dtype=torch.long)
         pos[r, :m] = torch.tensor(tree.depth, dtype=torch.long)
         par[r, :m] = torch.tensor(tree.parents, dtype=torch.long)
         real[r, :m] = True
-    prompt_tokens = sum(len(it.tokens) for it in items)
-    cont = sum(len(p) for it in items for p in it.branches)
+        for k, path, node in slots:
+            if path is None:
+                answer[local[k]] = (r, node)
+            else:
+                branch[local[k]][path] = (r, node)
+    mine = [items[k] for k in members]
+    prompt_tokens = sum(len(it.tokens) for it in mine)
+    cont = sum(len(p) for it in mine for p in it.branches)
     stats = PackStats(
         rows=n,
         width=width,

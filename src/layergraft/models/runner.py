@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from layergraft.arch.windows import attention_windows
@@ -35,8 +36,10 @@ from layergraft.errors import InputError
 from layergraft.models.batching import position_ids
 from layergraft.models.packing import Packed
 
-#: positions whose logits are computed at once by :meth:`LayerRunner.log_probs`
+#: positions whose logits :meth:`LayerRunner.log_probs` computes at once, at least; more
+#: for a small vocabulary, up to about HEAD_ELEMENTS logits per chunk
 HEAD_CHUNK = 64
+HEAD_ELEMENTS = 1 << 22
 #: attention implementations that accept an arbitrary additive 4-D mask
 _MASKABLE = ("eager", "sdpa")
 
@@ -225,23 +228,58 @@ class LayerRunner:
         out = self._head(self.input_ids, self.attention_mask, final_hidden, 1 if last_only else 0)
         return out[:, -1] if last_only else out
 
-    def log_probs(
-        self, final_hidden: Any, slots: Sequence[tuple[int, int]], ids: Sequence[Sequence[int]]
-    ) -> list[Any]:
-        """Per slot ``(row, col)``, the float64 log-probabilities of the token ids ``ids[k]``
-        as the next token there. The head runs on ``HEAD_CHUNK`` slots at a time, and the
-        normaliser is taken over the whole vocabulary in float64."""
+    def log_probs(self, final_hidden: Any, reads: Reads) -> Any:
+        """The float64 log-probabilities of every requested token at its slot (``reads``,
+        flat, in request order). The head runs on as many slots at once as keep one chunk of
+        logits near :data:`HEAD_ELEMENTS`, and the normaliser is taken over the whole
+        vocabulary in float64."""
         torch = self.torch
-        out: list[Any] = []
-        for a in range(0, len(slots), HEAD_CHUNK):
-            part = slots[a : a + HEAD_CHUNK]
-            rows = torch.tensor([r for r, _ in part], device=final_hidden.device)
-            cols = torch.tensor([c for _, c in part], device=final_hidden.device)
-            h = final_hidden[rows, cols][None]  # [1, m, hidden]
-            dummy = torch.zeros((1, len(part)), dtype=torch.long, device=final_hidden.device)
+        out = torch.empty(reads.ids.numel(), dtype=torch.float64, device=final_hidden.device)
+        n = reads.rows.numel()
+        vocab = int(getattr(self.model.config, "vocab_size", 0) or 0)
+        step = max(HEAD_CHUNK, HEAD_ELEMENTS // max(vocab, 1))
+        for a in range(0, n, step):
+            b = min(a + step, n)
+            h = final_hidden[reads.rows[a:b], reads.cols[a:b]][None]  # [1, m, hidden]
+            dummy = torch.zeros((1, b - a), dtype=torch.long, device=final_hidden.device)
             logits = self._head(dummy, torch.ones_like(dummy), h, 0)[0]  # [m, vocab]
             lse = torch.logsumexp(logits.double(), dim=-1)
-            for j, want in enumerate(ids[a : a + HEAD_CHUNK]):
-                idx = torch.tensor(list(want), dtype=torch.long, device=logits.device)
-                out.append(logits[j, idx].double() - lse[j])
+            ta, tb = int(reads.offsets[a]), int(reads.offsets[b])
+            local = reads.slot_of[ta:tb] - a
+            out[ta:tb] = logits[local, reads.ids[ta:tb]].double() - lse[local]
         return out
+
+
+@dataclass(frozen=True)
+class Reads:
+    """Which token ids to read at which ``(row, col)`` slots of a packed batch, as index
+    tensors built once per batch: ``rows``/``cols`` per slot, and per requested id its
+    ``slot_of`` and the id itself, grouped by slot (``offsets[k]`` is slot ``k``'s first)."""
+
+    rows: Any
+    cols: Any
+    slot_of: Any
+    ids: Any
+    offsets: Any
+
+    @staticmethod
+    def of(
+        slots: Sequence[tuple[int, int]], ids: Sequence[Sequence[int]], device: Any = None
+    ) -> Reads:
+        import torch
+
+        counts = [len(x) for x in ids]
+        offsets = [0]
+        for c in counts:
+            offsets.append(offsets[-1] + c)
+
+        def t(values: list[int]) -> Any:
+            return torch.tensor(values, dtype=torch.long, device=device)
+
+        return Reads(
+            rows=t([r for r, _ in slots]),
+            cols=t([c for _, c in slots]),
+            slot_of=t([k for k, c in enumerate(counts) for _ in range(c)]),
+            ids=t([i for x in ids for i in x]),
+            offsets=t(offsets),
+        )

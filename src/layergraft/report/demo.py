@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from layergraft.report.compare import fmt_ci, table_metrics
+from layergraft.report.selection import selection_blocks
 
 Block = tuple[Any, ...]
 
@@ -31,22 +32,17 @@ def _sweep_blocks(res: dict[str, Any]) -> list[Block]:
     sel = sw.get("selected")
     soup = (sw.get("soup") or {}).get("selected")
     rows = [
-        ["post", _f(post["V"]), _f(post["H"]), _f(post["H_norm"])],
-        ["base", _f(base["V"]), _f(base["H"]), _f(base["H_norm"])],
+        ["post", _f(post["V"]), _f(post["H"]), _f(post["H_norm"]), _f(post.get("V_end"))],
+        ["base", _f(base["V"]), _f(base["H"]), _f(base["H_norm"]), _f(base.get("V_end"))],
     ]
-    if sel:
-        rows.append(
-            [f"SLR {sel['interval']} (selected)", _f(sel["V"]), _f(sel["H"]), _f(sel["H_norm"])]
-        )
+    for name, s in (sw.get("selections") or {}).items():
+        row = next((r for r in sw["intervals"] if r["interval"] == s["interval"]), None)
+        if row:
+            rows.append([f"SLR {row['interval']} ({name} rule)", _f(row["V"]), _f(row["H"]),
+                         _f(row["H_norm"]), _f(row.get("V_end"))])  # fmt: skip
     if soup:
-        rows.append(
-            [
-                f"soup α={soup['alpha']:g} (selected)",
-                _f(soup["V"]),
-                _f(soup["H"]),
-                _f(soup["H_norm"]),
-            ]
-        )
+        rows.append([f"soup α={soup['alpha']:g} (selected)", _f(soup["V"]), _f(soup["H"]),
+                     _f(soup["H_norm"]), _f(soup.get("V_end"))])  # fmt: skip
     thr = sw["selection"]["validity_threshold"]
     n_int = len(sw["intervals"])
     text = (
@@ -55,30 +51,34 @@ def _sweep_blocks(res: dict[str, Any]) -> list[Block]:
         f"prompts, exact first-token estimator): validity V is the probability mass on valid characters, H the "
         f"entropy over them (H_norm = H / log|S|). The post model puts V = {post['V']:.3f} on valid characters "
         f"with H_norm = {post['H_norm']:.3f} (collapsed); the base model, which never saw the chat format, has "
-        f"V = {base['V']:.3f} and H_norm = {base['H_norm']:.3f}. The rule keeps intervals with V ≥ "
-        f"{sw['rule']['validity_ratio']:g}·V_post = {thr:.3f} and picks the most diverse: "
+        f"V = {base['V']:.3f} and H_norm = {base['H_norm']:.3f}. The active rule ({sw['rule']['text']}; "
+        f"V ≥ {thr:.3f}) picks the most diverse interval: "
     )
     if sel:
         text += f"**{sel['interval']}** with V = {sel['V']:.3f}, H_norm = {sel['H_norm']:.3f} "
         text += f"({sel['H_norm'] / max(post['H_norm'], 1e-12):.2f}× the post model's diversity)."
     else:
         text += "no interval qualified."
+    paper = (sw.get("selections") or {}).get("paper", {}).get("interval")
+    if sel and paper and paper != sel["interval"]:
+        text += f" The paper's rule, which cannot see the format, would pick {paper}."
     if soup:
         text += f" The best weight soup under the same rule is α = {soup['alpha']:g} with H_norm = {soup['H_norm']:.3f}."
     return [
         ("h2", "2. CRC sweep and selection"),
         ("p", text),
-        ("table", ["model", "V", "H (nats)", "H_norm"], rows),
+        ("table", ["model", "V", "H (nats)", "H_norm", "V_end"], rows),
         (
             "img",
             "sweep/heatmaps.png",
-            "Validity and diversity of every restored interval; the selected one boxed.",
+            "Validity, format (V_end) and diversity of every restored interval; each rule's pick boxed.",
         ),
         (
             "img",
             "sweep/pareto.png",
-            "Validity vs diversity: intervals, Pareto front, soup curve and references.",
+            "Validity vs diversity of every family: intervals, interval soups, parts, soups.",
         ),
+        *selection_blocks(sw),
         *_parts_blocks(sw),
     ]
 
@@ -224,21 +224,21 @@ def build_blocks(res: dict[str, Any]) -> list[Block]:
     ]
     blocks += _sweep_blocks(res)
     r = res["restore"]
-    blocks.append(("h2", "3. Restore to disk and reload"))
-    if r.get("selected"):
-        blocks.append(
-            (
-                "p",
-                f"The selected interval {r['selected']} was written with `layergraft restore` (bit-identical tensor copies) "
-                f"and reloaded with plain `AutoModelForCausalLM.from_pretrained`; its logits differ from the in-memory "
-                f"hybrid the sweep scored by at most {r['reload_max_abs_logit_diff']:.2e}."
-                + (
-                    f" The best soup (α = {r['soup_alpha']:g}) was written with `layergraft soup`."
-                    if r.get("soup_alpha") is not None
-                    else ""
-                ),
-            )
-        )
+    blocks.append(("h2", "3. Write the picks to disk and reload"))
+    if r.get("picks"):
+        rows = [
+            [label, f"`{w['hybrid']}`", w["what"], f"same model as {w['same_as']}" if "same_as" in w else w["dir"]]
+            for label, w in r["picks"].items()
+        ]  # fmt: skip
+        blocks.append((
+            "p",
+            "Each pick was written with the command a user would run (`layergraft restore` for "
+            "base layers, `layergraft soup` for blends). The "
+            f"{r['checked']} pick was reloaded with plain `AutoModelForCausalLM.from_pretrained`; its "
+            "logits differ from the in-memory hybrid the sweep scored by at most "
+            f"{r['reload_max_abs_logit_diff']:.2e}. The comparison below generates from each.",
+        ))  # fmt: skip
+        blocks.append(("table", ["label", "hybrid", "what", "written to"], rows))
     else:
         blocks.append(("p", r.get("note", "nothing selected")))
     blocks += _compare_blocks(res)

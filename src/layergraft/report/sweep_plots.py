@@ -67,7 +67,8 @@ def plot_sweep_heatmaps(results: dict[str, Any], path: Path) -> Path:
         fig.colorbar(im, ax=ax, shrink=0.85)
         ref = results["references"]["post"][key]
         ax.text(0.0, -0.16, f"post model: {ref:.3f}", transform=ax.transAxes, fontsize=8)
-    axes[0].legend(fontsize=7, loc="lower left")
+    if any(picks.values()):
+        axes[0].legend(fontsize=7, loc="lower left")
     what = results.get("restored_parts", "all")
     restored = (
         "restored intervals" if what == "all" else f"intervals with only their {what} restored"

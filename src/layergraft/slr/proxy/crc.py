@@ -30,6 +30,7 @@ from layergraft.slr.proxy.crc_scoring import (
     CrcBatch,
     CrcItem,
     CrcResult,
+    in_order,
     prepare_batches,
     result_of,
     score_items,
@@ -52,7 +53,7 @@ def score_batch(model: Any, adapter: Any, batch: CrcBatch) -> list[CrcItem]:
     """One packed batch through the whole model: the per-prompt scores."""
     run = LayerRunner(model, adapter, batch.packed)
     final = run.run_from(0, run.hidden0, adapter.layers(model))
-    return score_items(batch, run.log_probs(final, *batch.requests()))
+    return score_items(batch, run.log_probs(final, batch.reads()))
 
 
 def crc_exact(
@@ -73,13 +74,14 @@ def crc_exact(
         ends = find_end_markers(tokenizer, model) if v_end != "off" else EndMarkers(())
     end_ids = ends.ids if isinstance(ends, EndMarkers) else tuple(ends)
     adapter = adapter_for_model(model)
-    items: list[CrcItem] = []
-    for b in prepare_batches(
-        tokenizer, prompts, batch_size=batch_size, device=device, ends=end_ids, v_end=v_end,
-        share_prefix=share_prefix, attention_ratio=attention_ratio(model),
-    ):  # fmt: skip
-        items += score_batch(model, adapter, b)
-    return result_of(items)
+    parts = [
+        (b, score_batch(model, adapter, b))
+        for b in prepare_batches(
+            tokenizer, prompts, batch_size=batch_size, device=device, ends=end_ids, v_end=v_end,
+            share_prefix=share_prefix, attention_ratio=attention_ratio(model),
+        )
+    ]  # fmt: skip
+    return result_of(in_order(parts))
 
 
 # ---------------------------------------------------------------------------- the sweep's proxy
@@ -107,11 +109,13 @@ class CrcProxy:
             attention_ratio=attention_ratio(model) if model is not None else None,
         )  # fmt: skip
 
-    def score(self, batch: CrcBatch, run: LayerRunner, final: Any) -> list[CrcItem]:
-        return score_items(batch, run.log_probs(final, *batch.requests()))
+    def score(
+        self, batch: CrcBatch, run: LayerRunner, final: Any
+    ) -> tuple[CrcBatch, list[CrcItem]]:
+        return batch, score_items(batch, run.log_probs(final, batch.reads()))
 
-    def combine(self, parts: list[list[CrcItem]]) -> dict[str, Any]:
-        res = result_of([i for p in parts for i in p])
+    def combine(self, parts: list[tuple[CrcBatch, list[CrcItem]]]) -> dict[str, Any]:
+        res = result_of(in_order(parts))
         return {
             **{k: res.mean[k] for k in ("V", "H", "H_norm", "V_end")},
             "by_category": res.by_category,

@@ -40,10 +40,13 @@ from typing import Any
 from layergraft.errors import InputError
 from layergraft.models.batching import left_pad
 from layergraft.models.packing import Packed, PackItem, pack
+from layergraft.models.runner import Reads
 from layergraft.slr.proxy.crc_prompts import CrcPrompt, parse_prompt
 
 #: how V_end is defined (module doc); "off" skips it
 V_END_MODES = ("strict", "closers", "off")
+#: the most of a packed forward's positions that may be padding (rows of unequal length)
+MAX_PADDING = 0.05
 #: texts of the closing tokens that ``v_end="closers"`` lets stand between the character and
 #: the end marker
 CLOSERS = (".", "!", "\n", ".\n", "!\n", "\n\n")
@@ -169,6 +172,14 @@ class CrcBatch:
     char_ids: dict[str, list[int]]
     ends: tuple[int, ...] = ()
     closers: tuple[int, ...] = ()
+    index: list[int] = field(default_factory=list)  # each prompt's place in the whole set
+    _reads: Reads | None = field(default=None, repr=False)
+
+    def reads(self) -> Reads:
+        """:meth:`requests` as index tensors on the batch's device (built once)."""
+        if self._reads is None:
+            self._reads = Reads.of(*self.requests(), device=self.packed.input_ids.device)
+        return self._reads
 
     def answer_tokens(self, p: CrcPrompt) -> list[int]:
         return sorted({t for c in p.valid for t in self.char_ids[c]})
@@ -240,9 +251,10 @@ def prepare_batches(
     share_prefix: bool = True,
     attention_ratio: float | None = None,
 ) -> list[CrcBatch]:
-    """Chat-encode the prompts and pack every ``batch_size`` of them into one
-    :class:`CrcBatch` (character ids are found once for all). ``ends`` (the model's end
-    markers) with ``v_end`` ``"strict"`` or ``"closers"`` adds the V_end branches."""
+    """Chat-encode the prompts and pack every ``batch_size`` of them into token-tree rows
+    (character ids are found once for all), the rows into :class:`CrcBatch` es that pad at
+    most :data:`MAX_PADDING` of what they compute. ``ends`` (the model's end markers) with
+    ``v_end`` ``"strict"`` or ``"closers"`` adds the V_end branches."""
     items = _as_prompts(prompts)
     _check(tokenizer, items, batch_size)
     if v_end not in V_END_MODES:
@@ -259,11 +271,14 @@ def prepare_batches(
             branches = [(t,) for t in toks] if ends else []
             branches += [(t, q) for t in toks for q in closers]
             pack_items.append(PackItem(tuple(encode_chat(tokenizer, p.prompt)), tuple(branches)))
-        packed = pack(
+        for members, packed in pack(
             pack_items, pad_id=pad_id_of(tokenizer), share_prefix=share_prefix,
-            attention_ratio=attention_ratio,
-        ).to(device)  # fmt: skip
-        batches.append(CrcBatch(chunk, packed, char_ids, ends, closers))
+            attention_ratio=attention_ratio, max_padding=MAX_PADDING,
+        ):  # fmt: skip
+            batches.append(
+                CrcBatch([chunk[k] for k in members], packed.to(device), char_ids, ends, closers,
+                         index=[i + k for k in members])
+            )  # fmt: skip
     return batches
 
 
@@ -281,26 +296,33 @@ def left_padded(
     return input_ids, mask
 
 
-def score_items(batch: CrcBatch, logprobs: Sequence[Any]) -> list[CrcItem]:
+def score_items(batch: CrcBatch, logprobs: Any) -> list[CrcItem]:
     """V, H and V_end of every prompt of ``batch`` from the log-probabilities read at its
-    slots (``logprobs`` in the order of :meth:`CrcBatch.requests`)."""
+    slots: a flat tensor (or sequence) in the order of :meth:`CrcBatch.requests`."""
     import torch
 
+    flat = (
+        logprobs if hasattr(logprobs, "exp") else torch.cat([torch.as_tensor(x) for x in logprobs])
+    )
+    probs = iter(torch.exp(flat.double()).tolist())
+
+    def take(n: int) -> list[float]:
+        return [next(probs) for _ in range(n)]
+
     items: list[CrcItem] = []
-    it = iter(logprobs)
+    n_end, n_close = len(batch.ends), len(batch.closers)
     for p in batch.prompts:
         toks = batch.answer_tokens(p)
-        first = dict(zip(toks, torch.exp(next(it)).tolist(), strict=True))
+        first = dict(zip(toks, take(len(toks)), strict=True))
         mass = {c: sum(first[t] for t in batch.char_ids[c]) for c in p.valid}
         end_mass: dict[str, float] | None = None
         if batch.ends:
             after: dict[int, float] = {}
-            n_end = len(batch.ends)
             for t in toks:
-                follow = torch.exp(next(it)).tolist()
+                follow = take(n_end + n_close)
                 stop = sum(follow[:n_end])
                 for pq in follow[n_end:]:  # one slot per closer, in batch.closers' order
-                    stop += pq * float(torch.exp(next(it)).sum())
+                    stop += pq * sum(take(n_end))
                 after[t] = stop
             end_mass = {c: sum(first[t] * after[t] for t in batch.char_ids[c]) for c in p.valid}
         items.append(item_scores(p, mass, end_mass))
@@ -334,6 +356,13 @@ def _summary(items: Sequence[CrcItem]) -> dict[str, Any]:
         "V_end": None if any(e is None for e in ends) or not items else sum(ends) / n,  # type: ignore[arg-type]
         "n": len(items),
     }
+
+
+def in_order(parts: Sequence[tuple[CrcBatch, list[CrcItem]]]) -> list[CrcItem]:
+    """Per-prompt scores of several batches back in the prompts' own order (packing groups
+    prompts by their tokens; the means must not depend on how)."""
+    pairs = [(i, item) for b, items in parts for i, item in zip(b.index, items, strict=True)]
+    return [item for _, item in sorted(pairs, key=lambda p: p[0])]
 
 
 def result_of(items: list[CrcItem]) -> CrcResult:
