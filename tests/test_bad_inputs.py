@@ -920,8 +920,6 @@ def _(e):  # used to leave a complete restore behind, and a traceback
     return restore(e, r"--export-mergekit /proc/mk\.yaml: cannot write in /proc", r"choose a writable location", extra=["--export-mergekit", "/proc/mk.yaml"])  # fmt: skip
 
 
-
-
 @case("generate-out-inside-the-model")
 def _(e):
     m = e.copy("base")
@@ -1036,8 +1034,6 @@ def _(e):  # --force deleted the old sweep directory with everything in it: here
     post = e.copy("post")
     argv = ["sweep", "--base", str(e.m["base"]), "--post", str(post), "--out", str(e.tmp), "--force", "--quiet"]  # fmt: skip
     return Case(argv, r"--out .* contains the input", r"choose another directory", inputs=[e.m["base"], post], inproc=True)  # fmt: skip
-
-
 
 
 def test_catalogue_is_large_enough():
