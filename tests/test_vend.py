@@ -127,9 +127,10 @@ def test_a_prompt_scores_the_same_alone_and_in_any_batch(family, tok):
     together = crc_exact(model, tok, prompts, ends=ENDS).items
     alone = [crc_exact(model, tok, [p], ends=ENDS).items[0] for p in prompts]
     pairs = crc_exact(model, tok, prompts[::-1], batch_size=3, ends=ENDS).items[::-1]
-    unshared = crc_exact(model, tok, prompts, ends=ENDS, share_prefix=False).items
-    for a, b, c, d in zip(together, alone, pairs, unshared, strict=True):
-        for x in (b, c, d):
+    unshared = crc_exact(model, tok, prompts, ends=ENDS, layout="unshared").items
+    padded = crc_exact(model, tok, prompts, ends=ENDS, layout="padded").items
+    for a, b, c, d, e in zip(together, alone, pairs, unshared, padded, strict=True):
+        for x in (b, c, d, e):
             assert a.validity == pytest.approx(x.validity, abs=1e-6)
             assert a.validity_end == pytest.approx(x.validity_end, abs=1e-7)
             assert a.entropy_norm == pytest.approx(x.entropy_norm, abs=1e-6)

@@ -170,6 +170,13 @@ def _sizes(items: Sequence[PackItem], rows: list[list[int]], share: bool) -> lis
     return [sum(_row_sizes(items, r, share)) for r in rows]
 
 
+#: how prompts are laid out in rows: ``shared`` (token trees, shared prefixes computed once),
+#: ``unshared`` (several prompts per row, nothing shared), ``padded`` (one prompt per row,
+#: padded to the longest: the layout of a plain left-padded batch, kept as the baseline the
+#: other two are measured against)
+LAYOUTS = ("shared", "unshared", "padded")
+
+
 def plan_rows(
     items: Sequence[PackItem], *, share_prefix: bool = True, attention_ratio: float | None = None
 ) -> list[list[int]]:
@@ -235,19 +242,27 @@ def pack(
     items: Sequence[PackItem],
     *,
     pad_id: int = 0,
-    share_prefix: bool = True,
+    layout: str = "shared",
     attention_ratio: float | None = None,
     max_padding: float = 1.0,
 ) -> list[tuple[list[int], Packed]]:
     """Pack ``items`` into rows of token trees (module doc), and the rows into forward
     batches whose padding (rows shorter than the widest) stays within ``max_padding`` of the
-    positions computed: ``[(item indices, Packed), ...]``. With ``share_prefix`` False every
-    prompt gets its own tree (nothing shared between prompts, still no padding inside a row):
-    the reference the shared form is measured against."""
+    positions computed: ``[(item indices, Packed), ...]``. ``layout`` (:data:`LAYOUTS`):
+    ``unshared`` gives every prompt its own tree, ``padded`` also its own row, all rows in
+    one forward (the plain padded batch the packed ones are measured against)."""
     if not items:
         raise ValueError("nothing to pack")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout {layout!r} is not one of {LAYOUTS}")
+    share_prefix = layout == "shared"
+    if layout == "padded":
+        rows = [[k] for k in range(len(items))]
+        max_padding = 1.0
+    else:
+        rows = plan_rows(items, share_prefix=share_prefix, attention_ratio=attention_ratio)
     trees: list[tuple[list[int], _Tree, list[tuple[int, tuple[int, ...] | None, int]]]] = []
-    for members in plan_rows(items, share_prefix=share_prefix, attention_ratio=attention_ratio):
+    for members in rows:
         tree = _Tree()
         slots: list[tuple[int, tuple[int, ...] | None, int]] = []  # (item, path, node)
         for k in members:

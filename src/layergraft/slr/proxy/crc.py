@@ -64,7 +64,7 @@ def crc_exact(
     *,
     ends: EndMarkers | Sequence[int] | None = None,
     v_end: str = "strict",
-    share_prefix: bool = True,
+    layout: str = "shared",
 ) -> CrcResult:
     """Score ``prompts`` by the model's exact next-token distributions after the chat prompt,
     ``batch_size`` prompts per packed forward pass (the numbers do not depend on it).
@@ -78,7 +78,7 @@ def crc_exact(
         (b, score_batch(model, adapter, b))
         for b in prepare_batches(
             tokenizer, prompts, batch_size=batch_size, device=device, ends=end_ids, v_end=v_end,
-            share_prefix=share_prefix, attention_ratio=attention_ratio(model),
+            layout=layout, attention_ratio=attention_ratio(model),
         )
     ]  # fmt: skip
     return result_of(in_order(parts))
@@ -99,13 +99,13 @@ class CrcProxy:
     batch_size: int = 64
     ends: EndMarkers = field(default_factory=lambda: EndMarkers(()))
     v_end: str = "strict"
-    share_prefix: bool = True
+    layout: str = "shared"
     kind: str = "crc"
 
     def batches(self, tokenizer: Any, device: Any, model: Any = None) -> list[CrcBatch]:
         return prepare_batches(
             tokenizer, self.prompts, batch_size=self.batch_size, device=device,
-            ends=self.ends.ids, v_end=self.v_end, share_prefix=self.share_prefix,
+            ends=self.ends.ids, v_end=self.v_end, layout=self.layout,
             attention_ratio=attention_ratio(model) if model is not None else None,
         )  # fmt: skip
 

@@ -248,13 +248,14 @@ def prepare_batches(
     device: Any = None,
     ends: Sequence[int] = (),
     v_end: str = "strict",
-    share_prefix: bool = True,
+    layout: str = "shared",
     attention_ratio: float | None = None,
 ) -> list[CrcBatch]:
     """Chat-encode the prompts and pack every ``batch_size`` of them into token-tree rows
     (character ids are found once for all), the rows into :class:`CrcBatch` es that pad at
     most :data:`MAX_PADDING` of what they compute. ``ends`` (the model's end markers) with
-    ``v_end`` ``"strict"`` or ``"closers"`` adds the V_end branches."""
+    ``v_end`` ``"strict"`` or ``"closers"`` adds the V_end branches; ``layout``: see
+    :data:`~layergraft.models.packing.LAYOUTS`."""
     items = _as_prompts(prompts)
     _check(tokenizer, items, batch_size)
     if v_end not in V_END_MODES:
@@ -272,7 +273,7 @@ def prepare_batches(
             branches += [(t, q) for t in toks for q in closers]
             pack_items.append(PackItem(tuple(encode_chat(tokenizer, p.prompt)), tuple(branches)))
         for members, packed in pack(
-            pack_items, pad_id=pad_id_of(tokenizer), share_prefix=share_prefix,
+            pack_items, pad_id=pad_id_of(tokenizer), layout=layout,
             attention_ratio=attention_ratio, max_padding=MAX_PADDING,
         ):  # fmt: skip
             batches.append(

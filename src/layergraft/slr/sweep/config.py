@@ -22,6 +22,7 @@ RULES = ("paper", "format")
 SEARCHES = ("exhaustive", "halving")
 V_END_MODES = ("strict", "closers", "off")
 SWEEP_PARTS = ("attn", "mlp", "norms", "all")
+PACKINGS = ("shared", "unshared", "padded")
 #: the whole-model soups of ``--method soup|both``: alpha 0, 0.05, ..., 1
 SOUP_ALPHAS = tuple(round(i * 0.05, 2) for i in range(21))
 #: settings that only decide what is selected from the rows (free to change on resume)
@@ -88,7 +89,7 @@ class SweepConfig:
     v_end: str = "strict"
     search: str = "exhaustive"
     prefix_reuse: bool = True
-    share_prefix: bool = True
+    packing: str = "shared"  # models.packing.LAYOUTS: shared prefixes, unshared, padded
     batch_size: int | None = None
     seed: int = 0
     rule: str | None = None  # None: "format" where the model has end markers, else "paper"
@@ -115,6 +116,8 @@ class SweepConfig:
                     f"--{name.replace('_', '-')} {getattr(self, name)!r} is not one of "
                     f"{', '.join(allowed)}"
                 )
+        if self.packing not in PACKINGS:
+            raise InputError(f"--packing {self.packing!r} is not one of {', '.join(PACKINGS)}")
         if self.diversity_key not in ("H", "H_norm"):
             raise InputError(f"diversity key {self.diversity_key!r} is not H or H_norm")
         if self.batch_size is not None and self.batch_size < 1:

@@ -89,7 +89,7 @@ def _make_proxy(
     return CrcProxy(
         load_crc_prompts(prompts), source=str(cfg.prompts),
         batch_size=64 if cfg.batch_size is None else cfg.batch_size,
-        ends=ends, v_end=cfg.v_end, share_prefix=cfg.share_prefix,
+        ends=ends, v_end=cfg.v_end, layout=cfg.packing,
     )  # fmt: skip
 
 
