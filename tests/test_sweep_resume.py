@@ -139,6 +139,7 @@ def test_resume_refuses_another_sweep_and_existing_out_needs_a_flag(
         (("--alphas", "0.5,1"), "rows.alphas"),
         (("--max-len", "3"), "rows.max_len"),
         (("--v-end", "closers"), "rows.v_end"),
+        (("--search", "halving"), "rows.search"),
     ],
 )
 def test_a_changed_row_setting_is_refused_before_the_journal_changes(

@@ -53,7 +53,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         "validity_ratio": 0.9 if args.validity_ratio is None else args.validity_ratio,
         "end_ratio": args.end_ratio, "validate": args.validate,
         "validate_samples": args.validate_samples, "prefix_reuse": not args.no_prefix_reuse,
-        "batch_size": args.batch_size, "packing": args.packing,
+        "batch_size": args.batch_size, "packing": args.packing, "search": args.search,
     }  # fmt: skip
     cfg = make_config(settings)  # every setting checked before anything is loaded or written
     ray = ray_kwargs(args)
@@ -228,6 +228,14 @@ def register(sub: Any) -> None:
         default=4,
         metavar="N",
         help="replies per prompt of the validation set (default 4)",
+    )
+    w.add_argument(
+        "--search",
+        choices=("exhaustive", "halving"),
+        default="exhaustive",
+        help="exhaustive (default): every candidate on every prompt; halving: every candidate "
+        "on a seeded quarter of the prompts first, then only those that can still win (paired "
+        "bootstrap bounds) on the rest",
     )
     w.add_argument(
         "--packing",

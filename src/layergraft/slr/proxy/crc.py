@@ -11,6 +11,7 @@ model's layers (:class:`~layergraft.models.runner.LayerRunner`), no sampling, no
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
@@ -101,6 +102,15 @@ class CrcProxy:
     v_end: str = "strict"
     layout: str = "shared"
     kind: str = "crc"
+    per_prompt: bool = False  # rows also carry every prompt's scores (for --search halving)
+    indices: tuple[int, ...] | None = None  # where self.prompts sit in the whole set
+
+    def subset(self, positions: Sequence[int]) -> CrcProxy:
+        """The same proxy on ``self.prompts[positions]``, reporting per-prompt scores."""
+        return dataclasses.replace(
+            self, prompts=[self.prompts[i] for i in positions], indices=tuple(positions),
+            per_prompt=True,
+        )  # fmt: skip
 
     def batches(self, tokenizer: Any, device: Any, model: Any = None) -> list[CrcBatch]:
         return prepare_batches(
@@ -115,7 +125,32 @@ class CrcProxy:
         return batch, score_items(batch, run.log_probs(final, batch.reads()))
 
     def combine(self, parts: list[tuple[CrcBatch, list[CrcItem]]]) -> dict[str, Any]:
-        res = result_of(in_order(parts))
+        items = in_order(parts)
+        res = result_of(items)
+        out = {
+            **{k: res.mean[k] for k in ("V", "H", "H_norm", "V_end")},
+            "by_category": res.by_category,
+        }
+        if self.per_prompt:
+            where = self.indices if self.indices is not None else range(len(items))
+            out["items"] = {
+                "index": list(where),
+                "category": [i.category for i in items],
+                "V": [i.validity for i in items],
+                "H": [i.entropy for i in items],
+                "H_norm": [i.entropy_norm for i in items],
+                "V_end": [i.validity_end for i in items],
+            }
+        return out
+
+    def summarize(self, items: dict[str, list[Any]]) -> dict[str, Any]:
+        """A row's scores from per-prompt scores (``combine``'s ``items``, in prompt order):
+        the same means a whole-set row has."""
+        res = result_of([
+            CrcItem(str(i), c, v, h, hn, {}, ve)
+            for i, c, v, h, hn, ve in zip(items["index"], items["category"], items["V"], items["H"],
+                                         items["H_norm"], items["V_end"], strict=True)
+        ])  # fmt: skip
         return {
             **{k: res.mean[k] for k in ("V", "H", "H_norm", "V_end")},
             "by_category": res.by_category,

@@ -75,17 +75,19 @@ class Unit:
     ends: tuple[int, ...] = field(default_factory=tuple)
     alpha: float = 1.0
     parts: str = "all"
+    stage: int = 0  # --search halving: 1 scores a quarter of the prompts, 2 the rest; 0 all
 
     @property
     def keys(self) -> list[str]:
         """The journal keys of the rows this unit produces."""
+        stage = f"s{self.stage}:" if self.stage else ""
         if self.kind == "reference":
-            return [f"reference:{self.name}"]
+            return [f"{stage}reference:{self.name}"]
         if self.kind == "soup":
-            return [f"soup:{self.alpha:g}"]
+            return [f"{stage}soup:{self.alpha:g}"]
         if self.kind == "validate":
             return [f"validate:{self.name}"]
-        return [interval_key(self.start, e, self.parts, self.alpha) for e in self.ends]
+        return [stage + interval_key(self.start, e, self.parts, self.alpha) for e in self.ends]
 
     def cost(self, num_layers: int, prefix_reuse: bool = True) -> int:
         """Decoder-layer forwards per batch (for the plan and for balancing workers)."""

@@ -35,11 +35,14 @@ _FIX = "start a new --out (or --force to start over)"
 
 
 def row_key(row: dict[str, Any]) -> str:
+    stage = f"s{row['stage']}:" if row.get("stage") else ""
     if row["kind"] == "reference":
-        return f"reference:{row['name']}"
+        return f"{stage}reference:{row['name']}"
     if row["kind"] == "soup":
-        return f"soup:{row['alpha']:g}"
-    return interval_key(row["start"], row["end"], row.get("parts", "all"), row.get("alpha", 1.0))
+        return f"{stage}soup:{row['alpha']:g}"
+    return stage + interval_key(
+        row["start"], row["end"], row.get("parts", "all"), row.get("alpha", 1.0)
+    )
 
 
 def _short(v: Any) -> str:

@@ -18,11 +18,10 @@ of restoring them (interval soups); ``parts`` restores only attention, MLP or no
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +43,13 @@ from layergraft.slr.proxy.ends import EndMarkers, find_end_markers
 from layergraft.slr.proxy.ppl import PplProxy
 from layergraft.slr.sweep.assemble import assemble_crc, assemble_ppl
 from layergraft.slr.sweep.config import SweepConfig, parse_alphas, parse_sweep_parts
-from layergraft.slr.sweep.engines import Unit, enumerate_intervals, plan_units
+from layergraft.slr.sweep.engines import enumerate_intervals, plan_units
+from layergraft.slr.sweep.execute import Execution
+from layergraft.slr.sweep.halving import run_halving
 from layergraft.slr.sweep.journal import Journal, done_keys, inspect_journal, row_key
 from layergraft.slr.sweep.plan import dry_run_plan
 from layergraft.slr.sweep.validate import validate_candidates
-from layergraft.slr.sweep.worker import SweepWorker, WorkerSpec
+from layergraft.slr.sweep.worker import WorkerSpec
 from layergraft.version import __version__
 
 log = logging.getLogger(__name__)
@@ -229,33 +230,24 @@ def sweep(
         )
     journal: Journal | None = None
     rows: list[dict[str, Any]] = []
-    done: set[str] = set()
     if out is not None:
         journal = Journal.open(out, journal_config, resume=resume, force=force)
-        rows, done = journal.rows, journal.done
-    pending = [u for u in units if not set(u.keys) <= done]
-
+        rows = journal.rows
     t0 = time.perf_counter()
-    worker: SweepWorker | None = None
-    if pending:
-        if executor is None:
-            worker = (
-                SweepWorker(base, post, tok, px, prefix_reuse=cfg.prefix_reuse)
-                if in_memory
-                else SweepWorker.from_spec(spec)
-            )
-            executor = _LocalExecutor(worker)
-        elif in_memory:
-            raise InputError(
-                "a distributed sweep loads the models on its workers: give paths, not models"
-            )
-        else:
-            executor.prepare(spec)
-        _run_units(executor, pending, num_layers, journal, rows, progress)
+    run = Execution(
+        spec=None if in_memory else spec, pair=(base, post, tok) if in_memory else None,
+        proxy=px, prefix_reuse=cfg.prefix_reuse, executor=executor, journal=journal, rows=rows,
+        num_layers=num_layers, progress=progress,
+    )  # fmt: skip
+    search = None
+    if cfg.search == "halving" and px.kind == "crc":
+        mine, search = run_halving(run, units, cfg, px, num_layers, rule=resolved_rule(cfg, ends))
+    else:
+        run.run(units)
+        planned = {k for u in units for k in u.keys}
+        mine = [r for r in rows if row_key(r) in planned]
     elapsed = time.perf_counter() - t0
 
-    planned = {k for u in units for k in u.keys}
-    mine = [r for r in rows if row_key(r) in planned]
     if px.kind == "ppl":
         ref_tokens = next(r["scores"]["tokens"] for r in mine if r["kind"] == "reference")
         results = assemble_ppl(
@@ -276,10 +268,12 @@ def sweep(
         )
         if out is not None:
             write_json_atomic(Path(out) / "diff.json", change)
+    if search is not None:
+        results["search"] = search
     if cfg.validate is not None:
         results["validation"] = validate_candidates(
-            results, cfg, out=out, worker=worker, spec=None if in_memory else spec,
-            pair=(base, post, tok) if in_memory else None, executor=executor,
+            results, cfg, out=out, worker=run.worker, spec=None if in_memory else spec,
+            pair=(base, post, tok) if in_memory else None, executor=run.executor,
             progress=progress,
         )  # fmt: skip
     if restore_best is not None:
@@ -288,44 +282,18 @@ def sweep(
         write_sweep_outputs(results, Path(out))
         write_json_atomic(
             Path(out) / "run.json",
-            {"seconds": round(elapsed, 3), "units_run": len(pending), "units_resumed": len(units) - len(pending),
-             "engine": engine, "executor": getattr(executor, "name", "local")},
+            {"seconds": round(elapsed, 3), "units_run": run.units_run,
+             "units_resumed": max(len(units) - run.units_run, 0), "engine": engine,
+             "executor": run.name},
         )  # fmt: skip
     return results
 
 
-class _LocalExecutor:
-    """Units scored one after another by one in-process worker."""
-
-    name = "local"
-
-    def __init__(self, worker: SweepWorker) -> None:
-        self.worker = worker
-
-    def run(self, units: Sequence[Unit], num_layers: int) -> Iterable[list[dict[str, Any]]]:
-        for u in units:
-            yield self.worker.run(u)
-
-
-def _run_units(
-    executor: Any,
-    units: Sequence[Unit],
-    num_layers: int,
-    journal: Journal | None,
-    rows: list[dict[str, Any]],
-    progress: bool,
-) -> None:
-    """Score ``units`` and record every unit's rows as it finishes (journal or memory)."""
-    from tqdm.auto import tqdm
-
-    total = sum(len(u.keys) for u in units)
-    with tqdm(total=total, desc="sweep", unit="hybrid", disable=not progress) as bar:
-        for unit_rows in executor.run(units, num_layers):
-            if journal is not None:
-                journal.append(unit_rows)
-            else:
-                rows.extend(json.loads(json.dumps(r)) for r in unit_rows)
-            bar.update(len(unit_rows))
+def resolved_rule(cfg: SweepConfig, ends: EndMarkers) -> str:
+    """The rule a CRC sweep selects by: the one asked for, else format where V_end exists."""
+    if cfg.rule is not None:
+        return cfg.rule
+    return "format" if ends.ids and cfg.v_end != "off" else "paper"
 
 
 def chosen_hybrid(results: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:

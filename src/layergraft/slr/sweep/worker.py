@@ -33,6 +33,7 @@ class WorkerSpec:
     placement: dict[str, Any]
     prefix_reuse: bool = True
     validation: dict[str, Any] | None = None  # generation settings of validation units
+    stages: dict[int, tuple[int, ...]] | None = None  # --search halving: prompts per stage
 
 
 class SweepWorker:
@@ -50,9 +51,23 @@ class SweepWorker:
         self.base, self.post, self.tokenizer, self.proxy = base_model, post_model, tokenizer, proxy
         self.adapter = adapter_for_model(post_model)
         self.fast = prefix_reuse and not hasattr(proxy, "score_model")
-        device = next(post_model.parameters()).device
-        self.batches = proxy.batches(tokenizer, device, post_model) if proxy is not None else []
+        self.device = next(post_model.parameters()).device
+        self.batches = (
+            proxy.batches(tokenizer, self.device, post_model) if proxy is not None else []
+        )
         self.validation: dict[str, Any] | None = None
+        self.stages: dict[int, tuple[int, ...]] = {}
+        self._staged: dict[int, tuple[Any, list[Any]]] = {}
+
+    def for_stage(self, stage: int) -> tuple[Any, list[Any]]:
+        """The proxy and batches of a unit's stage: all prompts (0), or --search halving's
+        quarter (1) and the rest (2), each reporting per-prompt scores."""
+        if stage == 0:
+            return self.proxy, self.batches
+        if stage not in self._staged:
+            px = self.proxy.subset(self.stages[stage])
+            self._staged[stage] = (px, px.batches(self.tokenizer, self.device, self.post))
+        return self._staged[stage]
 
     @classmethod
     def from_spec(cls, spec: WorkerSpec) -> SweepWorker:
@@ -61,6 +76,7 @@ class SweepWorker:
         tok = load_tokenizer(spec.tokenizer)
         worker = cls(base, post, tok, spec.proxy, prefix_reuse=spec.prefix_reuse)
         worker.validation = spec.validation
+        worker.stages = dict(spec.stages or {})
         return worker
 
     @property
@@ -71,24 +87,26 @@ class SweepWorker:
         """The journal rows of ``unit`` (see :mod:`layergraft.slr.sweep.journal`)."""
         if unit.kind == "validate":
             return [self.generate(unit)]
+        proxy, batches = self.for_stage(unit.stage)
+        stage = {"stage": unit.stage} if unit.stage else {}
         if unit.kind == "reference":
             model = self.post if unit.name == "post" else self.base
-            scores = score_model(model, self.proxy, self.batches, self.adapter)
-            return [{"kind": "reference", "name": unit.name, "scores": scores}]
+            scores = score_model(model, proxy, batches, self.adapter)
+            return [{"kind": "reference", "name": unit.name, **stage, "scores": scores}]
         if unit.kind == "soup":
             with souped(self.post, self.base, unit.alpha):
-                scores = score_model(self.post, self.proxy, self.batches, self.adapter)
-            return [{"kind": "soup", "alpha": unit.alpha, "scores": scores}]
+                scores = score_model(self.post, proxy, batches, self.adapter)
+            return [{"kind": "soup", "alpha": unit.alpha, **stage, "scores": scores}]
         engine = score_start if self.fast else score_start_swap
         rows = engine(
-            self.post, self.base, self.adapter, self.proxy, self.batches, unit.start, unit.ends,
+            self.post, self.base, self.adapter, proxy, batches, unit.start, unit.ends,
             unit.parts, unit.alpha,
         )  # fmt: skip
         extra: dict[str, Any] = {} if unit.parts == "all" else {"parts": unit.parts}
         if unit.alpha != 1.0:
             extra["alpha"] = unit.alpha
         return [
-            {"kind": "interval", "start": unit.start, "end": e, **extra, "scores": rows[e]}
+            {"kind": "interval", "start": unit.start, "end": e, **extra, **stage, "scores": rows[e]}
             for e in unit.ends
         ]
 

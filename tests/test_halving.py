@@ -1,0 +1,142 @@
+"""``--search halving``: a quarter of the prompts first, then only candidates that can win.
+
+The reference is the exhaustive sweep of the same pair and prompts: halving must select the
+same hybrid under the active rule, its survivors must score what the exhaustive sweep scores
+(up to float noise: other prompts share their packed rows), and it must do less work.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from layergraft.cli import main
+from layergraft.slr.sweep.halving import MIN_STAGE1, decide, stage_prompts
+from layergraft.slr.sweep.run import sweep
+from layergraft.toy import toy_paths
+from tiny import torch_threads, write_few_crc_prompts
+
+BASE, POST = (str(p) for p in toy_paths())
+
+
+@pytest.fixture(scope="module")
+def both():
+    with torch_threads(1):
+        full = sweep(BASE, POST, None, prompts="all", method="both", progress=False)
+        half = sweep(
+            BASE, POST, None, prompts="all", method="both", search="halving", progress=False
+        )
+    return full, half
+
+
+def test_halving_selects_what_the_exhaustive_sweep_selects(both):
+    full, half = both
+    assert half["search"]["kind"] == "halving" and half["search"]["rule"] == "format"
+    for name in ("paper", "format"):
+        assert half["selections"][name]["interval"] == full["selections"][name]["interval"]
+        assert half["best"][name]["label"] == full["best"][name]["label"]
+    assert half["soup"]["selected"]["alpha"] == full["soup"]["selected"]["alpha"]
+    # the survivors are scored on every prompt: the exhaustive sweep's numbers
+    ref = {r["interval"]: r for r in full["intervals"]}
+    for r in half["intervals"]:
+        for k in ("V", "H_norm", "V_end"):
+            assert r[k] == pytest.approx(ref[r["interval"]][k], abs=1e-6)
+    # and it did less: every dropped candidate says why
+    s = half["search"]
+    assert s["survivors"] + len(s["dropped"]) == s["candidates"] == 36 + 21
+    assert 0 < len(half["intervals"]) < 36 and s["work_share"] < 0.8
+    assert all(
+        why.startswith(("clearly ineligible", "cannot win")) for why in s["dropped"].values()
+    )
+
+
+def test_the_stage_one_quarter_is_fixed_seeded_and_stratified():
+    cats = ["digits"] * 24 + ["letters"] * 24
+    a, rest = stage_prompts(cats, seed=0)
+    assert stage_prompts(cats, seed=0) == (a, rest) and stage_prompts(cats, seed=1)[0] != a
+    assert len(a) == 12 and sum(cats[i] == "digits" for i in a) == 6
+    assert sorted(a + rest) == list(range(48))
+
+
+def _row(kind_key, v, h, e, **where):
+    return {**where, "scores": {"items": {"V": v, "H_norm": h, "V_end": e}}}
+
+
+def test_a_candidate_is_dropped_only_when_the_bounds_say_so():
+    post = {"kind": "reference", "name": "post", **_row(0, [0.9] * 10, [0.1] * 10, [0.9] * 10)}
+    good = {
+        "kind": "interval",
+        "start": 0,
+        "end": 1,
+        **_row(0, [0.88] * 10, [0.5, 0.6] * 5, [0.85] * 10),
+    }
+    close = {
+        "kind": "interval",
+        "start": 1,
+        "end": 2,
+        **_row(0, [0.88] * 10, [0.55, 0.45] * 5, [0.85] * 10),
+    }
+    worse = {
+        "kind": "interval",
+        "start": 2,
+        "end": 3,
+        **_row(0, [0.88] * 10, [0.2, 0.25] * 5, [0.85] * 10),
+    }
+    broken = {
+        "kind": "interval",
+        "start": 3,
+        "end": 4,
+        **_row(0, [0.3, 0.4] * 5, [0.9] * 10, [0.1] * 10),
+    }
+    mute = {
+        "kind": "interval",
+        "start": 4,
+        "end": 5,
+        **_row(0, [0.88] * 10, [0.9] * 10, [0.2, 0.3] * 5),
+    }
+    rows = [post, good, close, worse, broken, mute]
+    kw = dict(validity_ratio=0.9, end_ratio=0.9, diversity_key="H_norm", n_all=40, seed=0)
+    dec = decide(rows, rule="format", keep=1, **kw)
+    assert set(dec["survivors"]) == {"interval:0:1", "interval:1:2"}  # close: not clearly beaten
+    assert dec["dropped"]["interval:2:3"].startswith("cannot win")
+    assert dec["dropped"]["interval:3:4"].startswith("clearly ineligible: V")
+    assert dec["dropped"]["interval:4:5"].startswith("clearly ineligible: V_end")
+    # the paper rule does not read V_end: the mute hybrid is the most diverse and survives
+    paper = decide(rows, rule="paper", keep=1, **kw)
+    assert "interval:4:5" in paper["survivors"] and "interval:0:1" in paper["dropped"]
+    # --validate K keeps K per family: two candidates beat the worse one, a third place is open
+    assert "interval:2:3" in decide(rows, rule="format", keep=2, **kw)["dropped"]
+    assert "interval:2:3" in decide(rows, rule="format", keep=3, **kw)["survivors"]
+
+
+def test_too_few_prompts_fall_back_to_exhaustive_with_a_warning(tmp_path, caplog):
+    few = write_few_crc_prompts(tmp_path / "few.jsonl", per_category=3)
+    assert MIN_STAGE1 > 6
+    with torch_threads(1), caplog.at_level(logging.WARNING):
+        res = sweep(BASE, POST, None, prompts=few, max_len=2, search="halving", progress=False)
+    assert (
+        res["search"]["kind"] == "exhaustive" and "at least 8 prompts" in res["search"]["fell_back"]
+    )
+    assert "--search halving needs at least 8 prompts" in caplog.text
+    assert len(res["intervals"]) == 15
+
+
+def test_a_killed_halving_sweep_resumes_to_the_same_results(tmp_path):
+    prompts = write_few_crc_prompts(tmp_path / "p.jsonl", per_category=8)
+    argv = ["sweep", "--base", BASE, "--post", POST, "--prompts", str(prompts), "--max-len", "3",
+            "--search", "halving", "--quiet"]  # fmt: skip
+    with torch_threads(1):
+        assert main([*argv, "--out", str(tmp_path / "full")]) == 0
+        data = (tmp_path / "full" / "intervals.jsonl").read_bytes()
+        lines = data.splitlines(keepends=True)
+        stage1 = sum(b'"stage": 1' in x for x in lines)
+        cut = b"".join(lines[: 1 + stage1 + 1])  # header, stage 1, one unit of stage 2
+        (tmp_path / "cut").mkdir()
+        (tmp_path / "cut" / "intervals.jsonl").write_bytes(cut + lines[stage1 + 2][:40])
+        assert main([*argv, "--out", str(tmp_path / "cut"), "--resume"]) == 0
+    a = json.loads((tmp_path / "full" / "results.json").read_text())
+    b = json.loads((tmp_path / "cut" / "results.json").read_text())
+    assert a == b
+    assert (tmp_path / "cut" / "intervals.jsonl").read_bytes() == data
