@@ -51,9 +51,11 @@ def family_of(row: dict[str, Any]) -> str:
 
 
 def _references_and_soups(rows: list[dict[str, Any]]) -> tuple[dict, list]:
-    refs = {r["name"]: r["scores"] for r in rows if r["kind"] == "reference"}
-    if set(refs) != {"post", "base"}:
+    found = {r["name"]: r["scores"] for r in rows if r["kind"] == "reference"}
+    if set(found) != {"post", "base"}:
         raise InputError("the sweep journal lacks its reference rows; run it again with --resume")
+    # a fixed order: on Ray the journal's order is the order the workers finished in
+    refs = {name: found[name] for name in ("post", "base")}
     soups = sorted((_flat(r) for r in rows if r["kind"] == "soup"), key=lambda r: r["alpha"])
     return refs, soups
 
