@@ -35,7 +35,7 @@ from typing import Any
 
 from layergraft.errors import InputError
 from layergraft.gen.jobs import Job, pending_jobs, stop_token_ids
-from layergraft.gen.records import check_compatible, make_record, read_records
+from layergraft.gen.records import check_compatible, drop_partial_line, make_record, read_records
 from layergraft.gen.sampling import RowSampler, SamplingSettings, sample_seed
 from layergraft.gen.tasks import TaskPrompt
 from layergraft.gen.vllm import VllmEngine
@@ -131,8 +131,10 @@ def run_generation(
     if path is not None:
         if path.exists() and not path.is_file():
             raise InputError(f"{path} is not a file; give a .jsonl path for --out")
-        existing = read_records(path, repair=True)
+        existing = read_records(path)
+        # the settings check first: a refused file is left exactly as it was
         check_compatible(existing, settings, model_name, path)
+        drop_partial_line(path)  # then the partial last line of a killed run
     by_key = {(r["prompt_id"], int(r["sample"])): r for r in existing}
     jobs = pending_jobs(tokenizer, prompts, n, set(by_key), chat_template=chat_template)
     if jobs:

@@ -77,6 +77,17 @@ def read_records(path: str | os.PathLike[str], *, repair: bool = False) -> list[
     return records
 
 
+def drop_partial_line(path: str | os.PathLike[str]) -> None:
+    """Cut a last line without its newline (an interrupted write) off ``path``."""
+    p = Path(path)
+    if not p.is_file():
+        return
+    data = p.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with open(p, "r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
+
+
 def check_resumable(
     out: str | os.PathLike[str] | None, settings: SamplingSettings, model_name: str
 ) -> None:
