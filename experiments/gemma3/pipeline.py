@@ -1,23 +1,26 @@
-"""SLR and pruning on the Gemma-3-270M base/post pair, through layergraft's own commands.
+"""SLR (and pruning) on a Gemma-3-270M base/post pair, through layergraft's own commands.
 
-The second half of GitHub issue 13: with the pair built by ``make base data post`` (see
-``TRIALS.md``), run exactly what a user would run, each step a ``layergraft`` command in a
-fresh process timed with ``/usr/bin/time`` (wall seconds, peak RSS):
+With a pair built by ``make base data post`` (the planted collapse, ``TRIALS.md``) or by the
+preference-optimised recipe of issue 23, run exactly what a user would run, each step a
+``layergraft`` command in a fresh process timed with ``/usr/bin/time`` (wall seconds, peak RSS):
 
-1. ``crc`` of base and post (exact estimator, the 48 bundled CRC prompts);
-2. ``sweep --method both --parts attn,mlp,all``: 171 intervals per part (18 layers), 21 soups, the weight
-   diff beside them;
-3. ``restore`` of the selected interval and ``soup`` of the selected alpha;
-4. ``compare`` of post / base / SLR / soup on creative, qa and reasoning, with the decoding
+1. ``crc`` of base and post (exact estimator with V_end, the 48 bundled CRC prompts);
+2. ``sweep --method both --parts attn,mlp,all --alphas ... --validate K``: every interval per
+   part and blend weight, 21 whole-model soups, both selection rules, the K best candidates
+   of each family validated by generation, the weight diff beside them;
+3. the picks written with ``restore`` / ``soup``: the paper rule's interval (the SLR paper's
+   choice), each rule's best over every family, the validated choice, the best soup;
+4. ``compare`` of post / base / the picks on creative, qa and reasoning, with the decoding
    baselines (post at temperature 1.5, post without min-p);
-5. ``prune --compare`` of the base with angular and block-influence selection, 2 and 4 layers.
+5. ``prune --compare`` of the base (angular and block influence, 2 and 4 layers), unless
+   ``--no-pruning`` (then the previous run's pruning section is kept, with its timing).
 
 Everything derived from Gemma's weights stays in ``--work`` (git-ignored: Gemma terms of use);
 ``--docs`` receives only numbers and plots: ``results.json`` (the demo's keys, so
-``tools/readme_numbers.py`` renders the README section from it) and the PNGs.
+``tools/readme_numbers.py`` renders the README sections from it) and the PNGs.
 
-    python pipeline.py --base work/base --post work/post --work work/pipeline \\
-        --docs ../../docs/gemma3 [--layergraft PATH] [--n 8] [--limit 10]
+    python pipeline.py --name planted --base work/base --post work/post --work work/pipeline \
+        --docs ../../docs/gemma3 [--layergraft PATH] [--n 8] [--limit 10] [--no-pruning]
 """
 
 from __future__ import annotations
@@ -85,27 +88,123 @@ class Steps:
         return proc.stdout
 
 
-def inner_interval(sweep: dict[str, Any]) -> dict[str, Any] | None:
-    """The most diverse eligible interval that leaves the last layer post-trained.
+def picks(sweep: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The hybrids put to the tasks, by label, each once (a label that names a hybrid already
+    listed points to it with ``same_as``): the paper rule's interval (what the SLR paper
+    selects), each rule's most diverse hybrid over every family, the validated choice and the
+    best whole-model soup."""
+    paper_iv = (sweep.get("selections") or {}).get("paper", {}).get("interval")
+    row_iv = next((r for r in sweep["intervals"] if r["interval"] == paper_iv), None)
+    best = sweep.get("best") or {}
+    chosen = (sweep.get("validation") or {}).get("chosen")
+    soup = (sweep.get("soup") or {}).get("selected")
+    named = [
+        ("slr_paper", row_iv, "the paper's rule over restored intervals (the SLR paper's choice)"),
+        ("paper_best", best.get("paper"), "the paper's rule over every family swept"),
+        ("format_best", best.get("format"), "the format rule (V_end too) over every family swept"),
+        ("validated", chosen, "the most diverse candidate that passed validation by generation"),
+        ("soup", soup, "the whole-model soup the active rule selects"),
+    ]
+    out: dict[str, dict[str, Any]] = {}
+    for label, row, why in named:
+        if not row:
+            continue
+        lab = row.get("label") or (
+            row["interval"] if "interval" in row else f"soup@{row['alpha']:g}"
+        )
+        same = next((k for k, v in out.items() if v["label"] == lab), None)
+        entry = {
+            "why": why,
+            "label": lab,
+            **{k: row.get(k) for k in ("interval", "alpha", "parts", "V", "H", "H_norm", "V_end")},
+        }
+        if same:
+            entry["same_as"] = same
+        out[label] = entry
+    return out
 
-    The paper's rule reads only the first answer token; on this pair its choice (which ends at
-    the last layer) loses end-of-turn in generation. This second candidate, the same rule
-    restricted to ``end < num_layers``, tests whether the last layer carries the format."""
-    thr, n = sweep["selection"]["validity_threshold"], sweep["num_layers"]
-    rows = [r for r in sweep["intervals"] if r["V"] >= thr and r["end"] < n]
-    return max(rows, key=lambda r: r["H_norm"], default=None)
+
+def _write_argv(lg: str, base: str, post: str, row: dict[str, Any], out: Path) -> list[str]:
+    """The command that writes a pick: restore for base layers, soup for blends."""
+    common = ["--base", base, "--post", post, "--out", str(out), "--force", "--quiet"]
+    if row.get("interval") is None:
+        return [lg, "soup", *common, "--alpha", str(row["alpha"])]
+    parts = [] if row.get("parts", "all") == "all" else ["--parts", row["parts"]]
+    if row.get("alpha", 1.0) == 1.0:
+        return [lg, "restore", *common, "--layers", row["interval"], *parts]
+    return [lg, "soup", *common, "--alpha", str(row["alpha"]), "--layers", row["interval"], *parts]
+
+
+def verdicts(res: dict[str, Any]) -> dict[str, Any]:
+    """The questions of issue 19 answered from the numbers: which hybrid keeps the format
+    (finished_rate >= 0.9 x post on every task) while lifting QA distinct valid answers to
+    >= 1.5 x post's; how well V_end ranks the validated candidates' finished_rate."""
+    runs = {t: cr["runs"] for t, cr in res["compare"].items()}
+    post = {t: r["post"]["mean"] for t, r in runs.items()}
+    rows = {}
+    for label, pick in res["picks"].items():
+        if "same_as" in pick:
+            continue
+        keeps = all(r[label]["mean"].get("finished_rate", 0) >= 0.9 * post[t].get("finished_rate", 0)
+                    for t, r in runs.items())  # fmt: skip
+        qa = runs.get("qa", {})
+        lift = (qa[label]["mean"].get("distinct_valid_answers", 0)
+                / max(post["qa"].get("distinct_valid_answers", 0), 1e-12)) if qa else None  # fmt: skip
+        rows[label] = {"keeps_format": keeps, "qa_distinct_valid_vs_post": lift,
+                       "both": bool(keeps and lift is not None and lift >= 1.5)}  # fmt: skip
+    val = res["sweep"].get("validation") or {}
+    cands = [c for c in val.get("candidates", []) if c.get("V_end") is not None]
+    rho = _spearman([c["V_end"] for c in cands], [c["finished_rate"] for c in cands])
+    return {"per_pick": rows, "any": [k for k, v in rows.items() if v["both"]],
+            "spearman_v_end_finished_rate": rho, "candidates_for_rho": len(cands)}  # fmt: skip
+
+
+def _ranks(xs: list[float]) -> list[float]:
+    order = sorted(range(len(xs)), key=lambda i: xs[i])
+    ranks = [0.0] * len(xs)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and xs[order[j + 1]] == xs[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2
+        i = j + 1
+    return ranks
+
+
+def _spearman(a: list[float], b: list[float]) -> float | None:
+    if len(a) < 3:
+        return None
+    ra, rb = _ranks(a), _ranks(b)
+    ma, mb = sum(ra) / len(ra), sum(rb) / len(rb)
+    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb, strict=True))
+    va = sum((x - ma) ** 2 for x in ra) ** 0.5
+    vb = sum((y - mb) ** 2 for y in rb) ** 0.5
+    return cov / (va * vb) if va and vb else None
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--name", default="planted", help="the pair's name (results name it)")
     ap.add_argument("--base", type=Path, required=True)
     ap.add_argument("--post", type=Path, required=True)
+    ap.add_argument(
+        "--base-note", default="google/gemma-3-270m (Q4_K_M GGUF, dequantised to float32)"
+    )
+    ap.add_argument(
+        "--post-note", default="the base after SFT (experiments/gemma3/TRIALS.md, trial t2)"
+    )
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--docs", type=Path, required=True)
     ap.add_argument("--layergraft", default=str(Path(sys.executable).parent / "layergraft"))
     ap.add_argument("--n", type=int, default=8, help="samples per prompt")
     ap.add_argument("--limit", type=int, default=10, help="prompts per task")
     ap.add_argument("--parts", default="attn,mlp,all")
+    ap.add_argument("--alphas", default="0.25,0.5,0.75,1")
+    ap.add_argument("--validate", type=int, default=2, help="candidates per family validated")
+    ap.add_argument("--validate-samples", type=int, default=4)
+    ap.add_argument("--no-pruning", action="store_true", help="keep the previous pruning section")
     ap.add_argument("--ppl-tokens", type=int, default=8192)
     ap.add_argument("--ppl-seqlen", type=int, default=1024)
     args = ap.parse_args()
@@ -115,11 +214,12 @@ def main() -> None:
     record = work / "steps.json"  # every step's command, output and timing (outputs not in docs)
     steps = Steps(work / "logs", json.loads(record.read_text()) if record.is_file() else {})
     base, post = str(args.base.resolve()), str(args.post.resolve())
+    previous = (
+        json.loads((docs / "results.json").read_text()) if (docs / "results.json").is_file() else {}
+    )
     res: dict[str, Any] = {
-        "pair": {
-            "base": "google/gemma-3-270m (Q4_K_M GGUF, dequantised to float32)",
-            "post": "the base after SFT (experiments/gemma3/TRIALS.md, trial t2)",
-        },
+        "name": args.name,
+        "pair": {"base": args.base_note, "post": args.post_note},
         "settings": {
             "dtype": "float32 (CPU: --dtype auto)",
             "threads": os.environ.get("OMP_NUM_THREADS", "torch default"),
@@ -127,6 +227,9 @@ def main() -> None:
             "limit": args.limit,
             "budgets": BUDGETS,
             "parts": args.parts,
+            "alphas": args.alphas,
+            "validate": args.validate,
+            "validate_samples": args.validate_samples,
             "seed": 0,
             "ppl": {"tokens": args.ppl_tokens, "seqlen": args.ppl_seqlen},
         },
@@ -134,45 +237,35 @@ def main() -> None:
 
     res["crc"] = {}
     for name, path in (("base", base), ("post", post)):
-        out = steps.run(f"crc {name}", [lg, "crc", path, "--json"], f"crc-{name}.log")
-        res["crc"][name] = {
-            k: v for k, v in json.loads(out).items() if k != "items"
-        }  # per prompt: in work/
+        for mode in ("strict", "closers"):
+            step = f"crc {name}" + ("" if mode == "strict" else " closers")
+            argv = [lg, "crc", path, "--json", "--v-end", mode]
+            if name == "base":  # the base has no chat template: the post model's
+                argv += ["--tokenizer", post]
+            out = json.loads(steps.run(step, argv, f"{step.replace(' ', '-')}.log"))
+            out = {k: v for k, v in out.items() if k != "items"}  # per prompt: in work/
+            if mode == "strict":
+                res["crc"][name] = out
+            else:
+                res["crc"][name]["closers"] = out["mean"]
 
     sweep_dir = work / "sweep"
     resume = "--resume" if (sweep_dir / "intervals.jsonl").is_file() else "--force"
-    steps.run("sweep", [lg, "sweep", "--base", base, "--post", post, "--out", str(sweep_dir), "--method",
-                        "both", "--parts", args.parts, "--quiet", resume], "sweep.log")  # fmt: skip
+    steps.run("sweep", [lg, "sweep", "--base", base, "--post", post, "--out", str(sweep_dir),
+                        "--method", "both", "--parts", args.parts, "--alphas", args.alphas,
+                        "--rule", "format", "--validate", str(args.validate), "--validate-samples",
+                        str(args.validate_samples), "--quiet", resume], "sweep.log")  # fmt: skip
     sweep = res["sweep"] = json.loads((sweep_dir / "results.json").read_text())
 
     models: dict[str, str] = {"post": post, "base": base}
-    candidates = {"slr": sweep.get("selected"), "slr_inner": inner_interval(sweep)}
-    why = {
-        "slr": "the sweep's selection (the paper's rule)",
-        "slr_inner": "the most diverse eligible interval that leaves the last layer post-trained",
-    }
-    res["candidates"] = {
-        name: {"why": why[name], **{k: row[k] for k in ("interval", "V", "H", "H_norm")}}
-        for name, row in candidates.items()
-        if row
-    }
-    for name, row in candidates.items():
-        if row:
-            out = work / name
-            argv = [lg, "restore", "--base", base, "--post", post, "--layers", row["interval"],
-                    "--out", str(out), "--force", "--quiet"]  # fmt: skip
-            steps.run(f"restore {name}", argv, f"restore-{name}.log", reuse=out.is_dir())
-            models[name] = str(out)
-    alpha = ((sweep.get("soup") or {}).get("selected") or {}).get("alpha")
-    if alpha is not None:
-        out = work / "soup"
-        argv = [lg, "soup", "--base", base, "--post", post, "--alpha", str(alpha), "--out", str(out),
-                "--force", "--quiet"]  # fmt: skip
-        steps.run("soup", argv, "soup.log", reuse=out.is_dir())
-        models["soup"] = str(out)
-        sel = sweep["soup"]["selected"]
-        res["candidates"]["soup"] = {"why": "the soup sweep's selection (the same rule over alpha)",
-                                     **{k: sel[k] for k in ("alpha", "V", "H", "H_norm")}}  # fmt: skip
+    res["picks"] = picks(sweep)
+    for label, row in res["picks"].items():
+        if "same_as" in row:
+            continue
+        out = work / label
+        steps.run(f"write {label}", _write_argv(lg, base, post, row, out), f"write-{label}.log",
+                  reuse=out.is_dir())  # fmt: skip
+        models[label] = str(out)
 
     res["compare"] = {}
     for task, budget in BUDGETS.items():
@@ -190,14 +283,21 @@ def main() -> None:
         for r in res["compare"][task]["runs"].values():
             r.pop("per_prompt", None)
         record.write_text(json.dumps({**steps.previous, **steps.steps}, indent=1))
+    res["verdicts"] = verdicts(res)
 
-    res["pruning"] = {}
-    for metric in ("angular", "bi"):
-        for n in (2, 4):
-            argv = [lg, "prune", base, "--auto", str(n), "--metric", metric, "--compare", "--json",
-                    "--ppl-seqlen", str(args.ppl_seqlen), "--ppl-tokens", str(args.ppl_tokens)]  # fmt: skip
-            out = steps.run(f"prune {metric} {n}", argv, f"prune-{metric}-{n}.log")
-            res["pruning"][f"{metric}_remove_{n}"] = {**json.loads(out), "metric": metric}
+    if args.no_pruning:
+        res["pruning"] = previous.get("pruning", {})
+        for k, v in (previous.get("steps") or {}).items():
+            if k.startswith("prune "):
+                steps.steps[k] = {**v, "reused": "from the previous run (--no-pruning)"}
+    else:
+        res["pruning"] = {}
+        for metric in ("angular", "bi"):
+            for n in (2, 4):
+                argv = [lg, "prune", base, "--auto", str(n), "--metric", metric, "--compare", "--json",
+                        "--ppl-seqlen", str(args.ppl_seqlen), "--ppl-tokens", str(args.ppl_tokens)]  # fmt: skip
+                out = steps.run(f"prune {metric} {n}", argv, f"prune-{metric}-{n}.log")
+                res["pruning"][f"{metric}_remove_{n}"] = {**json.loads(out), "metric": metric}
     record.write_text(json.dumps({**steps.previous, **steps.steps}, indent=1))
 
     res["steps"] = {k: {f: v[f] for f in v if f != "stdout"} for k, v in steps.steps.items()}
