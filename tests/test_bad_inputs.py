@@ -1036,6 +1036,74 @@ def _(e):  # --force deleted the old sweep directory with everything in it: here
     return Case(argv, r"--out .* contains the input", r"choose another directory", inputs=[e.m["base"], post], inproc=True)  # fmt: skip
 
 
+# -- issues 19 and 20: the new sweep settings, refused before anything is loaded or written
+def _sweep(e: Env, extra: list[str], problem: str, fix: str, post: Path | None = None) -> Case:
+    post = post or e.m["base"]
+    argv = ["sweep", "--base", str(e.m["base"]), "--post", str(post), "--out", str(e.out), "--quiet", *extra]  # fmt: skip
+    return Case(argv, problem, fix, inputs=[e.m["base"], post], out=e.out, inproc=True)
+
+
+@case("sweep-validate-0")
+def _(e):
+    return _sweep(e, ["--validate", "0"], r"argument --validate: must be at least 1, not 0", r"give a positive count")  # fmt: skip
+
+
+@case("sweep-validate-negative")
+def _(e):
+    return _sweep(e, ["--validate=-3"], r"argument --validate: must be at least 1, not -3", r"give a positive count")  # fmt: skip
+
+
+@case("sweep-alphas-empty")
+def _(e):
+    return _sweep(e, ["--alphas="], r"--alphas is empty", r"give weights in \(0, 1\]")  # fmt: skip
+
+
+@case("sweep-alphas-out-of-range")
+def _(e):
+    return _sweep(e, ["--alphas", "0.5,1.5"], r"--alphas 1.5 is outside \(0, 1\]", r"give weights in \(0, 1\]")  # fmt: skip
+
+
+@case("sweep-alphas-zero")
+def _(e):
+    return _sweep(e, ["--alphas", "0,1"], r"--alphas 0 is outside \(0, 1\]", r"0 would be the post model")  # fmt: skip
+
+
+@case("sweep-alphas-repeated")
+def _(e):
+    return _sweep(e, ["--alphas", "0.5,1,0.5"], r"--alphas repeats 0.5", r"give each weight once")  # fmt: skip
+
+
+@case("sweep-alphas-not-numbers")
+def _(e):
+    return _sweep(e, ["--alphas", "half,1"], r"--alphas 'half,1' is not a list of numbers", r"give them separated by commas")  # fmt: skip
+
+
+@case("sweep-search-unknown")
+def _(e):
+    return _sweep(e, ["--search", "random"], r"argument --search: invalid choice: 'random'", r"see layergraft sweep --help")  # fmt: skip
+
+
+@case("sweep-rule-format-without-end-marker")
+def _(e):  # no eos in its configs, a chat template that never closes a turn
+    post = e.copy("base")
+    for name in ("config.json", "generation_config.json"):
+        cfg = json.loads((post / name).read_text())
+        cfg.pop("eos_token_id", None)
+        (post / name).write_text(json.dumps(cfg))
+    template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    tc = json.loads((post / "tokenizer_config.json").read_text())
+    tc["chat_template"] = template
+    (post / "tokenizer_config.json").write_text(json.dumps(tc))
+    if (post / "chat_template.jinja").is_file():  # transformers 5 keeps the template here
+        (post / "chat_template.jinja").write_text(template)
+    return _sweep(e, ["--rule", "format"], r"--rule format needs the model's end markers", r"use --rule paper", post=post)  # fmt: skip
+
+
+@case("sweep-rule-format-with-v-end-off")
+def _(e):
+    return _sweep(e, ["--rule", "format", "--v-end", "off"], r"--rule format reads V_end, which --v-end off turns off", r"remove --v-end off or use --rule paper")  # fmt: skip
+
+
 def test_catalogue_is_large_enough():
     assert len(CASES) >= 30
 

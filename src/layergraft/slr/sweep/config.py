@@ -53,7 +53,8 @@ def parse_alphas(text: str | tuple[float, ...] | list[float]) -> tuple[float, ..
             values = [float(w) for w in words]
         except ValueError:
             raise InputError(
-                f"--alphas {text!r} must be numbers separated by commas, e.g. 0.25,0.5,0.75,1"
+                f"--alphas {text!r} is not a list of numbers; give them separated by commas, "
+                "e.g. 0.25,0.5,0.75,1"
             ) from None
     else:
         values = [float(v) for v in text]
@@ -62,8 +63,8 @@ def parse_alphas(text: str | tuple[float, ...] | list[float]) -> tuple[float, ..
     bad = [v for v in values if not 0.0 < v <= 1.0]
     if bad:
         raise InputError(
-            f"--alphas {bad[0]:g} is outside (0, 1]; alpha is the base's share of the interval's "
-            "weights (1 = restore the base layers, 0 would be the post model itself)"
+            f"--alphas {bad[0]:g} is outside (0, 1]; give weights in (0, 1] (alpha is the base's "
+            "share of the interval's weights: 1 restores the base layers, 0 would be the post model)"
         )
     if len(set(values)) != len(values):
         dup = next(v for v in values if values.count(v) > 1)
@@ -150,7 +151,10 @@ class SweepConfig:
                     "(the lowest perplexity is selected)"
                 )
         if self.rule == "format" and self.v_end == "off":
-            raise InputError("--rule format reads V_end, which --v-end off turns off; drop one")
+            raise InputError(
+                "--rule format reads V_end, which --v-end off turns off; remove --v-end off or use "
+                "--rule paper"
+            )
         if self.validate is not None and self.proxy != "crc":
             raise InputError("--validate checks CRC candidates; use it with --proxy crc")
         if self.search == "halving" and self.proxy != "crc":

@@ -140,7 +140,12 @@ def done_keys(contents: Contents) -> set[str]:
     return {row_key(r) for r in contents.rows}
 
 
-def check_settings(contents: Contents, config: dict[str, Any]) -> None:
+def check_settings(
+    contents: Contents,
+    config: dict[str, Any],
+    what: str = "sweep",
+    fix: str = "resume with the same inputs and settings, or start a new --out",
+) -> None:
     """Refuse a journal whose recorded row settings differ from ``config``'s (one line)."""
     old = {k: v for k, v in contents.header.get("config", {}).items() if k != "selection"}
     new = {k: v for k, v in config.items() if k != "selection"}
@@ -148,10 +153,7 @@ def check_settings(contents: Contents, config: dict[str, Any]) -> None:
     first = {"rows": old.pop("rows", None)}, {"rows": new.pop("rows", None)}
     diff = _differences(*first) + _differences(old, new)
     if diff:
-        raise InputError(
-            f"--resume: {contents.path} records another sweep: {diff[0]}; resume with the same "
-            "inputs and settings, or start a new --out"
-        )
+        raise InputError(f"--resume: {contents.path} records another {what}: {diff[0]}; {fix}")
 
 
 def inspect_journal(out: str | os.PathLike[str], config: dict[str, Any]) -> Contents:
@@ -166,6 +168,7 @@ class Journal:
 
     name = JOURNAL
     what = "sweep"
+    fix = "resume with the same inputs and settings, or start a new --out"
 
     def __init__(self, path: Path, config: dict[str, Any], rows: list[dict[str, Any]]) -> None:
         self.path, self.config, self.rows = path, config, rows
@@ -191,7 +194,7 @@ class Journal:
                 f"--resume: {path} does not exist; run the sweep without --resume to start it"
             )
         contents = read_journal(path, cls.problem, cls.key, cls.what)
-        check_settings(contents, json.loads(json.dumps(config)))
+        check_settings(contents, json.loads(json.dumps(config)), cls.what, cls.fix)
         return contents
 
     @classmethod

@@ -21,6 +21,7 @@ import dataclasses
 import logging
 import os
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ from layergraft.slr.hybrid.pair import check_compatible
 from layergraft.slr.proxy.crc import CrcProxy
 from layergraft.slr.proxy.crc_prompts import load_crc_prompts
 from layergraft.slr.proxy.custom import CustomProxy
-from layergraft.slr.proxy.ends import EndMarkers, find_end_markers
+from layergraft.slr.proxy.ends import EndMarkers, EndWarning, find_end_markers
 from layergraft.slr.proxy.ppl import PplProxy
 from layergraft.slr.sweep.assemble import assemble_crc, assemble_ppl
 from layergraft.slr.sweep.config import SweepConfig, parse_alphas, parse_sweep_parts
@@ -184,7 +185,10 @@ def sweep(
     if cfg.uses_v_end and score_model is None:
         if tok is None:
             tok = load_tokenizer(tok_spec)
-        ends = find_end_markers(tok, gen_source)
+        with warnings.catch_warnings():
+            if cfg.rule == "format":  # the refusal below says it in one line
+                warnings.simplefilter("ignore", EndWarning)
+            ends = find_end_markers(tok, gen_source)
         if cfg.rule == "format" and not ends.ids:
             raise InputError(
                 "--rule format needs the model's end markers and this one has none (no "
@@ -260,14 +264,13 @@ def sweep(
             validity_ratio=cfg.validity_ratio, end_ratio=cfg.end_ratio,
             diversity_key=cfg.diversity_key, parts=cfg.parts,
         )  # fmt: skip
+    change = None
     if not in_memory and px.kind == "crc" and results["intervals"]:
         change = diff(base_ck, post_ck, progress=False)
         post_div = results["references"]["post"][cfg.diversity_key]
         results["weight_change"] = change_vs_gain(
             change, results["intervals"], cfg.diversity_key, post_div
         )
-        if out is not None:
-            write_json_atomic(Path(out) / "diff.json", change)
     if search is not None:
         results["search"] = search
     if cfg.validate is not None:
@@ -278,7 +281,9 @@ def sweep(
         )  # fmt: skip
     if restore_best is not None:
         results["restored_to"] = _restore_best(results, inputs, restore_best, force, progress)
-    if out is not None:
+    if out is not None:  # every file after the last check: a refusal leaves the directory as it was
+        if change is not None:
+            write_json_atomic(Path(out) / "diff.json", change)
         write_sweep_outputs(results, Path(out))
         write_json_atomic(
             Path(out) / "run.json",

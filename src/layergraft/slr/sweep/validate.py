@@ -53,6 +53,7 @@ class ValidationJournal(Journal):
 
     name = "validation.jsonl"
     what = "validation"
+    fix = "resume with the same --validate settings, or remove that file to validate again"
 
     @staticmethod
     def problem(row: Any) -> str | None:
