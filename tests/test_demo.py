@@ -32,6 +32,13 @@ def test_quick_demo_writes_a_complete_report(demo, capsys):
     sel = res["sweep"]["selected"]["interval"]
     assert sel in md and sel in html
     assert html.count("data:image/png;base64,") >= 3  # self-contained
+    # the trustworthy path: both rules, V_end, the validation table, the picks on disk
+    sw = res["sweep"]
+    assert set(sw["selections"]) == {"paper", "format"} and sw["rule"]["name"] == "format"
+    assert "Which hybrid to trust" in md and "passes the gate" in md and "V_end" in md
+    assert sw["validation"]["verdict"] in md
+    for label, w in res["restore"]["picks"].items():
+        assert "same_as" in w or (out / w["dir"] / "layergraft.json").is_file(), label
     for r in res["pruning"].values():
         methods = {row["method"] for row in r["rows"]}
         assert methods >= {"dense", "none", "ghost", "scale", "diag"}

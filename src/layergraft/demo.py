@@ -138,7 +138,7 @@ class _Run:
         prompts = _crc_subset(self.cfg.crc_prompts, self.tmp / "crc_prompts.jsonl")
         return sweep(
             self.base, self.post, self.tmp / "sweep", prompts=prompts, method="both",
-            parts="attn,mlp,norms,all", alphas=self.cfg.alphas, rule="format",
+            parts="attn,mlp,all", alphas=self.cfg.alphas, rule="format",
             validate=self.cfg.validate, validate_samples=self.cfg.validate_samples,
             progress=self.progress, **self.placement,
         )  # fmt: skip
