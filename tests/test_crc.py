@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,12 +16,31 @@ from layergraft.slr.proxy.crc_scoring import CrcBatch, result_of, score_items
 
 
 def _batch(prompts, char_ids, ends=(), closers=()):
-    """A CRC batch for the scoring arithmetic alone (no model: the log-probs are given)."""
-    return CrcBatch(list(prompts), None, char_ids, tuple(ends), tuple(closers))
+    """A CRC batch for the scoring arithmetic alone: slots are names, no model."""
+    answer = [("answer", k) for k in range(len(prompts))]
+    branch = [
+        {(t,): ("after", k, t) for c in p.valid for t in char_ids[c]}
+        | {(t, q): ("after", k, t, q) for c in p.valid for t in char_ids[c] for q in closers}
+        for k, p in enumerate(prompts)
+    ]
+    packed = SimpleNamespace(answer=answer, branch=branch)
+    return CrcBatch(list(prompts), packed, char_ids, tuple(ends), tuple(closers))
 
 
-def _lp(*probs):
-    return torch.tensor(probs, dtype=torch.float64).log()
+def _reader(batch, table):
+    """``read`` of score_items from a table slot -> {token id: probability}; counts reads."""
+    seen = []
+
+    def read(slots, ids):
+        if slots is None:
+            slots = batch.packed.answer
+            ids = [batch.answer_tokens(p) for p in batch.prompts]
+        seen.extend(slots)
+        probs = [table[s].get(i, 1e-300) for s, want in zip(slots, ids, strict=True) for i in want]
+        return torch.tensor(probs, dtype=torch.float64).log()
+
+    read.seen = seen
+    return read
 
 
 def test_scores_match_a_hand_computation() -> None:
@@ -28,9 +48,12 @@ def test_scores_match_a_hand_computation() -> None:
     chars = {"k": [4, 5], "d": [6], "q": [9], "x": [8]}
     a = CrcPrompt("a", "letters", "pick k d q", ("k", "d", "q"))
     b = CrcPrompt("b", "short", "k or x", ("k", "x"))
-    # answer tokens are read in id order: a -> 4, 5, 6, 9; b -> 4, 5, 8
-    logprobs = [_lp(0.2, 0.1, 0.3, 0.05), _lp(0.2, 0.1, 0.35)]
-    res = result_of(score_items(_batch([a, b], chars), logprobs))
+    batch = _batch([a, b], chars)
+    table = {
+        ("answer", 0): {4: 0.2, 5: 0.1, 6: 0.3, 9: 0.05},
+        ("answer", 1): {4: 0.2, 5: 0.1, 8: 0.35},
+    }
+    res = result_of(score_items(batch, _reader(batch, table)))
     ia, ib = res.items
     assert ia.validity == pytest.approx(0.65)
     assert ia.probs == pytest.approx({"k": 0.3, "d": 0.3, "q": 0.05})
@@ -48,26 +71,32 @@ def test_scores_match_a_hand_computation() -> None:
 
 
 def test_v_end_matches_a_hand_computation() -> None:
-    """V_end = sum_t p(t|x) [p(end|x,t) + sum_q p(q|x,t) p(end|x,t,q)], over two end ids."""
-    chars = {"k": [4, 5], "d": [6]}
+    """V_end = sum_t p(t|x) [p(end|x,t) + sum_q p(q|x,t) p(end|x,t,q)], over two end ids;
+    a token below MIN_READ is not followed (its share is below MIN_READ)."""
+    from layergraft.slr.proxy.crc_scoring import MIN_READ
+
+    chars = {"k": [4, 5], "d": [6, 11]}
     p = CrcPrompt("a", "letters", "pick k or d", ("k", "d"))
     ends, closers = (7, 2), (10,)
-    first = _lp(0.4, 0.1, 0.3)  # tokens 4, 5, 6
-    # per answer token: p(7), p(2), p(10) after it; then p(7), p(2) after it + closer 10
-    after = {
-        4: (_lp(0.5, 0.1, 0.2), _lp(0.6, 0.2)),
-        5: (_lp(0.0 + 1e-300, 0.3, 0.5), _lp(1.0, 1e-300)),
-        6: (_lp(0.9, 1e-300, 1e-300), _lp(0.5, 0.5)),
-    }
-    strict = [first] + [after[t][0][:2] for t in (4, 5, 6)]
-    (item,) = score_items(_batch([p], chars, ends), strict)
+    first = {4: 0.4, 5: 0.1, 6: 0.3, 11: MIN_READ / 2}
+    after = {4: {7: 0.5, 2: 0.1, 10: 0.2}, 5: {2: 0.3, 10: 0.5}, 6: {7: 0.9}}
+    deeper = {4: {7: 0.6, 2: 0.2}, 5: {7: 1.0}, 6: {7: 0.5, 2: 0.5}}
+    table = {("answer", 0): first}
+    table |= {("after", 0, t): v for t, v in after.items()}
+    table |= {("after", 0, t, 10): v for t, v in deeper.items()}
+    batch = _batch([p], chars, ends)
+    (item,) = score_items(batch, _reader(batch, table))
     assert item.validity_end == pytest.approx(0.4 * 0.6 + 0.1 * 0.3 + 0.3 * 0.9)
     assert item.end_probs == pytest.approx({"k": 0.4 * 0.6 + 0.1 * 0.3, "d": 0.3 * 0.9})
-    with_closers = [first] + [x for t in (4, 5, 6) for x in after[t]]
-    (item,) = score_items(_batch([p], chars, ends, closers), with_closers)
-    expect = 0.4 * (0.6 + 0.2 * 0.8) + 0.1 * (0.3 + 0.5 * 1.0) + 0.3 * (0.9 + 1e-300)
+    batch = _batch([p], chars, ends, closers)
+    read = _reader(batch, table)
+    (item,) = score_items(batch, read)
+    expect = 0.4 * (0.6 + 0.2 * 0.8) + 0.1 * (0.3 + 0.5 * 1.0) + 0.3 * 0.9
     assert item.validity_end == pytest.approx(expect)
-    assert item.validity == pytest.approx(0.8)
+    assert item.validity == pytest.approx(0.8 + MIN_READ / 2)
+    # token 11 is not followed, nor is token 6's closer (p(10 | 6) ~ 0): 1 + 3 + 2 slots read
+    assert ("after", 0, 11) not in read.seen and ("after", 0, 6, 10) not in read.seen
+    assert len(read.seen) == 6
 
 
 def test_crc_exact_batches_agree_and_accept_dicts() -> None:

@@ -33,6 +33,7 @@ from layergraft.slr.proxy.crc_scoring import (
     CrcResult,
     in_order,
     prepare_batches,
+    reader,
     result_of,
     score_items,
 )
@@ -54,7 +55,7 @@ def score_batch(model: Any, adapter: Any, batch: CrcBatch) -> list[CrcItem]:
     """One packed batch through the whole model: the per-prompt scores."""
     run = LayerRunner(model, adapter, batch.packed)
     final = run.run_from(0, run.hidden0, adapter.layers(model))
-    return score_items(batch, run.log_probs(final, batch.reads()))
+    return score_items(batch, reader(run, final, batch))
 
 
 def crc_exact(
@@ -122,7 +123,7 @@ class CrcProxy:
     def score(
         self, batch: CrcBatch, run: LayerRunner, final: Any
     ) -> tuple[CrcBatch, list[CrcItem]]:
-        return batch, score_items(batch, run.log_probs(final, batch.reads()))
+        return batch, score_items(batch, reader(run, final, batch))
 
     def combine(self, parts: list[tuple[CrcBatch, list[CrcItem]]]) -> dict[str, Any]:
         items = in_order(parts)

@@ -45,6 +45,8 @@ from layergraft.slr.proxy.crc_prompts import CrcPrompt, parse_prompt
 
 #: how V_end is defined (module doc); "off" skips it
 V_END_MODES = ("strict", "closers", "off")
+#: a continuation is read only where the reply so far is at least this likely (score_items)
+MIN_READ = 1e-7
 #: the most of a packed forward's positions that may be padding (rows of unequal length)
 MAX_PADDING = 0.05
 #: texts of the closing tokens that ``v_end="closers"`` lets stand between the character and
@@ -175,33 +177,18 @@ class CrcBatch:
     index: list[int] = field(default_factory=list)  # each prompt's place in the whole set
     _reads: Reads | None = field(default=None, repr=False)
 
-    def reads(self) -> Reads:
-        """:meth:`requests` as index tensors on the batch's device (built once)."""
-        if self._reads is None:
-            self._reads = Reads.of(*self.requests(), device=self.packed.input_ids.device)
-        return self._reads
-
     def answer_tokens(self, p: CrcPrompt) -> list[int]:
         return sorted({t for c in p.valid for t in self.char_ids[c]})
 
-    def requests(self) -> tuple[list[tuple[int, int]], list[list[int]]]:
-        """Every slot to read and the token ids read there, in the order
-        :func:`score_items` consumes them."""
-        slots: list[tuple[int, int]] = []
-        ids: list[list[int]] = []
-        for k, p in enumerate(self.prompts):
-            toks = self.answer_tokens(p)
-            slots.append(self.packed.answer[k])
-            ids.append(toks)
-            if not self.ends:
-                continue
-            for t in toks:
-                slots.append(self.packed.branch[k][(t,)])
-                ids.append(list(self.ends) + list(self.closers))
-                for q in self.closers:
-                    slots.append(self.packed.branch[k][(t, q)])
-                    ids.append(list(self.ends))
-        return slots, ids
+    def answer_reads(self) -> Reads:
+        """Every prompt's answer slot and the tokens of its valid characters (built once)."""
+        if self._reads is None:
+            self._reads = Reads.of(
+                [self.packed.answer[k] for k in range(len(self.prompts))],
+                [self.answer_tokens(p) for p in self.prompts],
+                device=self.packed.input_ids.device,
+            )
+        return self._reads
 
 
 def encode_chat(tokenizer: Any, prompt: str) -> list[int]:
@@ -297,37 +284,69 @@ def left_padded(
     return input_ids, mask
 
 
-def score_items(batch: CrcBatch, logprobs: Any) -> list[CrcItem]:
-    """V, H and V_end of every prompt of ``batch`` from the log-probabilities read at its
-    slots: a flat tensor (or sequence) in the order of :meth:`CrcBatch.requests`."""
+def score_items(batch: CrcBatch, read: Any) -> list[CrcItem]:
+    """V, H and V_end of every prompt of ``batch``. ``read(slots, ids)`` returns the
+    float64 log-probabilities of ``ids[k]`` at ``slots[k]`` (flat, in order), or
+    ``read(None, None)`` those of :meth:`CrcBatch.answer_reads`.
+
+    Reading is staged: first every answer slot; then the position after each valid token
+    ``t`` whose probability ``p(t | x)`` is at least :data:`MIN_READ` (below it, ``t``'s
+    share of V_end is below it too, so skipping it moves V_end by less than ``MIN_READ`` per
+    token); then, with closers, the position after ``t q`` where ``p(t | x) p(q | x, t)`` is
+    at least :data:`MIN_READ`. On a large vocabulary every position read costs a full
+    lm_head, so this is what keeps V_end affordable."""
     import torch
 
-    flat = (
-        logprobs if hasattr(logprobs, "exp") else torch.cat([torch.as_tensor(x) for x in logprobs])
-    )
-    probs = iter(torch.exp(flat.double()).tolist())
+    def probs(slots: Any, ids: Any) -> list[float]:
+        return torch.exp(read(slots, ids).double()).tolist() if slots != [] else []
 
-    def take(n: int) -> list[float]:
-        return [next(probs) for _ in range(n)]
-
-    items: list[CrcItem] = []
-    n_end, n_close = len(batch.ends), len(batch.closers)
+    flat = iter(probs(None, None))
+    firsts: list[dict[int, float]] = []
     for p in batch.prompts:
         toks = batch.answer_tokens(p)
-        first = dict(zip(toks, take(len(toks)), strict=True))
+        firsts.append({t: next(flat) for t in toks})
+    after: list[dict[int, float]] = [dict.fromkeys(f, 0.0) for f in firsts]
+    if batch.ends:
+        n_end = len(batch.ends)
+        need = [(k, t) for k, f in enumerate(firsts) for t, pt in f.items() if pt >= MIN_READ]
+        got = iter(probs(
+            [batch.packed.branch[k][(t,)] for k, t in need],
+            [list(batch.ends) + list(batch.closers)] * len(need),
+        ))  # fmt: skip
+        deeper: list[tuple[int, int, int, float]] = []
+        for k, t in need:
+            follow = [next(got) for _ in range(n_end + len(batch.closers))]
+            after[k][t] = sum(follow[:n_end])
+            for q, pq in zip(batch.closers, follow[n_end:], strict=True):
+                if firsts[k][t] * pq >= MIN_READ:
+                    deeper.append((k, t, q, pq))
+        got = iter(probs(
+            [batch.packed.branch[k][(t, q)] for k, t, q, _ in deeper],
+            [list(batch.ends)] * len(deeper),
+        ))  # fmt: skip
+        for k, t, _, pq in deeper:
+            after[k][t] += pq * sum(next(got) for _ in range(n_end))
+    items: list[CrcItem] = []
+    for p, first, stop in zip(batch.prompts, firsts, after, strict=True):
         mass = {c: sum(first[t] for t in batch.char_ids[c]) for c in p.valid}
-        end_mass: dict[str, float] | None = None
-        if batch.ends:
-            after: dict[int, float] = {}
-            for t in toks:
-                follow = take(n_end + n_close)
-                stop = sum(follow[:n_end])
-                for pq in follow[n_end:]:  # one slot per closer, in batch.closers' order
-                    stop += pq * sum(take(n_end))
-                after[t] = stop
-            end_mass = {c: sum(first[t] * after[t] for t in batch.char_ids[c]) for c in p.valid}
+        end_mass = (
+            {c: sum(first[t] * stop[t] for t in batch.char_ids[c]) for c in p.valid}
+            if batch.ends
+            else None
+        )
         items.append(item_scores(p, mass, end_mass))
     return items
+
+
+def reader(run: Any, final: Any, batch: CrcBatch) -> Any:
+    """The ``read`` of :func:`score_items` for a model's final hidden states on ``batch``."""
+
+    def read(slots: Any, ids: Any) -> Any:
+        if slots is None:
+            return run.log_probs(final, batch.answer_reads())
+        return run.log_probs(final, Reads.of(slots, ids, device=final.device))
+
+    return read
 
 
 def item_scores(
