@@ -713,8 +713,7 @@ def _(e):
 
 
 # -- issue 22: every output path, every placement, every count, before anything is written.
-# Cases the slr rewrite wires (its commands call the rule from slr/, which this change does not
-# touch) are expected to fail until then.
+# A case named here is expected to fail (with the reason) until its command is wired; none now.
 XFAIL: dict[str, str] = {}
 SKIP_WITH_CUDA: set[str] = set()  # "--device cuda" is no mistake where CUDA is present
 

@@ -109,7 +109,7 @@ def _kill_loop(cmd, out: Path, *, n: int, late: tuple[float, float], seed: int =
     other half at a random moment in ``late`` seconds (anywhere in the run, before writing
     too). Even runs write afresh, odd ones replace an existing output. After every kill the
     target is absent or complete (sizes and sha256 as recorded). The last run is always
-    killed mid-write, so it leaves a temp dir; then one run to completion must remove it,
+    killed mid-write (retried until one is), so it leaves a temp dir; then one run to completion must remove it,
     say so, and leave a complete output behind."""
     parent, name = out.parent, out.name
     rng = random.Random(seed)
@@ -139,7 +139,16 @@ def _kill_loop(cmd, out: Path, *, n: int, late: tuple[float, float], seed: int =
     assert sum(outcomes.values()) == n
     # some kills landed mid-write (else this test proves nothing) and left a temp dir ...
     assert mid_write_kills > 0 and outcomes["absent"] > 0 and left_behind > 0
-    assert _leftovers(parent, name), "the last run was killed mid-write"
+    # on a fast machine a small write can finish between seeing the temp dir and the kill:
+    # kill more runs at the temp dir until one is caught mid-write
+    for _ in range(20):
+        if _leftovers(parent, name):
+            break
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_for_temp_dir(parent, name, proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert _leftovers(parent, name), "no run was killed mid-write in 20 tries"
     # ... which the next run beside it removes (the pid is gone), says so, and succeeds
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
