@@ -3,7 +3,8 @@
 Each page holds tables between markers ``<!-- SOURCE:NAME -->`` and ``<!-- /SOURCE:NAME -->``.
 This script renders each table from the committed results of a measured run —
 ``docs/demo/results.json`` (a full ``layergraft demo``) for ``demo:``, ``docs/gemma3/results.json``
-(``experiments/gemma3/pipeline.py``) for ``gemma3:`` — and either rewrites the pages or, with
+(``experiments/gemma3/pipeline.py``) for ``gemma3:``, ``docs/prune/results.json``
+(``benchmarks/residual_selection.py``) for ``prune:`` — and either rewrites the pages or, with
 ``--check``, fails if any table differs, so no published number can drift from a run.
 
     python tools/readme_numbers.py --from demo-out   # copy a fresh run's results + plots, rewrite README
@@ -23,30 +24,74 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 DEMO = ROOT / "docs" / "demo"
 GEMMA = ROOT / "docs" / "gemma3"  # experiments/gemma3/pipeline.py writes it
+PRUNE = ROOT / "docs" / "prune"  # benchmarks/residual_selection.py writes it
+VEND = ROOT / "docs" / "v_end"  # experiments/v_end/measure.py writes it
 #: the pages whose marked tables are rendered (the experiment's report holds its timing tables)
-PAGES = (README, GEMMA / "README.md")
+PAGES = (README, GEMMA / "README.md", PRUNE / "README.md")
 
 
 def _f(x: float, nd: int = 3) -> str:
     return f"{x:.{nd}f}"
 
 
+def _v_end(r: dict) -> str:
+    return "–" if r.get("V_end") is None else _f(r["V_end"])
+
+
 def table_sweep(res: dict) -> str:
     sw = res["sweep"]
     rows = [("post-trained", sw["references"]["post"]), ("base", sw["references"]["base"])]
-    if sw.get("selected"):
+    for name, sel in (sw.get("selections") or {}).items():
+        hit = next((r for r in sw["intervals"] if r["interval"] == sel["interval"]), None)
+        if hit:
+            rows.append((f"SLR `{hit['interval']}` ({name} rule)", hit))
+    if not sw.get("selections") and sw.get("selected"):
         rows.append((f"SLR `{sw['selected']['interval']}` (selected)", sw["selected"]))
     soup = (sw.get("soup") or {}).get("selected")
     if soup:
-        rows.append((f"soup α = {soup['alpha']:g} (selected)", soup))
-    out = ["| model (CRC, all prompts) | validity V | H (nats) | H_norm |", "|---|---:|---:|---:|"]
-    out += [f"| {n} | {_f(r['V'])} | {_f(r['H'])} | {_f(r['H_norm'])} |" for n, r in rows]
+        rows.append((f"soup α = {soup['alpha']:g} ({sw['rule'].get('name', 'the')} rule)", soup))
+    out = [
+        "| model (CRC, all prompts) | validity V | H (nats) | H_norm | V_end |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    out += [
+        f"| {n} | {_f(r['V'])} | {_f(r['H'])} | {_f(r['H_norm'])} | {_v_end(r)} |" for n, r in rows
+    ]
     out.append("")
-    out.append(
-        f"Rule: max H_norm among intervals with V ≥ {sw['rule']['validity_ratio']:g} × V_post = "
-        f"{_f(sw['selection']['validity_threshold'])}; {sw['selection']['eligible_intervals']} of "
-        f"{len(sw['intervals'])} intervals qualify."
-    )
+    for name, sel in (sw.get("selections") or {"rule": sw["selection"]}).items():
+        text = (sw.get("rules") or {}).get(name, sw["rule"])["text"]
+        thr = f"V ≥ {_f(sel['validity_threshold'])}"
+        if sel.get("end_threshold") is not None:
+            thr += f", V_end ≥ {_f(sel['end_threshold'])}"
+        out.append(
+            f"Rule {name}: {text} ({thr}): {sel['eligible_intervals']} of "
+            f"{len(sw['intervals'])} intervals qualify.  "
+        )
+    return "\n".join(out).rstrip()
+
+
+def table_picks(res: dict) -> str:
+    """Both rules' picks over every family swept, and which rule each meets."""
+    from layergraft.report.selection import picks_header, picks_rows
+
+    sw = res["sweep"]
+    head = picks_header(sw)
+    out = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * 3 + "---|" * (len(head) - 5)]
+    out += ["| " + " | ".join(row) + " |" for row in picks_rows(sw)]
+    return "\n".join(out)
+
+
+def table_validation(res: dict) -> str:
+    """The validation by generation: the post model, each candidate, the gate, the choice."""
+    from layergraft.report.selection import validation_header, validation_rows
+
+    val = res["sweep"].get("validation")
+    if not val:
+        return "(no validation in this run)"
+    head = validation_header()
+    out = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 3) + "---|"]
+    out += ["| " + " | ".join(row) + " |" for row in validation_rows(val)]
+    out += ["", f"{val['verdict']}."]
     return "\n".join(out)
 
 
@@ -180,12 +225,137 @@ def table_steps(res: dict) -> str:
     return "\n".join(out)
 
 
+#: how each selection is named in the tables of issue 21
+SELECTION_NAMES = {
+    "angular": "angular distance",
+    "bi": "block influence",
+    "residual": "residual (÷ ‖Δ‖²)",
+    "residual-greedy": "residual (÷ ‖Δ‖²), greedy, sequential fit",
+    "residual-token": "residual per token",
+    "residual-token-greedy": "residual per token, greedy, sequential fit",
+}
+
+
+def table_selection(res: dict) -> str:
+    """One row per selection and removal: the layers chosen, the perplexity after ghost repair
+    and after plain removal, the ghost fit's residual; the lowest ghost PPL of a removal in bold."""
+    out = [
+        f"| removal (dense PPL {res['rows'][0]['ppl_dense']:.2f}) | selection | layers removed | PPL ghost | PPL none | residual |",
+        "|---|---|---|---:|---:|---:|",
+    ]
+    for n in sorted({r["n"] for r in res["rows"]}):
+        rows = [r for r in res["rows"] if r["n"] == n]
+        best = min(r["ppl_ghost"] for r in rows)
+        for r in rows:
+            ghost = f"{r['ppl_ghost']:.2f}"
+            ghost = f"**{ghost}**" if r["ppl_ghost"] == best else ghost
+            out.append(
+                f"| {n} layers | {SELECTION_NAMES[r.get('label', r['metric'])]} | `{r['removed']}` | "
+                f"{ghost} | {r['ppl_none']:.2f} | {r['residual']:.3f} |"
+            )
+    return "\n".join(out)
+
+
+#: the scores of benchmarks/residual_oracle.py, as the README names them
+ORACLE_SCORES = {
+    "angular": "angular distance",
+    "bi": "block influence",
+    "residual": "residual (÷ ‖Δ‖²)",
+    "token_rel": "residual per token",
+}
+
+
+def table_oracle(res: dict) -> str:
+    """Every block removed and ghost-repaired in turn: how each score ranks the blocks against
+    the perplexity after repair, and the block it would pick."""
+    rows = res["rows"]
+    ppl = {r["block"]: r["ppl_ghost"] for r in rows}
+    best = min(ppl, key=ppl.get)
+    out = [
+        f"| score ({len(rows)} blocks of {res['n']}) | Spearman vs PPL after ghost | block it picks | its PPL after ghost |",
+        "|---|---:|---|---:|",
+    ]
+    for k, name in ORACLE_SCORES.items():
+        pick = min(rows, key=lambda r, k=k: r[k])["block"]
+        out.append(
+            f"| {name} | {res['spearman_vs_ghost_ppl'][k]:+.2f} | `{pick}` | {ppl[pick]:.2f} |"
+        )
+    out.append(f"| *(the best block, by trying all)* | | `{best}` | {ppl[best]:.2f} |")
+    return "\n".join(out)
+
+
+def table_oracle_blocks(res: dict) -> str:
+    """The oracle block by block: PPL after ghost and none, every score, the share of the
+    block's change ‖Δ‖² on position 0 of the calibration rows."""
+    out = [
+        f"| block (dense PPL {res['dense_ppl']:.2f}) | PPL ghost | PPL none | angular | bi | residual (÷ ‖Δ‖²) | residual per token | ‖Δ‖² on position 0 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in res["rows"]:
+        out.append(
+            f"| `{r['block']}` | {r['ppl_ghost']:.2f} | {r['ppl_none']:.2f} | {r['angular']:.4f} | {r['bi']:.4f} "
+            f"| {r['residual']:.4f} | {r['token_rel']:.4f} | {r['pos0_share_of_delta']:.3f} |"
+        )
+    return "\n".join(out)
+
+
+def table_gen_check(res: dict) -> str:
+    """The generation check beside perplexity: one row per model of ``prune --compare``."""
+    gc = res["gen_check"]
+    out = [
+        "| model | PPL | finished_rate | valid_rate | empty replies | most frequent reply |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for r in gc["rows"]:
+        name = "dense" if r["method"] == "dense" else f"`{gc['removed']}` removed, {r['method']}"
+        texts = [x["text"].strip() for x in r["replies"]]
+        empty = sum(not t for t in texts) / len(texts)
+        top = max(set(texts), key=lambda t: (texts.count(t), t))
+        shown = (top[:60] + "…" if len(top) > 60 else top).replace("|", "\\|") or "(empty)"
+        out.append(
+            f"| {name} | {r['ppl']:.2f} | {r['finished_rate']:.3f} | {r['valid_rate']:.3f} "
+            f"| {empty:.3f} | {texts.count(top)}× “{shown}” |"
+        )
+    return "\n".join(out)
+
+
+#: how the V_end table names the measured models
+VEND_NAMES = {
+    "toy": "toy post (bundled)",
+    "smollm2": "SmolLM2-135M-Instruct (Q4_1 GGUF)",
+    "gemma3": "Gemma-3-270M post (planted pair)",
+}
+
+
+def table_v_end(res: dict) -> str:
+    """V and V_end under both definitions per model, and what follows the answer character."""
+    out = [
+        "| model | end markers | V | V_end strict | V_end closers | V_end / V (closers) | most likely after the character |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
+    for key, m in res["models"].items():
+        follow = ", ".join(
+            f"{t['token']} {t['share']:.2f}"
+            for t in m["after_character"]["next_tokens"][:4]
+            if t["share"] >= 0.005  # what rounds to 0.00 says nothing
+        ).replace("|", "\\|")
+        ends = " ".join(f"`{t}`" for t in m["end_markers"]["tokens"]).replace("|", "\\|")
+        out.append(
+            f"| {VEND_NAMES.get(key, key)} | {ends} | {_f(m['strict']['V'])} | "
+            f"{_f(m['strict']['V_end'])} | {_f(m['closers']['V_end'])} | "
+            f"{_f(m['V_end_given_V']['closers'])} | {follow} |"
+        )
+    return "\n".join(out)
+
+
 #: marker prefix -> (committed results file, tables rendered from it)
 SOURCES = {
     "demo": (
         DEMO / "results.json",
         {
             "sweep": table_sweep,
+            "selection": table_picks,
+            "validation": table_validation,
             "parts": table_parts,
             "compare": table_compare,
             "prune": table_prune,
@@ -197,12 +367,25 @@ SOURCES = {
         {
             "crc": table_crc,
             "sweep": table_sweep,
+            "selection": table_picks,
+            "validation": table_validation,
             "parts": table_parts,
             "candidates": table_candidates,
             "compare": table_compare,
             "prune": table_prune,
             "prune_summary": table_prune_summary,
             "steps": table_steps,
+        },
+    ),
+    "v_end": (VEND / "results.json", {"models": table_v_end}),
+    "prune": (  # benchmarks/residual_selection.py writes it (issue 21)
+        PRUNE / "results.json",
+        {
+            "selection_smollm2": lambda res: table_selection(res["smollm2"]),
+            "gen_check_smollm2": lambda res: table_gen_check(res["smollm2"]),
+            "selection_gemma3": lambda res: table_selection(res["gemma3"]),
+            "oracle_smollm2": lambda res: table_oracle(res["oracle_smollm2"]),
+            "oracle_blocks_smollm2": lambda res: table_oracle_blocks(res["oracle_smollm2"]),
         },
     ),
 }
