@@ -7,8 +7,9 @@ re-tests only what changed (a function's mutants are re-run when its source or t
 
 What is mutated (:data:`MUTATE`): the pruning/repair math (calibration statistics, the fits,
 folds, ghost construction and the ghost module's forward), perplexity, and the generation
-metrics (diversity, quality). The SLR core (``slr/``: CRC scoring, sweep engines, selection)
-comes next: it was being rewritten when this was set up. Which tests run (:data:`TESTS`): the
+metrics (diversity, quality), and of the SLR core the selection rules (``slr/sweep/selection``:
+paper and format rules, ranking, the Pareto front). CRC scoring and the sweep engines come
+next: their tests run models, minutes per mutant on this machine. Which tests run (:data:`TESTS`): the
 ones that check those functions against independent references; mutmut runs, for each mutant,
 only the tests that call the mutated function.
 
@@ -43,6 +44,7 @@ MUTATE = [
     "src/layergraft/evaluate/perplexity.py",
     "src/layergraft/gen/metrics/diversity.py",
     "src/layergraft/gen/metrics/quality.py",
+    "src/layergraft/slr/sweep/selection.py",
 ]
 
 #: the functions whose mutants are run (mutmut name globs): the math, not its error messages,
@@ -71,6 +73,7 @@ SCOPE = [
     "layergraft.gen.metrics.diversity.x_embedding_diversity*",
     "layergraft.gen.metrics.diversity.x_vendi_score*",
     "layergraft.gen.metrics.quality.*",
+    "layergraft.slr.sweep.selection.*",
 ]
 
 #: test_prune.py's end-to-end cases (saved models, CLI) cover the same functions through
@@ -81,6 +84,7 @@ TESTS = [
     "tests/test_ppl.py",
     "tests/test_diversity.py",
     "tests/test_metric_refs.py",
+    "tests/test_selection_rules.py",
 ]
 
 #: mutmut's settings (setup.cfg in the scratch copy: the project's pyproject.toml stays as is)

@@ -1,0 +1,172 @@
+"""The selection rules against references written here: random candidate tables, the
+eligibility conditions spelled out in numpy, ties broken by hand.
+
+Why a separate file: the rules decide what a user restores, and the sweep tests only reach
+them through a handful of toy rows; here every branch (paper vs format, a missing V_end, ties
+on diversity, the Pareto front, labels) meets many random tables."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from layergraft.slr.sweep.selection import Rule, label, pareto_front, ranked, select
+
+
+def _table(seed: int, n: int = 40) -> tuple[list[dict], dict]:
+    """Random rows (intervals, interval soups, parts, whole-model soups) with coarse scores, so
+    that ties on diversity happen, and a post model to compare with."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        kind = rng.integers(0, 4)
+        row = {
+            "V": float(rng.choice(np.linspace(0.5, 1.0, 11))),
+            "H_norm": float(rng.choice(np.linspace(0.0, 1.0, 6))),
+            "H": float(rng.random()),
+            "V_end": None if rng.random() < 0.1 else float(rng.choice(np.linspace(0.4, 1.0, 7))),
+            "id": i,
+        }
+        if kind < 3:
+            s = int(rng.integers(0, 8))
+            row |= {"start": s, "end": int(rng.integers(s + 1, 9))}
+            row["alpha"] = float(rng.choice([0.25, 0.5, 1.0])) if kind >= 1 else 1.0
+            if kind == 2:
+                row["parts"] = str(rng.choice(["attn", "mlp"]))
+        else:
+            row["alpha"] = float(rng.choice([0.1, 0.5, 0.9]))
+        rows.append(row)
+    post = {"V": float(rng.uniform(0.7, 1.0)), "V_end": float(rng.uniform(0.6, 1.0))}
+    return rows, post
+
+
+def _reference_eligible(rows, post, name, vr, er):
+    v = np.array([r["V"] for r in rows])
+    ok = v >= vr * post["V"]
+    if name == "format":
+        ve = np.array([-np.inf if r["V_end"] is None else r["V_end"] for r in rows])
+        ok &= ve >= er * post["V_end"]
+    return [r for r, k in zip(rows, ok, strict=True) if k]
+
+
+def _reference_key(r, key):
+    """Most diverse first; then the smaller change: shorter interval (a whole soup counts as
+    longest), smaller alpha, earlier start."""
+    length = r["end"] - r["start"] if "start" in r else 10**9
+    return (-r[key], length, r.get("alpha", 1.0), r.get("start", 0))
+
+
+@pytest.mark.parametrize("seed", range(30))
+@pytest.mark.parametrize("name", ["paper", "format"])
+def test_select_and_ranked_match_the_reference(seed, name):
+    rows, post = _table(seed)
+    vr, er = [(0.9, 0.9), (0.8, 0.95), (0.95, 0.7)][seed % 3]
+    rule = Rule(name, validity_ratio=vr, end_ratio=er)
+    want = sorted(_reference_eligible(rows, post, name, vr, er), key=lambda r: _reference_key(r, "H_norm"))
+    got = select(rows, post, rule)
+    assert got["eligible"] == len(want) and got["of"] == len(rows)
+    assert got["selected"] is (want[0] if want else None)
+    assert [r["id"] for r in ranked(rows, post, rule)] == [r["id"] for r in want]
+    assert got["thresholds"]["V"] == pytest.approx(vr * post["V"], abs=0)
+    if name == "format":
+        assert got["thresholds"]["V_end"] == pytest.approx(er * post["V_end"], abs=0)
+    else:
+        assert "V_end" not in got["thresholds"]
+
+
+def test_format_rule_excludes_a_hybrid_whose_replies_stop_ending():
+    """The case the rule exists for: the most diverse hybrid keeps V but loses V_end."""
+    post = {"V": 0.99, "V_end": 0.98}
+    broken = {"start": 11, "end": 18, "V": 0.94, "V_end": 0.05, "H_norm": 0.41}
+    kept = {"start": 8, "end": 12, "V": 0.93, "V_end": 0.90, "H_norm": 0.30}
+    exact = {"start": 2, "end": 4, "V": 0.90, "V_end": 0.882, "H_norm": 0.35}  # at both limits
+    rows = [broken, kept, exact]
+    assert select(rows, post, Rule("paper"))["selected"] is broken
+    fmt = select(rows, post, Rule("format"))
+    assert fmt["selected"] is exact and fmt["eligible"] == 2
+    # just below a limit is out
+    below = dict(exact, V_end=0.8819)
+    assert select([below, kept], post, Rule("format"))["selected"] is kept
+    # a row without V_end can meet the paper rule but never the format rule
+    unknown = dict(exact, V_end=None)
+    assert select([unknown], post, Rule("paper"))["selected"] is unknown
+    assert select([unknown], post, Rule("format"))["selected"] is None
+
+
+def test_diversity_key_is_the_one_named():
+    post = {"V": 1.0}
+    a = {"start": 0, "end": 1, "V": 1.0, "H": 0.9, "H_norm": 0.1}
+    b = {"start": 0, "end": 2, "V": 1.0, "H": 0.1, "H_norm": 0.9}
+    assert select([a, b], post, Rule("paper", diversity_key="H"))["selected"] is a
+    assert select([a, b], post, Rule("paper"))["selected"] is b
+
+
+def test_rule_text_and_json_name_what_is_required():
+    paper, fmt = Rule("paper", validity_ratio=0.8), Rule("format", end_ratio=0.95)
+    assert paper.text == "max H_norm s.t. V >= 0.8·V_post"
+    assert fmt.text == "max H_norm s.t. V >= 0.9·V_post and V_end >= 0.95·V_end_post"
+    assert paper.as_json()["end_ratio"] is None and fmt.as_json()["end_ratio"] == 0.95
+    assert fmt.as_json()["validity_ratio"] == 0.9 and fmt.as_json()["name"] == "format"
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_pareto_front_matches_numpy_dominance(seed):
+    rng = np.random.default_rng(seed)
+    pts = rng.choice(np.linspace(0, 1, 6), size=(25, 2))  # coarse: equal points and ties occur
+    points = {i: (float(v), float(h)) for i, (v, h) in enumerate(pts)}
+    ge = (pts[None, :, 0] >= pts[:, None, 0]) & (pts[None, :, 1] >= pts[:, None, 1])
+    gt = (pts[None, :, 0] > pts[:, None, 0]) | (pts[None, :, 1] > pts[:, None, 1])
+    dominated = (ge & gt).any(axis=1)
+    want = sorted(np.flatnonzero(~dominated).tolist(), key=lambda i: (pts[i, 0], i))
+    assert pareto_front(points) == want
+
+
+@pytest.mark.parametrize(
+    ("row", "text"),
+    [
+        ({"start": 4, "end": 7}, "4:7"),
+        ({"start": 4, "end": 7, "alpha": 1.0, "parts": "all"}, "4:7"),
+        ({"start": 4, "end": 7, "alpha": 0.5}, "4:7@0.5"),
+        ({"start": 2, "end": 7, "parts": "mlp"}, "2:7:mlp"),
+        ({"start": 1, "end": 3, "parts": "attn", "alpha": 0.25}, "1:3:attn@0.25"),
+        ({"alpha": 0.7}, "soup@0.7"),
+    ],
+)
+def test_labels(row, text):
+    assert label(row) == text
+
+
+def test_select_reports_the_rule_it_applied():
+    post = {"V": 1.0, "V_end": 1.0}
+    row = {"start": 0, "end": 1, "V": 1.0, "V_end": 1.0, "H_norm": 0.5}
+    for rule in (Rule("paper"), Rule("format", end_ratio=0.8)):
+        got = select([row], post, rule)
+        assert got["rule"] == rule.name and got["text"] == rule.text
+    assert Rule("format", 0.85, 0.8, "H").as_json() == {
+        "name": "format",
+        "text": "max H s.t. V >= 0.85·V_post and V_end >= 0.8·V_end_post",
+        "validity_ratio": 0.85,
+        "end_ratio": 0.8,
+        "diversity_key": "H",
+    }
+
+
+def test_ties_prefer_the_smaller_change_at_any_depth():
+    """A whole-model soup changes every tensor: any interval, even one of 120 layers (a
+    405B-class model has 126), is the smaller change. Rows written without ``alpha`` are
+    restores (alpha 1): among equals the earlier start wins."""
+    post = {"V": 1.0}
+    deep = {"start": 0, "end": 120, "V": 1.0, "H_norm": 0.5}
+    soup = {"alpha": 0.05, "V": 1.0, "H_norm": 0.5}
+    assert select([soup, deep], post, Rule("paper"))["selected"] is deep
+    no_alpha = {"start": 3, "end": 5, "V": 1.0, "H_norm": 0.5}
+    restore = {"start": 4, "end": 6, "alpha": 1.0, "V": 1.0, "H_norm": 0.5}
+    blend = {"start": 5, "end": 7, "alpha": 0.5, "V": 1.0, "H_norm": 0.5}
+    assert select([restore, no_alpha], post, Rule("paper"))["selected"] is no_alpha
+    assert select([no_alpha, blend], post, Rule("paper"))["selected"] is blend
+    assert ranked([restore, blend, no_alpha, soup], post, Rule("paper")) == [
+        blend,
+        no_alpha,
+        restore,
+        soup,
+    ]
