@@ -97,6 +97,13 @@ def test_v_end_matches_a_hand_computation() -> None:
     # token 11 is not followed, nor is token 6's closer (p(10 | 6) ~ 0): 1 + 3 + 2 slots read
     assert ("after", 0, 11) not in read.seen and ("after", 0, 6, 10) not in read.seen
     assert len(read.seen) == 6
+    # min_read=0 (the plan's upper bound of the head's cost) follows every token and closer
+    table |= {("after", 0, 11): {7: 1.0}, ("after", 0, 11, 10): {}}
+    read = _reader(batch, table)
+    (every,) = score_items(batch, read, min_read=0.0)
+    assert ("after", 0, 11) in read.seen and ("after", 0, 6, 10) in read.seen
+    assert len(read.seen) == 9
+    assert every.validity_end == pytest.approx(expect + MIN_READ / 2, abs=1e-15)
 
 
 def test_crc_exact_batches_agree_and_accept_dicts() -> None:

@@ -62,7 +62,9 @@ def test_select_and_ranked_match_the_reference(seed, name):
     rows, post = _table(seed)
     vr, er = [(0.9, 0.9), (0.8, 0.95), (0.95, 0.7)][seed % 3]
     rule = Rule(name, validity_ratio=vr, end_ratio=er)
-    want = sorted(_reference_eligible(rows, post, name, vr, er), key=lambda r: _reference_key(r, "H_norm"))
+    want = sorted(
+        _reference_eligible(rows, post, name, vr, er), key=lambda r: _reference_key(r, "H_norm")
+    )
     got = select(rows, post, rule)
     assert got["eligible"] == len(want) and got["of"] == len(rows)
     assert got["selected"] is (want[0] if want else None)

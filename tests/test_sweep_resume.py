@@ -216,6 +216,17 @@ def test_dry_run_prints_a_plan_and_writes_nothing(tmp_path, prompts, capsys):
     assert not out.exists()
 
 
+def test_dry_run_plan_bounds_the_head_by_reading_every_continuation(prompts):
+    """The plan times the head as the post model reads it and with every V_end continuation
+    read; the second is the larger, and the estimate is the range between them."""
+    plan = sweep(BASE, POST, None, prompts=prompts, method="slr", dry_run=True, progress=False)
+    plan = plan["plan"]
+    m = plan["measured"]
+    assert m["head_all_s"] >= m["head_s"] > 0
+    for engine, low in plan["estimated_seconds"].items():
+        assert plan["estimated_seconds_every_read"][engine] >= low
+
+
 def test_batch_size_does_not_change_the_numbers(tmp_path, uninterrupted, prompts):
     res = sweep(BASE, POST, None, prompts=prompts, method="slr", batch_size=5, progress=False)
     ref = json.loads((uninterrupted / "results.json").read_text())

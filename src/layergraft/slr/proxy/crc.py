@@ -121,9 +121,12 @@ class CrcProxy:
         )  # fmt: skip
 
     def score(
-        self, batch: CrcBatch, run: LayerRunner, final: Any
+        self, batch: CrcBatch, run: LayerRunner, final: Any, *, read_all: bool = False
     ) -> tuple[CrcBatch, list[CrcItem]]:
-        return batch, score_items(batch, reader(run, final, batch))
+        """``read_all``: read every V_end continuation, however unlikely (the plan's upper
+        bound of the head's cost; the scores move by less than ``MIN_READ`` per token)."""
+        read = reader(run, final, batch)
+        return batch, score_items(batch, read, 0.0) if read_all else score_items(batch, read)
 
     def combine(self, parts: list[tuple[CrcBatch, list[CrcItem]]]) -> dict[str, Any]:
         items = in_order(parts)

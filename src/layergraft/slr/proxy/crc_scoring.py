@@ -284,7 +284,7 @@ def left_padded(
     return input_ids, mask
 
 
-def score_items(batch: CrcBatch, read: Any) -> list[CrcItem]:
+def score_items(batch: CrcBatch, read: Any, min_read: float = MIN_READ) -> list[CrcItem]:
     """V, H and V_end of every prompt of ``batch``. ``read(slots, ids)`` returns the
     float64 log-probabilities of ``ids[k]`` at ``slots[k]`` (flat, in order), or
     ``read(None, None)`` those of :meth:`CrcBatch.answer_reads`.
@@ -294,7 +294,8 @@ def score_items(batch: CrcBatch, read: Any) -> list[CrcItem]:
     share of V_end is below it too, so skipping it moves V_end by less than ``MIN_READ`` per
     token); then, with closers, the position after ``t q`` where ``p(t | x) p(q | x, t)`` is
     at least :data:`MIN_READ`. On a large vocabulary every position read costs a full
-    lm_head, so this is what keeps V_end affordable."""
+    lm_head, so this is what keeps V_end affordable. ``min_read=0`` reads every continuation
+    (what a sweep's plan times as the upper bound of a diverse hybrid's head)."""
     import torch
 
     def probs(slots: Any, ids: Any) -> list[float]:
@@ -308,7 +309,7 @@ def score_items(batch: CrcBatch, read: Any) -> list[CrcItem]:
     after: list[dict[int, float]] = [dict.fromkeys(f, 0.0) for f in firsts]
     if batch.ends:
         n_end = len(batch.ends)
-        need = [(k, t) for k, f in enumerate(firsts) for t, pt in f.items() if pt >= MIN_READ]
+        need = [(k, t) for k, f in enumerate(firsts) for t, pt in f.items() if pt >= min_read]
         got = iter(probs(
             [batch.packed.branch[k][(t,)] for k, t in need],
             [list(batch.ends) + list(batch.closers)] * len(need),
@@ -318,7 +319,7 @@ def score_items(batch: CrcBatch, read: Any) -> list[CrcItem]:
             follow = [next(got) for _ in range(n_end + len(batch.closers))]
             after[k][t] = sum(follow[:n_end])
             for q, pq in zip(batch.closers, follow[n_end:], strict=True):
-                if firsts[k][t] * pq >= MIN_READ:
+                if firsts[k][t] * pq >= min_read:
                     deeper.append((k, t, q, pq))
         got = iter(probs(
             [batch.packed.branch[k][(t, q)] for k, t, q, _ in deeper],

@@ -6,7 +6,11 @@ forward computes — real tokens, padding, and what packing saved against one pa
 prompt (``computed`` vs ``unshared``), the continuation positions V_end reads included. It
 then times one decoder layer and one head call of the post model on every batch (a warm-up,
 then the median of ``REPEATS`` runs, so one slow run on a busy machine does not set the
-estimate) and multiplies. Memory is the two models' weights plus one batch's activations and
+estimate) and multiplies. The head is timed twice when V_end is on: reading what the post
+model needs, and reading every continuation. V_end reads the position after a character only
+where that character is likely enough, so a collapsed post model reads few and a diverse
+hybrid nearly all; on Gemma's 262k vocabulary that difference doubled the real cost of a
+sweep against a single-figure plan, so the plan gives the range. Memory is the two models' weights plus one batch's activations and
 the head's chunk of logits.
 """
 
@@ -45,8 +49,12 @@ def time_batch(post_model: Any, adapter: Any, proxy: Any, batch: Any) -> dict[st
     layer = adapter.layers(post_model)[0]
     h = run.layer(layer, 0, run.hidden0)
     t_layer = _median_seconds(lambda: run.layer(layer, 0, h))
-    t_head = _median_seconds(lambda: proxy.score(batch, run, h), repeat=max(REPEATS // 2, 1))
-    return {"layer_s": t_layer, "head_s": t_head}
+    few = max(REPEATS // 2, 1)
+    t_head = _median_seconds(lambda: proxy.score(batch, run, h), repeat=few)
+    t_all = t_head
+    if getattr(proxy, "kind", None) == "crc" and getattr(batch, "ends", ()):
+        t_all = _median_seconds(lambda: proxy.score(batch, run, h, read_all=True), repeat=few)
+    return {"layer_s": t_layer, "head_s": t_head, "head_all_s": max(t_all, t_head)}
 
 
 def _positions(batch: Any) -> dict[str, int]:
@@ -85,15 +93,15 @@ def sweep_plan(
         "swap": sum(u.cost(num_layers, False) for u in starts),
     }
     heads = n_int + len(others)
-    estimate = {
-        engine: round(
-            sum(
-                (f + len(others) * num_layers) * t["layer_s"] + heads * t["head_s"] for t in timings
-            ),
+
+    def seconds(f: int, head: str) -> float:
+        return round(
+            sum((f + len(others) * num_layers) * t["layer_s"] + heads * t[head] for t in timings),
             1,
         )
-        for engine, f in per_batch.items()
-    }
+
+    estimate = {engine: seconds(f, "head_s") for engine, f in per_batch.items()}
+    every_read = {engine: seconds(f, "head_all_s") for engine, f in per_batch.items()}
     pos = [_positions(b) for b in batches]
     total = {k: sum(p[k] for p in pos) for k in ("computed_positions", "real_positions",
                                                  "padded_positions", "unshared_positions")}  # fmt: skip
@@ -121,10 +129,13 @@ def sweep_plan(
         "measured": {
             "layer_s": round(sum(t["layer_s"] for t in timings), 6),
             "head_s": round(sum(t["head_s"] for t in timings), 6),
+            "head_all_s": round(sum(t["head_all_s"] for t in timings), 6),
             "repeats": REPEATS,
             "statistic": "median after one warm-up, summed over batches",
         },
         "estimated_seconds": estimate,
+        # the same with every V_end continuation read: what diverse hybrids approach
+        "estimated_seconds_every_read": every_read,
         "estimated_peak_memory_gib": round((weights_bytes + activations) / _GIB, 2),
     }  # fmt: skip
 
@@ -160,9 +171,15 @@ def dry_run_plan(
     return {"dry_run": True, "plan": plan}
 
 
+def _span(low: dict[str, float], high: dict[str, float], engine: str) -> str:
+    a, b = low[engine], high[engine]
+    return f"{a:.0f}" if b <= a else f"{a:.0f}–{b:.0f}"
+
+
 def format_plan(plan: dict[str, Any]) -> str:
     """A few readable lines."""
-    lf, est = plan["layer_forwards"], plan["estimated_seconds"]
+    lf, est, m = plan["layer_forwards"], plan["estimated_seconds"], plan["measured"]
+    top = plan.get("estimated_seconds_every_read", est)
     pos = plan["positions_per_forward"]
     saved = (
         1 - pos["computed_positions"] / pos["unshared_positions"]
@@ -180,9 +197,20 @@ def format_plan(plan: dict[str, Any]) -> str:
         f"reload {plan['disk_round_trip']['hybrids_written_and_reloaded']} hybrids of "
         f"{plan['disk_round_trip']['bytes_each'] / _GIB:.2f} GiB",
         f"measured (median of {plan['measured']['repeats']} after a warm-up): one layer "
-        f"{plan['measured']['layer_s'] * 1e3:.1f} ms, one hybrid's head "
-        f"{plan['measured']['head_s'] * 1e3:.1f} ms (all batches)",
-        f"estimate: {est['prefix-reuse']:.0f} s with prefix reuse ({est['swap']:.0f} s with "
-        f"--no-prefix-reuse), peak memory about {plan['estimated_peak_memory_gib']:.2f} GiB",
+        f"{m['layer_s'] * 1e3:.1f} ms, one hybrid's head {m['head_s'] * 1e3:.1f} ms (all "
+        "batches)"
+        + (
+            f", {m['head_all_s'] * 1e3:.1f} ms reading every V_end continuation"
+            if m["head_all_s"] > m["head_s"]
+            else ""
+        ),  # fmt: skip
+        f"estimate: {_span(est, top, 'prefix-reuse')} s with prefix reuse "
+        f"({_span(est, top, 'swap')} s with --no-prefix-reuse), peak memory about "
+        f"{plan['estimated_peak_memory_gib']:.2f} GiB",
     ]
+    if top["prefix-reuse"] > est["prefix-reuse"]:
+        lines.append(
+            "  (the low end: hybrids as collapsed as the post model; the high end: hybrids "
+            "diverse enough that V_end reads every continuation)"
+        )
     return "\n".join(lines)
