@@ -55,6 +55,9 @@ def main() -> None:
     ap.add_argument("--ppl-tokens", type=int, default=4096)
     ap.add_argument("--ppl-seqlen", type=int, default=512)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--scores-only", action="store_true", help="every score, no perplexity (minutes, not hours)"
+    )
     ap.add_argument("--json", metavar="FILE")
     args = ap.parse_args()
 
@@ -93,10 +96,16 @@ def main() -> None:
     X = {b: torch.cat(v) for b, v in acts.items()}
     is0 = torch.cat(pos0)
     print(f"activations held: {len(is0)} tokens, {time.perf_counter() - t0:.0f}s")
+    norms = {
+        b: (float(x[is0].norm(dim=-1).mean()), float(x[~is0].norm(dim=-1).mean()))
+        for b, x in X.items()
+    }
+    print("stream norm entering each layer, position 0 / the other tokens (mean):")
+    print("  " + "  ".join(f"{b}: {p:.0f}/{o:.0f}" for b, (p, o) in norms.items()))
     ang = dict(block_scores(model, ad, batches, block=n, metric="angular").blocks)
     bi = dict(block_scores(model, ad, batches, block=n, metric="bi").blocks)
     ids = tokenize(job.tokenizer, read_text(DEFAULT_HELDOUT))[: args.ppl_tokens]
-    dense_ppl = perplexity(model, ids, seqlen=args.ppl_seqlen)["ppl"]
+    dense_ppl = None if args.scores_only else perplexity(model, ids, seqlen=args.ppl_seqlen)["ppl"]
     rows = []
     for s in range(L - n + 1):
         e_ = s + n
@@ -118,43 +127,44 @@ def main() -> None:
             "token_frac": float((e2 / y2).sum() / (d2 / y2).sum()),
             "pos0_share_of_delta": float(d2[is0].sum() / d2.sum()),
         }
-        for method in ("ghost", "none"):
+        for method in () if args.scores_only else ("ghost", "none"):
             with pruned_in_place(model, ad, [(s, e_)], method, batches, damp=1e-4) as p:
                 row[f"ppl_{method}"] = perplexity(p.model, ids, seqlen=args.ppl_seqlen)["ppl"]
         rows.append(row)
+        ppl = (
+            ""
+            if args.scores_only
+            else f"ghost {row['ppl_ghost']:9.2f} none {row['ppl_none']:10.2f} | "
+        )
         print(
-            f"{row['block']:>6} ghost {row['ppl_ghost']:9.2f} none {row['ppl_none']:10.2f} | "
+            f"{row['block']:>6} {ppl}"
             f"ang {row['angular']:.4f} bi {row['bi']:.4f} res {row['residual']:.4f} "
             f"stream {row['stream']:.5f} tok_rel {row['token_rel']:.5f} tok_frac {row['token_frac']:.4f} "
             f"pos0 {row['pos0_share_of_delta']:.3f}",
             flush=True,
         )
+    scores = ("angular", "bi", "residual", "stream", "token_rel", "token_frac")
+    best = {k: min(rows, key=lambda r, k=k: r[k])["block"] for k in scores}
+    record = {"model": args.model, "n": n, "dense_ppl": dense_ppl, "settings": vars(args),
+              "stream_norms": norms, "rows": rows, "picks": best}  # fmt: skip
+    if args.scores_only:
+        for k in scores:
+            print(f"  {k:<10} picks {best[k]}")
+        if args.json:
+            Path(args.json).write_text(json.dumps(record, indent=1))
+        return
     ghost = [r["ppl_ghost"] for r in rows]
     corr = {
         k: spearman([r[k] for r in rows], ghost)
         for k in ("angular", "bi", "residual", "stream", "token_rel", "token_frac")
     }
-    best = {k: min(rows, key=lambda r, k=k: r[k])["block"] for k in corr}
     print(
         f"dense PPL {dense_ppl:.2f}; best block by ghost PPL: {min(rows, key=lambda r: r['ppl_ghost'])['block']}"
     )
     for k in corr:
         print(f"  {k:<10} Spearman vs ghost PPL {corr[k]:+.2f}, picks {best[k]}")
     if args.json:
-        Path(args.json).write_text(
-            json.dumps(
-                {
-                    "model": args.model,
-                    "n": n,
-                    "dense_ppl": dense_ppl,
-                    "settings": vars(args),
-                    "rows": rows,
-                    "spearman_vs_ghost_ppl": corr,
-                    "picks": best,
-                },
-                indent=1,
-            )  # fmt: skip
-        )
+        Path(args.json).write_text(json.dumps({**record, "spearman_vs_ghost_ppl": corr}, indent=1))
 
 
 if __name__ == "__main__":

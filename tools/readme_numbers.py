@@ -192,25 +192,69 @@ def table_timing(res: dict) -> str:
 
 
 def table_crc(res: dict) -> str:
-    """CRC of the two models of the pair, before any surgery."""
+    """CRC of the two models of the pair, before any surgery (V_end strict and with closers
+    where the run measured them)."""
     cats = sorted({c for r in res["crc"].values() for c in r.get("by_category", {})})
+    ends = any("V_end" in r["mean"] for r in res["crc"].values())
     out = ["| model (`layergraft crc`) | validity V | H (nats) | H_norm |"]
+    out[0] += " V_end strict | V_end closers |" if ends else ""
     out[0] += "".join(f" V {c} | H_norm {c} |" for c in cats)
-    out.append("|---|---:|---:|---:|" + "---:|---:|" * len(cats))
+    out.append("|---|---:|---:|---:|" + "---:|---:|" * (len(cats) + ends))
     for n, r in res["crc"].items():
         m, by = r["mean"], r.get("by_category", {})
         row = f"| {n} | {_f(m['V'])} | {_f(m['H'])} | {_f(m['H_norm'])} |"
+        if ends:
+            row += f" {_v_end(m)} | {_v_end(r.get('closers') or {})} |"
         row += "".join(f" {_f(by[c]['V'])} | {_f(by[c]['H_norm'])} |" for c in cats)
         out.append(row)
     return "\n".join(out)
 
 
 def table_candidates(res: dict) -> str:
-    """The models put to the generation tasks, with their CRC scores and why each is there."""
-    out = ["| model | restores | validity V | H_norm | why |", "|---|---|---:|---:|---|"]
-    for name, c in (res.get("candidates") or {}).items():
-        what = f"layers `{c['interval']}`" if "interval" in c else f"α = {c['alpha']:g} of base"
-        out.append(f"| {name} | {what} | {_f(c['V'])} | {_f(c['H_norm'])} | {c['why']} |")
+    """The models put to the generation tasks, with their CRC scores and why each is there:
+    the picks of experiments/gemma3/pipeline.py (``candidates`` in runs before issue 19)."""
+    if "picks" not in res:
+        out = ["| model | restores | validity V | H_norm | why |", "|---|---|---:|---:|---|"]
+        for name, c in (res.get("candidates") or {}).items():
+            what = f"layers `{c['interval']}`" if "interval" in c else f"α = {c['alpha']:g} of base"
+            out.append(f"| {name} | {what} | {_f(c['V'])} | {_f(c['H_norm'])} | {c['why']} |")
+        return "\n".join(out)
+    out = [
+        "| model | hybrid | validity V | V_end | H_norm | why |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    for name, c in res["picks"].items():
+        why = c["why"] + (f" (the same hybrid as `{c['same_as']}`)" if "same_as" in c else "")
+        out.append(
+            f"| {name} | `{c['label']}` | {_f(c['V'])} | {_v_end(c)} | {_f(c['H_norm'])} | {why} |"
+        )
+    return "\n".join(out)
+
+
+def table_verdicts(res: dict) -> str:
+    """Issue 19's two questions answered from the numbers: which pick keeps the format on every
+    task while lifting QA distinct valid answers to 1.5x the post model's; how well V_end
+    ranks the validated candidates' finished_rate."""
+    v = res["verdicts"]
+    out = [
+        "| model | keeps the format (finished_rate ≥ 0.9 × post, every task) | QA distinct valid answers / post | both |",
+        "|---|---|---:|---|",
+    ]
+    for name, r in v["per_pick"].items():
+        lift = (
+            "–"
+            if r["qa_distinct_valid_vs_post"] is None
+            else f"{r['qa_distinct_valid_vs_post']:.2f}×"
+        )
+        out.append(
+            f"| {name} | {'yes' if r['keeps_format'] else 'no'} | {lift} | {'**yes**' if r['both'] else 'no'} |"
+        )
+    rho = v["spearman_v_end_finished_rate"]
+    out += [
+        "",
+        f"Spearman rank correlation of V_end with finished_rate over the {v['candidates_for_rho']} "
+        f"validated candidates: {'–' if rho is None else f'{rho:+.2f}'}.",
+    ]
     return "\n".join(out)
 
 
@@ -371,6 +415,7 @@ SOURCES = {
             "validation": table_validation,
             "parts": table_parts,
             "candidates": table_candidates,
+            "verdicts": table_verdicts,
             "compare": table_compare,
             "prune": table_prune,
             "prune_summary": table_prune_summary,

@@ -274,10 +274,9 @@ def main() -> None:
                 "--n", str(args.n), "--limit", str(args.limit), "--max-new-tokens", str(budget),
                 "--out", str(out), "--quiet", "--json"]  # fmt: skip
         reuse = steps.recorded(f"compare {task}", argv) and (out / "results.json").is_file()
-        if (
-            not reuse
-        ):  # every model generated in one run: the recorded timing is the whole comparison
+        if not reuse:  # every model generated in one run: the recorded timing is the whole comparison
             shutil.rmtree(out, ignore_errors=True)
+        out.parent.mkdir(parents=True, exist_ok=True)  # layergraft creates no missing parent
         steps.run(f"compare {task}", argv, f"compare-{task}.log", reuse=reuse)
         res["compare"][task] = json.loads((out / "results.json").read_text())
         for r in res["compare"][task]["runs"].values():
