@@ -16,6 +16,7 @@ from layergraft.cli.options import (
     placement_kwargs,
     print_json,
 )
+from layergraft.slr.proxy.ends import V_END_MODES
 
 
 def _cmd_restore(args: argparse.Namespace) -> int:
@@ -214,7 +215,7 @@ def register(sub: Any) -> None:
     c.add_argument("--seed", type=int, default=0)
     c.add_argument(
         "--v-end",
-        choices=("strict", "closers", "off"),
+        choices=V_END_MODES,
         default="strict",
         help="V_end: the character then an end marker (strict), also after one closing '.', "
         "'!' or newline (closers), or off",

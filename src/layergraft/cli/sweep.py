@@ -18,6 +18,14 @@ from layergraft.cli.options import (
     ray_kwargs,
 )
 from layergraft.errors import LayergraftError
+from layergraft.slr.sweep.config import (
+    METHODS,
+    PACKINGS,
+    PROXIES,
+    RULES,
+    SEARCHES,
+    V_END_MODES,
+)
 
 
 def _parse_starts(text: str | None) -> list[int] | None:
@@ -155,7 +163,7 @@ def register(sub: Any) -> None:
     w.add_argument("--prompts", default="all", help="CRC prompt set or JSONL file")
     w.add_argument(
         "--proxy",
-        choices=("crc", "ppl"),
+        choices=PROXIES,
         default="crc",
         help="score by CRC (default) or by perplexity on --data",
     )
@@ -169,7 +177,7 @@ def register(sub: Any) -> None:
     )
     w.add_argument(
         "--method",
-        choices=("slr", "soup", "both"),
+        choices=METHODS,
         default="slr",
         help="intervals, 21 soup alphas, or both",
     )
@@ -192,13 +200,13 @@ def register(sub: Any) -> None:
     )
     w.add_argument(
         "--rule",
-        choices=("paper", "format"),
+        choices=RULES,
         help="paper: max diversity with V >= 0.9 V_post; format: also V_end >= 0.9 V_end_post, "
         "the reply still ends (default: format where the model has end markers)",
     )
     w.add_argument(
         "--v-end",
-        choices=("strict", "closers", "off"),
+        choices=V_END_MODES,
         default="strict",
         help="V_end, the format score: the character then an end marker (strict), also after "
         "one closing '.', '!' or newline (closers), or not computed (off)",
@@ -231,7 +239,7 @@ def register(sub: Any) -> None:
     )
     w.add_argument(
         "--search",
-        choices=("exhaustive", "halving"),
+        choices=SEARCHES,
         default="exhaustive",
         help="exhaustive (default): every candidate on every prompt; halving: every candidate "
         "on a seeded quarter of the prompts first, then only those that can still win (paired "
@@ -239,7 +247,7 @@ def register(sub: Any) -> None:
     )
     w.add_argument(
         "--packing",
-        choices=("shared", "unshared", "padded"),
+        choices=PACKINGS,
         default="shared",
         help="how CRC prompts fill a forward pass: token trees whose shared prefixes are "
         "computed once (shared, default), several prompts per row (unshared), or one padded "

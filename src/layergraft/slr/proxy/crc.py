@@ -27,7 +27,6 @@ from layergraft.models.runner import LayerRunner
 from layergraft.slr.proxy.crc_prompts import CrcPrompt, load_crc_prompts
 from layergraft.slr.proxy.crc_sampled import crc_sampled
 from layergraft.slr.proxy.crc_scoring import (
-    V_END_MODES,
     CrcBatch,
     CrcItem,
     CrcResult,
@@ -37,7 +36,7 @@ from layergraft.slr.proxy.crc_scoring import (
     result_of,
     score_items,
 )
-from layergraft.slr.proxy.ends import EndMarkers, find_end_markers
+from layergraft.slr.proxy.ends import EndMarkers, check_v_end, find_end_markers
 
 
 def attention_ratio(model: Any) -> float:
@@ -197,13 +196,12 @@ def crc(
     """CRC validity, diversity and format (V, H, V_end) of one model: a path / hub id
     (``tokenizer``: another model's tokenizer, path or object, e.g. the post model's chat
     template for a base model), or a loaded model with its tokenizer. ``v_end``: how V_end
-    is defined (:data:`~layergraft.slr.proxy.crc_scoring.V_END_MODES`)."""
+    is defined (:data:`~layergraft.slr.proxy.ends.V_END_MODES`)."""
     if estimator not in ("exact", "sample"):
         raise InputError(
             f"--estimator {estimator!r} is not 'exact' or 'sample'; choose one of them"
         )
-    if v_end not in V_END_MODES:
-        raise InputError(f"--v-end {v_end!r} is not one of {', '.join(V_END_MODES)}")
+    check_v_end(v_end)
     items = load_crc_prompts(prompts)  # a bad prompt file fails before the model loads
     if not hasattr(model, "forward"):
         model, tokenizer, _ = load_with_tokenizer(

@@ -42,9 +42,9 @@ from layergraft.models.batching import left_pad
 from layergraft.models.packing import Packed, PackItem, pack
 from layergraft.models.runner import Reads
 from layergraft.slr.proxy.crc_prompts import CrcPrompt, parse_prompt
+from layergraft.slr.proxy.ends import check_v_end
 
 #: how V_end is defined (module doc); "off" skips it
-V_END_MODES = ("strict", "closers", "off")
 #: a continuation is read only where the reply so far is at least this likely (score_items)
 MIN_READ = 1e-7
 #: the most of a packed forward's positions that may be padding (rows of unequal length)
@@ -245,8 +245,7 @@ def prepare_batches(
     :data:`~layergraft.models.packing.LAYOUTS`."""
     items = _as_prompts(prompts)
     _check(tokenizer, items, batch_size)
-    if v_end not in V_END_MODES:
-        raise InputError(f"--v-end {v_end!r} is not one of {', '.join(V_END_MODES)}")
+    check_v_end(v_end)
     char_ids = _char_token_ids(tokenizer, {c for p in items for c in p.valid})
     ends = tuple(ends) if v_end != "off" else ()
     closers = closer_ids(tokenizer) if ends and v_end == "closers" else ()

@@ -16,7 +16,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-_PROBE = "Zq7Xw"  # an assistant reply no template rewrites, to find what follows it
+from layergraft.errors import InputError
+
+#: how V_end counts a reply as ended (``--v-end``): the character then an end marker
+#: (strict), also after one closing mark (closers), or not computed (off)
+V_END_MODES = ("strict", "closers", "off")
+
+_PROBE = "Zq7Xw"
+
+
+def check_v_end(v_end: str) -> None:
+    """Refuse an unknown ``--v-end`` (``crc`` calls it before any model loads)."""
+    if v_end not in V_END_MODES:
+        raise InputError(
+            f"--v-end {v_end!r} is not one of {', '.join(V_END_MODES)}"
+        )  # an assistant reply no template rewrites, to find what follows it
 
 
 class EndWarning(UserWarning):

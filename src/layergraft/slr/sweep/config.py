@@ -15,12 +15,12 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from layergraft.errors import InputError, RangeError
+from layergraft.slr.proxy.ends import V_END_MODES
 
 METHODS = ("slr", "soup", "both")
 PROXIES = ("crc", "ppl")
 RULES = ("paper", "format")
 SEARCHES = ("exhaustive", "halving")
-V_END_MODES = ("strict", "closers", "off")
 SWEEP_PARTS = ("attn", "mlp", "norms", "all")
 PACKINGS = ("shared", "unshared", "padded")
 #: the whole-model soups of ``--method soup|both``: alpha 0, 0.05, ..., 1

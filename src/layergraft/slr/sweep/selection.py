@@ -19,8 +19,6 @@ from typing import Any
 
 from layergraft.ranges import format_range
 
-RULE_NAMES = ("paper", "format")
-
 
 @dataclass(frozen=True)
 class Rule:
