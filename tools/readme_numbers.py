@@ -212,13 +212,7 @@ def table_crc(res: dict) -> str:
 
 def table_candidates(res: dict) -> str:
     """The models put to the generation tasks, with their CRC scores and why each is there:
-    the picks of experiments/gemma3/pipeline.py (``candidates`` in runs before issue 19)."""
-    if "picks" not in res:
-        out = ["| model | restores | validity V | H_norm | why |", "|---|---|---:|---:|---|"]
-        for name, c in (res.get("candidates") or {}).items():
-            what = f"layers `{c['interval']}`" if "interval" in c else f"α = {c['alpha']:g} of base"
-            out.append(f"| {name} | {what} | {_f(c['V'])} | {_f(c['H_norm'])} | {c['why']} |")
-        return "\n".join(out)
+    the picks of experiments/gemma3/pipeline.py."""
     out = [
         "| model | hybrid | validity V | V_end | H_norm | why |",
         "|---|---|---:|---:|---:|---|",
