@@ -7,9 +7,10 @@ re-tests only what changed (a function's mutants are re-run when its source or t
 
 What is mutated (:data:`MUTATE`): the pruning/repair math (calibration statistics, the fits,
 folds, ghost construction and the ghost module's forward), perplexity, and the generation
-metrics (diversity, quality), and of the SLR core the selection rules (``slr/sweep/selection``:
-paper and format rules, ranking, the Pareto front). CRC scoring and the sweep engines come
-next: their tests run models, minutes per mutant on this machine. Which tests run (:data:`TESTS`): the
+metrics (diversity, quality), and the SLR core: the selection rules (``slr/sweep/selection``:
+paper and format rules, ranking, the Pareto front), CRC scoring (V, H, V_end from the read
+log-probabilities), halving's bounds and drops, the sweep engines (interval plans, prefix
+reuse, soups and parts), token-tree packing and the layer runner with its head. Which tests run (:data:`TESTS`): the
 ones that check those functions against independent references; mutmut runs, for each mutant,
 only the tests that call the mutated function.
 
@@ -45,6 +46,11 @@ MUTATE = [
     "src/layergraft/gen/metrics/diversity.py",
     "src/layergraft/gen/metrics/quality.py",
     "src/layergraft/slr/sweep/selection.py",
+    "src/layergraft/slr/proxy/crc_scoring.py",
+    "src/layergraft/slr/sweep/halving.py",
+    "src/layergraft/slr/sweep/engines.py",
+    "src/layergraft/models/packing.py",
+    "src/layergraft/models/runner.py",
 ]
 
 #: the functions whose mutants are run (mutmut name globs): the math, not its error messages,
@@ -74,6 +80,25 @@ SCOPE = [
     "layergraft.gen.metrics.diversity.x_vendi_score*",
     "layergraft.gen.metrics.quality.*",
     "layergraft.slr.sweep.selection.*",
+    "layergraft.slr.proxy.crc_scoring.x_score_items*",
+    "layergraft.slr.proxy.crc_scoring.x_item_scores*",
+    "layergraft.slr.proxy.crc_scoring.x__summary*",
+    "layergraft.slr.proxy.crc_scoring.x_in_order*",
+    "layergraft.slr.proxy.crc_scoring.x_result_of*",
+    "layergraft.slr.proxy.crc_scoring.x_prepare_batches*",
+    "layergraft.slr.proxy.crc_scoring.xǁCrcBatchǁ*",
+    "layergraft.slr.sweep.halving.*",
+    "layergraft.slr.sweep.engines.x_enumerate_intervals*",
+    "layergraft.slr.sweep.engines.x_interval_key*",
+    "layergraft.slr.sweep.engines.xǁUnitǁ*",
+    "layergraft.slr.sweep.engines.x_plan_units*",
+    "layergraft.slr.sweep.engines.x_score_start*",
+    "layergraft.slr.sweep.engines.x_score_model*",
+    "layergraft.slr.sweep.engines.x__as_base*",
+    "layergraft.models.packing.*",
+    "layergraft.models.runner.xǁLayerRunnerǁ*",
+    "layergraft.models.runner.xǁReadsǁ*",
+    "layergraft.models.runner.x__compute_dtype*",
 ]
 
 #: test_prune.py's end-to-end cases (saved models, CLI) cover the same functions through
@@ -85,6 +110,12 @@ TESTS = [
     "tests/test_diversity.py",
     "tests/test_metric_refs.py",
     "tests/test_selection_rules.py",
+    "tests/test_crc.py",
+    "tests/test_packing.py",
+    "tests/test_halving.py",
+    "tests/test_vend.py",
+    "tests/test_sweep_engine.py",
+    "tests/test_batching.py",
 ]
 
 #: mutmut's settings (setup.cfg in the scratch copy: the project's pyproject.toml stays as is)

@@ -10,6 +10,9 @@ from layergraft.errors import RangeError
 from layergraft.models.batching import forward_logits
 from layergraft.models.runner import LayerRunner
 from layergraft.slr.sweep.engines import (
+    PostPrefix,
+    Unit,
+    carried_prefix_layers,
     enumerate_intervals,
     plan_units,
     score_start,
@@ -62,6 +65,74 @@ def test_fast_sweep_equals_swap_sweep(fam):
         torch.testing.assert_close(fast[r]["logits"], slow[r]["logits"], rtol=1e-5, atol=1e-5)
     # the full-range hybrid is the base model itself (except embeddings/head from post)
     assert not torch.allclose(fast[(0, 4)]["logits"], fast[(0, 1)]["logits"])
+
+
+@pytest.mark.parametrize("fam", ["llama", "gemma3_text", "gpt2"])
+def test_a_post_prefix_carried_across_units_changes_no_number(fam):
+    """Starts in any order, two batches, partial restores and interval soups between them:
+    every row equals the swap engine's, and the post prefix runs once per batch when the
+    starts ascend (a hook written here counts the post model's layer-0 calls)."""
+    post, base = make_tiny(fam, num_layers=4, seed=2), make_tiny(fam, num_layers=4, seed=1)
+    ad = adapter_for_model(post)
+    b1 = _batch(post.config.vocab_size)
+    b2 = {k: v[1:].flip(-1).contiguous() for k, v in b1.items()}
+    b2["attention_mask"] = torch.ones_like(b2["input_ids"])
+    order = [(2, "all", 1.0), (0, "all", 1.0), (3, "mlp", 1.0), (1, "all", 0.5), (3, "all", 1.0)]
+    for budget in (1 << 30, 0):
+        prefix = PostPrefix(post, ad, max_bytes=budget)
+        for start, part, alpha in order:
+            ends = tuple(range(start + 1, 5))
+            args = (post, base, ad, LogitsProxy(), [b1, b2], start, ends, part, alpha)
+            fast = score_start(*args, prefix=prefix)
+            slow = score_start_swap(*args)
+            for e in ends:
+                torch.testing.assert_close(
+                    fast[e]["logits"], slow[e]["logits"], rtol=1e-5, atol=1e-5
+                )
+    calls = []
+    hook = ad.layers(post)[0].register_forward_hook(lambda *a: calls.append(1))
+    try:
+        for prefix in (PostPrefix(post, ad), None):
+            calls.clear()
+            for start in (1, 2, 3):
+                score_start(
+                    post, base, ad, LogitsProxy(), [b1, b2], start, (start + 1,), prefix=prefix
+                )
+            assert len(calls) == (2 if prefix is not None else 6)  # once per batch vs per unit
+    finally:
+        hook.remove()
+
+
+def test_the_plan_counts_the_layer_forwards_the_engine_runs():
+    """Hooks written here count every decoder-layer call of both models over a whole sweep's
+    start units; by hand for 4 layers: chains 4+3+2+1, post tails (3+2+1)+(2+1)+1, and the
+    post prefix climbed once to start 3 (not 0+1+2+3 times)."""
+    post, base = make_tiny("llama", num_layers=4, seed=2), make_tiny("llama", num_layers=4, seed=1)
+    ad = adapter_for_model(post)
+    units = [u for u in plan_units(4, enumerate_intervals(4), ()) if u.kind == "start"]
+    assert carried_prefix_layers(units) == 3
+    assert sum(u.cost(4) - u.start for u in units) + carried_prefix_layers(units) == 23
+    calls = []
+    hooks = [
+        layer.register_forward_hook(lambda *a: calls.append(1))
+        for m in (post, base)
+        for layer in ad.layers(m)
+    ]
+    try:
+        prefix = PostPrefix(post, ad)
+        b = _batch(post.config.vocab_size)
+        for u in units:
+            score_start(post, base, ad, LogitsProxy(), [b], u.start, u.ends, prefix=prefix)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert len(calls) == 23
+    # a start below the last one climbs again from the embeddings
+    back = [Unit("start", start=2, ends=(3,)), Unit("start", start=1, ends=(2,))]
+    assert carried_prefix_layers(back) == 2 + 1
+    # as a second part's starts do (plan_units: part by part, starts ascending in each)
+    parts = plan_units(4, [(1, 2), (2, 3)], (), parts=("all", "mlp"))
+    assert carried_prefix_layers(parts) == (1 + 1) + (1 + 1)
 
 
 def test_enumerate_intervals_options():

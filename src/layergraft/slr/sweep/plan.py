@@ -6,7 +6,11 @@ forward computes — real tokens, padding, and what packing saved against one pa
 prompt (``computed`` vs ``unshared``), the continuation positions V_end reads included. It
 then times one decoder layer and one head call of the post model on every batch (a warm-up,
 then the median of ``REPEATS`` runs, so one slow run on a busy machine does not set the
-estimate) and multiplies. The head is timed twice when V_end is on: reading what the post
+estimate) and multiplies. Fixed costs are measured too, not assumed away: loading the post
+model (the base is the same architecture and size, so it counts twice), preparing the
+batches and building a batch's layer runner (once per batch for all start units, once per
+reference or soup); on a small model they are most of the sweep (on the toy pair, leaving
+them out put the estimate 41% under the measured time). The head is timed twice when V_end is on: reading what the post
 model needs, and reading every continuation. V_end reads the position after a character only
 where that character is likely enough, so a collapsed post model reads few and a diverse
 hybrid nearly all; on Gemma's 262k vocabulary that difference doubled the real cost of a
@@ -25,7 +29,7 @@ from layergraft.arch import adapter_for_model
 from layergraft.errors import InputError
 from layergraft.models.load import load_model, load_tokenizer
 from layergraft.models.runner import HEAD_CHUNK
-from layergraft.slr.sweep.engines import Unit, runner_for
+from layergraft.slr.sweep.engines import Unit, carried_prefix_layers, runner_for
 
 _GIB = 1024**3
 #: timed runs per measurement (after one warm-up); the median is used
@@ -54,7 +58,11 @@ def time_batch(post_model: Any, adapter: Any, proxy: Any, batch: Any) -> dict[st
     t_all = t_head
     if getattr(proxy, "kind", None) == "crc" and getattr(batch, "ends", ()):
         t_all = _median_seconds(lambda: proxy.score(batch, run, h, read_all=True), repeat=few)
-    return {"layer_s": t_layer, "head_s": t_head, "head_all_s": max(t_all, t_head)}
+    t_runner = _median_seconds(lambda: runner_for(post_model, adapter, batch), repeat=few)
+    return {
+        "layer_s": t_layer, "head_s": t_head, "head_all_s": max(t_all, t_head),
+        "runner_s": t_runner,
+    }  # fmt: skip
 
 
 def _positions(batch: Any) -> dict[str, int]:
@@ -81,27 +89,35 @@ def sweep_plan(
     vocab: int,
     element_bytes: int,
     done: int = 0,
+    setup_s: float = 0.0,
 ) -> dict[str, Any]:
     """The plan as data (the CLI prints :func:`format_plan` of it). ``timings``: one
-    :func:`time_batch` per batch."""
+    :func:`time_batch` per batch; ``setup_s``: the measured seconds of loading both models
+    and preparing the batches."""
     todo = [u for u in units]
     starts = [u for u in todo if u.kind == "start"]
     others = [u for u in todo if u.kind != "start"]
     n_int = sum(len(u.ends) for u in starts)
     per_batch = {
-        "prefix-reuse": sum(u.cost(num_layers, True) for u in starts),
+        # the post prefix is carried from start to start (engines.PostPrefix)
+        "prefix-reuse": sum(u.cost(num_layers, True) - u.start for u in starts)
+        + carried_prefix_layers(starts),
         "swap": sum(u.cost(num_layers, False) for u in starts),
     }
+    runners = {"prefix-reuse": 1 + len(others), "swap": n_int + len(others)}
     heads = n_int + len(others)
 
-    def seconds(f: int, head: str) -> float:
-        return round(
-            sum((f + len(others) * num_layers) * t["layer_s"] + heads * t[head] for t in timings),
-            1,
-        )
+    def seconds(engine: str, head: str) -> float:
+        f = per_batch[engine]
+        per = (
+            (f + len(others) * num_layers) * t["layer_s"] + heads * t[head]
+            + runners[engine] * t.get("runner_s", 0.0)
+            for t in timings
+        )  # fmt: skip
+        return round(setup_s + sum(per), 1)
 
-    estimate = {engine: seconds(f, "head_s") for engine, f in per_batch.items()}
-    every_read = {engine: seconds(f, "head_all_s") for engine, f in per_batch.items()}
+    estimate = {engine: seconds(engine, "head_s") for engine in per_batch}
+    every_read = {engine: seconds(engine, "head_all_s") for engine in per_batch}
     pos = [_positions(b) for b in batches]
     total = {k: sum(p[k] for p in pos) for k in ("computed_positions", "real_positions",
                                                  "padded_positions", "unshared_positions")}  # fmt: skip
@@ -130,6 +146,8 @@ def sweep_plan(
             "layer_s": round(sum(t["layer_s"] for t in timings), 6),
             "head_s": round(sum(t["head_s"] for t in timings), 6),
             "head_all_s": round(sum(t["head_all_s"] for t in timings), 6),
+            "runner_s": round(sum(t.get("runner_s", 0.0) for t in timings), 6),
+            "setup_s": round(setup_s, 3),
             "repeats": REPEATS,
             "statistic": "median after one warm-up, summed over batches",
         },
@@ -148,13 +166,18 @@ def dry_run_plan(
     with the units still to run (``done`` of ``units`` are in the journal already)."""
     if hasattr(px, "score_model"):
         raise InputError("--dry-run needs the crc or ppl proxy, not a custom score function")
-    if hasattr(post, "forward"):
+    t0 = time.perf_counter()
+    if hasattr(post, "forward"):  # in memory: the sweep loads nothing either
         model, tok = post, load_tokenizer(tokenizer)
-    else:  # a WorkerSpec
+        loading = 0.0
+    else:  # a WorkerSpec: the sweep loads the base too, the same architecture and size
         model = load_model(post.post, **placement)
         tok = load_tokenizer(post.tokenizer)
+        loading = time.perf_counter() - t0
     adapter = adapter_for_model(model)
+    t0 = time.perf_counter()
     batches = px.batches(tok, next(model.parameters()).device, model)
+    preparing = time.perf_counter() - t0
     params = list(model.parameters())
     plan = sweep_plan(
         units,
@@ -166,6 +189,7 @@ def dry_run_plan(
         vocab=adapter.vocab_size,
         element_bytes=params[0].element_size(),
         done=done,
+        setup_s=2 * loading + preparing,
     )
     plan["settings"] = cfg.as_json()
     return {"dry_run": True, "plan": plan}
@@ -204,7 +228,8 @@ def format_plan(plan: dict[str, Any]) -> str:
             if m["head_all_s"] > m["head_s"]
             else ""
         ),  # fmt: skip
-        f"estimate: {_span(est, top, 'prefix-reuse')} s with prefix reuse "
+        f"estimate: {_span(est, top, 'prefix-reuse')} s with prefix reuse, "
+        f"{m.get('setup_s', 0):.1f} s of it loading both models and preparing the batches "
         f"({_span(est, top, 'swap')} s with --no-prefix-reuse), peak memory about "
         f"{plan['estimated_peak_memory_gib']:.2f} GiB",
     ]

@@ -18,7 +18,13 @@ from layergraft.gen.tasks import load_task
 from layergraft.models.load import load_model, load_tokenizer
 from layergraft.slr.hybrid import candidate
 from layergraft.slr.hybrid.soup import souped
-from layergraft.slr.sweep.engines import Unit, score_model, score_start, score_start_swap
+from layergraft.slr.sweep.engines import (
+    PostPrefix,
+    Unit,
+    score_model,
+    score_start,
+    score_start_swap,
+)
 
 
 @dataclass
@@ -58,6 +64,8 @@ class SweepWorker:
         self.validation: dict[str, Any] | None = None
         self.stages: dict[int, tuple[int, ...]] = {}
         self._staged: dict[int, tuple[Any, list[Any]]] = {}
+        # the post prefix carried across start units (engines.PostPrefix)
+        self.prefix = PostPrefix(post_model, self.adapter)
 
     def for_stage(self, stage: int) -> tuple[Any, list[Any]]:
         """The proxy and batches of a unit's stage: all prompts (0), or --search halving's
@@ -97,11 +105,9 @@ class SweepWorker:
             with souped(self.post, self.base, unit.alpha):
                 scores = score_model(self.post, proxy, batches, self.adapter)
             return [{"kind": "soup", "alpha": unit.alpha, **stage, "scores": scores}]
-        engine = score_start if self.fast else score_start_swap
-        rows = engine(
-            self.post, self.base, self.adapter, proxy, batches, unit.start, unit.ends,
-            unit.parts, unit.alpha,
-        )  # fmt: skip
+        args = (self.post, self.base, self.adapter, proxy, batches, unit.start, unit.ends,
+                unit.parts, unit.alpha)  # fmt: skip
+        rows = score_start(*args, prefix=self.prefix) if self.fast else score_start_swap(*args)
         extra: dict[str, Any] = {} if unit.parts == "all" else {"parts": unit.parts}
         if unit.alpha != 1.0:
             extra["alpha"] = unit.alpha
