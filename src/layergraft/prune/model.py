@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from layergraft.errors import ArchitectureError, RangeError
+from layergraft.errors import ArchitectureError, InputError, RangeError
 from layergraft.prune import ghost as G
 from layergraft.prune import recover as R
 from layergraft.prune.calibrate import GapStats, collect_gap_stats, run_points
@@ -114,6 +114,13 @@ def prune_model(
     ``target``: with ``sequential``, a dense model to take the targets from instead of a deep
     copy of ``model`` (the caller keeps one already: greedy selection by residual).
     """
+    if getattr(model, G.ATTR, None) is not None:
+        # its ghosts are keyed by the positions of the layers they precede; a second cut
+        # would shift those layers under them (and a scale fold would re-attach them there)
+        raise InputError(
+            "this model carries ghost operators already (a pruned checkpoint); prune the dense "
+            "model once with every gap (e.g. --remove 1:2,3:4) instead of pruning it again"
+        )
     gaps = list(gaps)
     n = len(adapter.layers(model))
     keep = kept_layers(n, gaps)
@@ -166,10 +173,9 @@ def prune_model(
 
 def finalize_scale(p: Pruned, adapter: Any) -> None:
     """Fold scalar ghosts into weights (where and why it is exact up to the norms' eps:
-    :mod:`layergraft.prune.fold`), remove their hooks, and drop the ghost
-    container if nothing is left in it."""
-    from torch import nn
-
+    :mod:`layergraft.prune.fold`), remove their hooks and the ghost container. A scale prune
+    holds scalar ghosts only (one method for every gap, and :func:`prune_model` refuses a
+    model that carries ghosts already), so nothing else is in the container."""
     ghosts = getattr(p.model, G.ATTR, None)
     if ghosts is None:
         return
@@ -182,17 +188,9 @@ def finalize_scale(p: Pruned, adapter: Any) -> None:
             factor /= scalars[i]
         if factor != 1.0:
             p.changed.extend(scale_writers(adapter, p.model, i, factor))
+    if len(scalars) != len(ghosts):
+        raise AssertionError("a scale prune left ghosts that are not scalars")
     for h in p.hooks:
         h.remove()
-    for k in scalars:
-        del ghosts[str(k)]
     p.hooks = []
-    if len(ghosts):
-        p.hooks = G.remote().install_ghosts(
-            p.model,
-            nn.ModuleDict(dict(ghosts.items())),
-            adapter.layers_path,
-            adapter.spec.norm_module,
-        )
-    else:
-        delattr(p.model, G.ATTR)
+    delattr(p.model, G.ATTR)
