@@ -95,6 +95,8 @@ SCOPE = [
     "layergraft.slr.sweep.engines.x_score_start*",
     "layergraft.slr.sweep.engines.x_score_model*",
     "layergraft.slr.sweep.engines.x__as_base*",
+    "layergraft.slr.sweep.engines.x_carried_prefix_layers*",
+    "layergraft.slr.sweep.engines.xǁPostPrefixǁ*",
     "layergraft.models.packing.*",
     "layergraft.models.runner.xǁLayerRunnerǁ*",
     "layergraft.models.runner.xǁReadsǁ*",
@@ -106,6 +108,7 @@ SCOPE = [
 TESTS = [
     "tests/test_operator_refs.py",
     "tests/test_calibrate.py",
+    "tests/test_fit_refs.py",
     "tests/test_ppl.py",
     "tests/test_diversity.py",
     "tests/test_metric_refs.py",
@@ -116,6 +119,7 @@ TESTS = [
     "tests/test_vend.py",
     "tests/test_sweep_engine.py",
     "tests/test_batching.py",
+    "tests/test_parts_restore.py",
 ]
 
 #: mutmut's settings (setup.cfg in the scratch copy: the project's pyproject.toml stays as is)

@@ -59,7 +59,8 @@ def test_a_singular_gram_is_solved_by_minimum_norm_least_squares(caplog):
     a, b = A.T @ A, rng.normal(size=(6, 2))
     with caplog.at_level(logging.INFO, logger=R.log.name):
         got = R.solve_psd(torch.tensor(a), torch.tensor(b)).numpy()
-    assert "not positive definite" in caplog.text
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == ["Gram matrix not positive definite; solving by least squares"]
     want = np.linalg.pinv(a) @ b
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-8)
     # a definite Gram takes the Cholesky path, silently
@@ -128,3 +129,23 @@ def test_a_model_carrying_ghosts_is_not_pruned_again():
     assert len(ad.layers(first.model)) == 5
     with torch.no_grad():
         assert torch.equal(first.model(input_ids=ids).logits, before)
+
+
+def test_the_fold_itself_refuses_a_normalised_mlp_output():
+    """fold_replaceme is public API: called directly on Gemma-2 (whose MLP output is
+    normalised before the residual add) it refuses with the fix, not a wrong fold."""
+    from layergraft.prune.fold import fold_replaceme
+
+    model = make_tiny("gemma2", num_layers=4, seed=0)
+    ad = adapter_for_model(model)
+    op = R.Operator(
+        "replaceme", 2, 3, "replaceme", delta=torch.eye(ad.hidden_size, dtype=torch.float64)
+    )
+    before = [p.clone() for p in model.parameters()]
+    with pytest.raises(ArchitectureError) as err:
+        fold_replaceme(ad, model, op, 1)
+    assert str(err.value).endswith(
+        "normalises the MLP output before adding it to the residual, so ReplaceMe cannot be "
+        "folded into its down projection; use --recover ghost"
+    )
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))

@@ -14,7 +14,9 @@ from layergraft.slr.sweep.engines import (
     Unit,
     carried_prefix_layers,
     enumerate_intervals,
+    interval_key,
     plan_units,
+    score_model,
     score_start,
     score_start_swap,
 )
@@ -130,6 +132,8 @@ def test_the_plan_counts_the_layer_forwards_the_engine_runs():
     # a start below the last one climbs again from the embeddings
     back = [Unit("start", start=2, ends=(3,)), Unit("start", start=1, ends=(2,))]
     assert carried_prefix_layers(back) == 2 + 1
+    again = [Unit("start", start=2, ends=(3,)), Unit("start", start=2, ends=(4,))]
+    assert carried_prefix_layers(again) == 2
     # as a second part's starts do (plan_units: part by part, starts ascending in each)
     parts = plan_units(4, [(1, 2), (2, 3)], (), parts=("all", "mlp"))
     assert carried_prefix_layers(parts) == (1 + 1) + (1 + 1)
@@ -140,10 +144,64 @@ def test_enumerate_intervals_options():
     assert enumerate_intervals(4, min_len=2, max_len=2) == [(0, 2), (1, 3), (2, 4)]
     assert enumerate_intervals(4, starts=[1], max_len=2) == [(1, 2), (1, 3)]
     assert len(enumerate_intervals(8)) == 36
-    with pytest.raises(RangeError):
+    with pytest.raises(RangeError) as err:
         enumerate_intervals(4, min_len=3, max_len=2)
-    with pytest.raises(RangeError):
-        enumerate_intervals(4, starts=[9])
+    assert str(err.value) == "interval lengths 3..2 are empty; need 1 <= --min-len <= --max-len"
+    for bad in (9, 4, -1):  # layer 4 of a 4-layer model is one past the last
+        with pytest.raises(RangeError) as err:
+            enumerate_intervals(4, starts=[bad])
+        assert str(err.value) == f"--starts {bad} is out of bounds: layers are 0..3"
+
+
+def test_journal_keys_and_units_carry_parts_and_alpha():
+    assert interval_key(1, 3) == "interval:1:3"
+    assert interval_key(1, 3, "mlp") == "interval:1:3:mlp"
+    assert interval_key(1, 3, alpha=0.5) == "interval:1:3@0.5"
+    assert interval_key(1, 3, "attn", 0.25) == "interval:1:3:attn@0.25"
+    units = plan_units(4, [(1, 2), (1, 3), (2, 3)], (0.5,), parts=("mlp", "all"), alphas=(0.5, 1.0))
+    starts = [(u.parts, u.alpha, u.start, u.ends) for u in units if u.kind == "start"]
+    assert starts == [
+        ("mlp", 1.0, 1, (2, 3)), ("mlp", 1.0, 2, (3,)), ("mlp", 0.5, 1, (2, 3)),
+        ("mlp", 0.5, 2, (3,)), ("all", 1.0, 1, (2, 3)), ("all", 1.0, 2, (3,)),
+        ("all", 0.5, 1, (2, 3)), ("all", 0.5, 2, (3,)),
+    ]  # fmt: skip
+    assert units[-1].kind == "soup" and units[-1].alpha == 0.5
+    assert units[2].keys == ["interval:1:2:mlp", "interval:1:3:mlp"]
+    assert units[4].keys == ["interval:1:2:mlp@0.5", "interval:1:3:mlp@0.5"]
+    # decoder-layer forwards per batch: the swap engine runs every hybrid from layer 0
+    assert units[2].cost(4, prefix_reuse=False) == 8
+    assert units[2].cost(4) == 1 + 2 + (2 + 1)
+
+
+def test_score_model_finds_the_adapter_and_honours_a_users_function():
+    post = make_tiny("llama", num_layers=3, seed=2)
+    b = _batch(post.config.vocab_size)
+    with_adapter = score_model(post, LogitsProxy(), [b], adapter_for_model(post))
+    without = score_model(post, LogitsProxy(), [b])
+    torch.testing.assert_close(with_adapter["logits"], without["logits"], rtol=0, atol=0)
+
+    class Own:
+        def score_model(self, model):
+            return {"V": float(model.config.num_hidden_layers)}
+
+    assert score_model(post, Own(), []) == {"V": 3.0}
+
+
+def test_the_post_prefix_keeps_the_latest_streams_within_its_budget():
+    post = make_tiny("llama", num_layers=4, seed=2)
+    ad = adapter_for_model(post)
+    b1 = _batch(post.config.vocab_size)
+    b2 = {k: v.clone() for k, v in b1.items()}
+    b3 = {k: v.clone() for k, v in b1.items()}
+    size = PostPrefix(post, ad).stream(b1, 1)[1]
+    one = size.numel() * size.element_size()
+    for budget, kept in ((one - 1, []), (one, [3]), (2 * one, [2, 3]), (3 * one, [1, 2, 3])):
+        prefix = PostPrefix(post, ad, max_bytes=budget)
+        for b in (b1, b2, b3):
+            prefix.stream(b, 2)
+        prefix.stream(b3, 3)  # a batch seen again replaces its own entry
+        held = [k for k, b in ((1, b1), (2, b2), (3, b3)) if id(b) in prefix._at]
+        assert held == kept, budget
 
 
 def test_selection_rule_and_pareto():
