@@ -166,6 +166,12 @@ def prepare(scratch: Path, src_rev: str | None = None, tests_rev: str | None = N
             ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", ".hypothesis"),
         )
     shutil.copy2(ROOT / "pyproject.toml", scratch / "pyproject.toml")
+    for f in MUTATE:
+        # a file added to MUTATE after a first run sits in mutants/ as a plain copy without
+        # a .meta; mutmut sees it unchanged and never mutates it: remove it so it is mutated
+        copy = scratch / "mutants" / f
+        if copy.is_file() and not copy.with_name(copy.name + ".meta").is_file():
+            copy.unlink()
     tests = [t for t in TESTS if (scratch / t).is_file()]
     (scratch / "setup.cfg").write_text(CONFIG.format(only=_indent(MUTATE), tests=_indent(tests)))
 

@@ -178,8 +178,8 @@ class PostPrefix:
     Why: both depend on the post model and the batch only, not on the unit. Building a runner
     costs a forward of the embeddings plus the masks, and the post prefix of start ``s`` costs
     ``s`` layer forwards; rebuilt per unit, a full sweep of ``L`` layers pays ``L`` runners and
-    ``L(L-1)/2`` prefix layers per batch (435 of its 5,395 layer forwards at ``L = 30``).
-    Carried, the stream entering ``s2`` continues from the one entering ``s1 < s2``: the same
+    ``L(L-1)/2`` prefix layers per batch; carried, ``L - 1`` (at ``L = 30``: 4,989 layer
+    forwards per batch instead of 5,395, 7.5% fewer). Carried, the stream entering ``s2`` continues from the one entering ``s1 < s2``: the same
     layers on the same inputs in the same order, so the numbers are identical. A start below
     the last one (another order, a resumed sweep) starts again from the embeddings. Memory:
     one residual stream (and runner) per batch, while the streams stay within ``max_bytes``
