@@ -12,7 +12,7 @@ import torch
 from layergraft.errors import InputError
 from layergraft.slr.proxy.crc import crc_exact
 from layergraft.slr.proxy.crc_prompts import CrcPrompt, bundled_crc_sets, load_crc_prompts
-from layergraft.slr.proxy.crc_scoring import CrcBatch, result_of, score_items
+from layergraft.slr.proxy.crc_scoring import CrcBatch, in_order, result_of, score_items
 
 
 def _batch(prompts, char_ids, ends=(), closers=()):
@@ -104,6 +104,16 @@ def test_v_end_matches_a_hand_computation() -> None:
     assert ("after", 0, 11) in read.seen and ("after", 0, 6, 10) in read.seen
     assert len(read.seen) == 9
     assert every.validity_end == pytest.approx(expect + MIN_READ / 2, abs=1e-15)
+
+
+def test_scores_of_packed_batches_come_back_in_prompt_order() -> None:
+    """Packing groups prompts by their tokens, so batches hold them out of order; each
+    batch's items must return to the place its index names, and a batch whose items do not
+    match its prompts is an error, not a silent shift."""
+    b1, b2 = SimpleNamespace(index=[2, 0]), SimpleNamespace(index=[3, 1])
+    assert in_order([(b1, ["c", "a"]), (b2, ["d", "b"])]) == ["a", "b", "c", "d"]
+    with pytest.raises(ValueError):
+        in_order([(b1, ["c"]), (b2, ["d", "b"])])
 
 
 def test_crc_exact_batches_agree_and_accept_dicts() -> None:

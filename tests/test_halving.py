@@ -13,7 +13,8 @@ import logging
 import pytest
 
 from layergraft.cli import main
-from layergraft.slr.sweep.halving import MIN_STAGE1, decide, stage_prompts
+from layergraft.slr.sweep.engines import Unit
+from layergraft.slr.sweep.halving import MIN_STAGE1, decide, merge, stage_prompts, work
 from layergraft.slr.sweep.run import sweep
 from layergraft.toy import toy_paths
 from tiny import torch_threads, write_few_crc_prompts
@@ -140,3 +141,54 @@ def test_a_killed_halving_sweep_resumes_to_the_same_results(tmp_path):
     b = json.loads((tmp_path / "cut" / "results.json").read_text())
     assert a == b
     assert (tmp_path / "cut" / "intervals.jsonl").read_bytes() == data
+
+
+def test_merged_rows_hold_every_prompt_in_prompt_order():
+    """Stage 2 re-joins a survivor's two halves: per-prompt scores come back in the prompts'
+    own order (the order a full sweep sums in), a dropped candidate gets no row, and the
+    stage and per-stage scores do not leak into the merged row."""
+
+    def half(stage, start, index, v):
+        items = {"index": index, "V": v, "H_norm": [x / 10 for x in v]}
+        return {"kind": "interval", "start": start, "end": start + 1, "stage": stage,
+                "scores": {"items": items}}  # fmt: skip
+
+    stage1 = [half(1, 0, [4, 0, 2], [40, 0, 20]), half(1, 1, [4, 0, 2], [41, 1, 21])]
+    stage2 = [half(2, 0, [3, 1], [30, 10])]  # the 1:2 candidate was dropped after stage 1
+    got = merge(stage1, stage2, lambda items: items)
+    assert got == [
+        {"kind": "interval", "start": 0, "end": 1,
+         "scores": {"index": [0, 1, 2, 3, 4], "V": [0, 10, 20, 30, 40],
+                    "H_norm": [0.0, 1.0, 2.0, 3.0, 4.0]}}
+    ]  # fmt: skip
+
+
+def test_candidates_compete_only_within_their_family():
+    """A whole-model soup, an interval soup (alpha < 1) and a partial restore are selected
+    among their own kind, so a far more diverse interval does not drop them."""
+    post = {"kind": "reference", "name": "post", **_row(0, [0.9] * 10, [0.1] * 10, [0.9] * 10)}
+    ok = ([0.9] * 10, [0.85] * 10)
+
+    def cand(h, **where):
+        return {**where, **_row(0, ok[0], [h, h + 0.01] * 5, ok[1])}
+
+    best = cand(0.9, kind="interval", start=0, end=1)
+    rivals = {
+        "interval:1:2": cand(0.2, kind="interval", start=1, end=2),
+        "soup:0.5": cand(0.2, kind="soup", alpha=0.5),
+        "interval:1:2@0.5": cand(0.2, kind="interval", start=1, end=2, alpha=0.5),
+        "interval:1:2:mlp": cand(0.2, kind="interval", start=1, end=2, parts="mlp"),
+    }
+    dec = decide([post, best, *rivals.values()], rule="format", validity_ratio=0.9,
+                 end_ratio=0.9, diversity_key="H_norm", keep=1, n_all=40, seed=0)  # fmt: skip
+    assert set(dec["dropped"]) == {"interval:1:2"}
+    assert set(dec["survivors"]) == {"interval:0:1", *rivals} - {"interval:1:2"}
+
+
+def test_work_counts_the_layer_forwards_prefix_reuse_runs():
+    """4 layers, start 1, ends 2, 3, 4: one post layer below the start, base layers 1-3 once
+    (the chain to the deepest end), then the post layers above each end (2 + 1 + 0): 7 per
+    batch, not 4 per hybrid; a soup or reference runs the whole model (4)."""
+    start = Unit("start", start=1, ends=(2, 3, 4))
+    assert work([start], 4, 0.25) == pytest.approx(7 * 0.25)
+    assert work([start, Unit("soup", alpha=0.5), Unit("reference", name="post")], 4, 1.0) == 15

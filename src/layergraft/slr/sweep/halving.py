@@ -58,14 +58,6 @@ def stage_prompts(categories: Sequence[str], seed: int) -> tuple[tuple[int, ...]
     return tuple(sorted(chosen)), tuple(i for i in range(len(categories)) if i not in chosen)
 
 
-def _flat(row: dict[str, Any]) -> dict[str, Any]:
-    """A stage row as assemble sees a row (family, start/end, alpha, parts)."""
-    if row["kind"] == "soup":
-        return {"alpha": row["alpha"]}
-    return {"start": row["start"], "end": row["end"], "alpha": row.get("alpha", 1.0),
-            "parts": row.get("parts", "all")}  # fmt: skip
-
-
 class _Bounds:
     """Paired bootstrap bounds of mean differences over the stage-1 prompts."""
 
@@ -127,7 +119,7 @@ def decide(
                 clearly = False
         info[key] = {
             "row": r,
-            "family": family_of(_flat(r)),
+            "family": family_of(r),  # a soup row has no "start"
             "out": why,
             "clearly": eligible and clearly,
         }
@@ -171,7 +163,7 @@ def merge(
         order = sorted(range(len(a["index"]) + len(b["index"])),
                        key=lambda i: (a["index"] + b["index"])[i])  # fmt: skip
         items = {k: [(a[k] + b[k])[i] for i in order] for k in a}
-        row = {k: v for k, v in r.items() if k not in ("stage", "scores")}
+        row = {k: v for k, v in r.items() if k != "stage"}
         out.append({**row, "scores": summary(items)})
     return out
 
@@ -179,8 +171,6 @@ def merge(
 def staged(units: Sequence[Any], stage: int, survivors: set[str] | None = None) -> list[Any]:
     """``units`` for ``stage``; with ``survivors`` (keys without the stage prefix) only the
     references and the surviving hybrids (start units keep their surviving ends)."""
-    import dataclasses
-
     out = []
     for u in units:
         if survivors is not None and u.kind == "start":
