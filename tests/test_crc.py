@@ -106,6 +106,20 @@ def test_v_end_matches_a_hand_computation() -> None:
     assert every.validity_end == pytest.approx(expect + MIN_READ / 2, abs=1e-15)
 
 
+def test_a_closer_exactly_at_the_read_threshold_is_followed() -> None:
+    """The read threshold is inclusive: p(t) p(q | t) == min_read (0.5 x 0.25 = 0.125, exact
+    in binary through log and exp) reads the position after "t q"."""
+    chars = {"k": [4], "d": [6]}
+    p = CrcPrompt("a", "letters", "pick k or d", ("k", "d"))
+    table = {("answer", 0): {4: 0.5, 6: 0.5}, ("after", 0, 4): {10: 0.25},
+             ("after", 0, 6): {}, ("after", 0, 4, 10): {7: 1.0}, ("after", 0, 6, 10): {}}  # fmt: skip
+    batch = _batch([p], chars, (7,), (10,))
+    read = _reader(batch, table)
+    (item,) = score_items(batch, read, min_read=0.125)
+    assert ("after", 0, 4, 10) in read.seen and ("after", 0, 6, 10) not in read.seen
+    assert item.validity_end == 0.125
+
+
 def test_scores_of_packed_batches_come_back_in_prompt_order() -> None:
     """Packing groups prompts by their tokens, so batches hold them out of order; each
     batch's items must return to the place its index names, and a batch whose items do not
@@ -129,6 +143,28 @@ def test_crc_exact_batches_agree_and_accept_dicts() -> None:
     assert [i.validity_end for i in one.items] == pytest.approx(
         [i.validity_end for i in many.items]
     )
+
+
+def test_prepare_batches_defaults_and_settings_reach_the_packing() -> None:
+    """Defaults: 64 prompts per batch, V_end strict (the end markers' branches are built),
+    shared prefixes; ``v_end="off"`` drops the markers even when given, and ``layout`` is
+    passed on (``padded``: one row per prompt)."""
+    from layergraft.slr.proxy.crc_scoring import prepare_batches
+    from layergraft.toy.tokenizer import build_tokenizer
+
+    tok = build_tokenizer()
+    eos = tok.eos_token_id
+    prompts = [{"prompt": "k " * (1 + n % 5), "valid": ["k", "d"], "category": "c"}
+               for n in range(65)]  # fmt: skip
+    batches = prepare_batches(tok, prompts, ends=(eos,))
+    assert [b.index for b in batches if 64 in b.index] == [[64]]  # the 65th is a batch alone
+    assert all(b.ends == (eos,) and all(b.packed.branch) for b in batches)
+    rows = sum(b.packed.input_ids.shape[0] for b in batches)
+    assert rows < 65  # shared: several prompts' trees in a row
+    off = prepare_batches(tok, prompts, ends=(eos,), v_end="off")
+    assert all(b.ends == () and not any(b.packed.branch) for b in off)
+    padded = prepare_batches(tok, prompts, ends=(eos,), layout="padded")
+    assert all(b.packed.input_ids.shape[0] == len(b.prompts) for b in padded)
 
 
 def test_bundled_sets() -> None:

@@ -51,6 +51,7 @@ def test_halving_selects_what_the_exhaustive_sweep_selects(both):
     assert all(
         why.startswith(("clearly ineligible", "cannot win")) for why in s["dropped"].values()
     )
+    assert s["bounds"].startswith("paired per-prompt bootstrap, 2000 resamples, 99% two-sided")
 
 
 def test_the_stage_one_quarter_is_fixed_seeded_and_stratified():
@@ -192,3 +193,46 @@ def test_work_counts_the_layer_forwards_prefix_reuse_runs():
     start = Unit("start", start=1, ends=(2, 3, 4))
     assert work([start], 4, 0.25) == pytest.approx(7 * 0.25)
     assert work([start, Unit("soup", alpha=0.5), Unit("reference", name="post")], 4, 1.0) == 15
+
+
+def test_bounds_shrink_by_the_finite_population_correction():
+    """The stage-1 quarter samples the prompt set without replacement: the bootstrap interval
+    of its mean narrows by sqrt((N - n) / (N - 1)) around the mean, and to nothing at n = N."""
+    import math
+
+    from layergraft.slr.sweep.halving import _Bounds
+
+    diff = [0.3, -0.1, 0.5, 0.2, 0.0, 0.4, -0.2, 0.1, 0.6, 0.3]
+    mean = sum(diff) / len(diff)
+    lo_inf, hi_inf = _Bounds(10, 10**12, seed=3).interval(diff)
+    lo, hi = _Bounds(10, 40, seed=3).interval(diff)
+    f = math.sqrt((40 - 10) / (40 - 1))
+    assert hi - mean == pytest.approx((hi_inf - mean) * f, rel=1e-9)
+    assert mean - lo == pytest.approx((mean - lo_inf) * f, rel=1e-9)
+    assert _Bounds(10, 10, seed=3).interval(diff) == pytest.approx((mean, mean))
+
+
+def test_exactly_at_the_threshold_is_eligible_and_a_tie_drops_nobody():
+    """V >= ratio V_post is eligible, so a candidate with V = 0.9 V_post on every prompt is
+    kept and clearly eligible (it can drop a less diverse rival); two candidates with equal
+    H on every prompt do not drop each other. Scores of a different length than the post
+    model's are an error."""
+    post = {"kind": "reference", "name": "post", **_row(0, [1.0] * 10, [0.1] * 10, [1.0] * 10)}
+    edge = {"kind": "interval", "start": 0, "end": 1,
+            **_row(0, [0.9] * 10, [0.6, 0.7] * 5, [0.9] * 10)}  # fmt: skip
+    twin = {"kind": "interval", "start": 1, "end": 2,
+            **_row(0, [0.95] * 10, [0.6, 0.7] * 5, [0.95] * 10)}  # fmt: skip
+    low = {"kind": "interval", "start": 2, "end": 3,
+           **_row(0, [0.95] * 10, [0.2, 0.3] * 5, [0.95] * 10)}  # fmt: skip
+    kw = dict(rule="format", validity_ratio=0.9, end_ratio=0.9, diversity_key="H_norm",
+              n_all=40, seed=0)  # fmt: skip
+    dec = decide([post, edge, twin, low], keep=2, **kw)
+    assert set(dec["survivors"]) == {"interval:0:1", "interval:1:2"}
+    assert set(dec["dropped"]) == {"interval:2:3"}  # beaten by both, edge among them
+    assert set(decide([post, edge, twin, low], keep=1, **kw)["survivors"]) == {
+        "interval:0:1",
+        "interval:1:2",
+    }  # the tie
+    short = {**low, "scores": {"items": {k: v[:9] for k, v in low["scores"]["items"].items()}}}
+    with pytest.raises(ValueError):
+        decide([post, edge, short], keep=1, **kw)

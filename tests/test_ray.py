@@ -146,6 +146,19 @@ def test_sweep_on_ray_writes_the_local_results(cluster, local_sweep, prompts, tm
 
 
 @needs_ray
+def test_halving_on_ray_writes_the_local_results(cluster, tmp_path):
+    """--search halving hands each stage's prompts to the Ray workers (not only to a local
+    worker): both stages there give the local run's results byte for byte."""
+    prompts = write_few_crc_prompts(tmp_path / "p.jsonl", per_category=8)
+    extra = ("--search", "halving", "--max-len", "3")
+    assert main(_sweep_argv(tmp_path / "local", prompts, *extra)) == 0
+    assert main(_sweep_argv(tmp_path / "ray", prompts, *extra, "--ray", "--workers", "2")) == 0
+    local = (tmp_path / "local" / "results.json").read_bytes()
+    assert (tmp_path / "ray" / "results.json").read_bytes() == local
+    assert json.loads(local)["search"]["kind"] == "halving"
+
+
+@needs_ray
 def test_a_killed_worker_costs_only_its_unit(cluster, local_sweep, prompts, tmp_path):
     """Once the sweep is under way (header + 2 units journaled), the first worker to take a
     unit writes its pid and holds that unit until it is killed: the kill always lands with a

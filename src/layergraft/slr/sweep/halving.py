@@ -189,6 +189,12 @@ def work(units: Sequence[Any], num_layers: int, share: float) -> float:
     return share * sum(u.cost(num_layers, True) for u in units)
 
 
+def _in_plan_order(rows: Sequence[dict[str, Any]], units: Sequence[Any]) -> list[dict[str, Any]]:
+    """The rows of ``units``' keys, in the units' order (the latest row of a repeated key)."""
+    by_key = {row_key(r): r for r in rows}
+    return [by_key[k] for u in units for k in u.keys if k in by_key]
+
+
 def run_halving(
     run: Any, units: Sequence[Any], cfg: Any, proxy: Any, num_layers: int, *, rule: str
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -213,16 +219,17 @@ def run_halving(
         run.spec = dataclasses.replace(run.spec, stages=run.stages)
     u1 = staged(units, 1)
     run.run(u1)
-    keys1 = {k for u in u1 for k in u.keys}
-    rows1 = [r for r in run.rows if row_key(r) in keys1]
+    # in plan order, not the journal's: on Ray rows arrive in the order workers finish, and
+    # which rivals a "cannot win" names (the first ``keep`` found) and the order of
+    # results.json's "dropped" must not depend on that
+    rows1 = _in_plan_order(run.rows, u1)
     dec = decide(
         rows1, rule=rule, validity_ratio=cfg.validity_ratio, end_ratio=cfg.end_ratio,
         diversity_key=cfg.diversity_key, keep=cfg.validate or 1, n_all=len(cats), seed=cfg.seed,
     )  # fmt: skip
     u2 = staged(units, 2, set(dec["survivors"]))
     run.run(u2)
-    keys2 = {k for u in u2 for k in u.keys}
-    rows2 = [r for r in run.rows if row_key(r) in keys2]
+    rows2 = _in_plan_order(run.rows, u2)
     share1, share2 = len(first) / len(cats), len(rest) / len(cats)
     full = work(units, num_layers, 1.0)
     spent = work(u1, num_layers, share1) + work(u2, num_layers, share2)
