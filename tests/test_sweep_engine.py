@@ -8,6 +8,7 @@ import torch
 from layergraft.arch import adapter_for_model
 from layergraft.errors import RangeError
 from layergraft.models.batching import forward_logits
+from layergraft.models.packing import PackItem, pack
 from layergraft.models.runner import LayerRunner
 from layergraft.slr.sweep.engines import (
     PostPrefix,
@@ -45,6 +46,19 @@ def test_runner_reproduces_the_model(fam):
     h = run.run_from(0, run.hidden0, ad.layers(model))
     ref = forward_logits(model, b["input_ids"], b["attention_mask"])
     torch.testing.assert_close(run.logits(h), ref, rtol=1e-6, atol=1e-6)
+    # every position (the perplexity proxy reads them all) against a plain forward with the
+    # positions written here; padded positions are not compared
+    mask = b["attention_mask"]
+    with torch.no_grad():
+        plain = model(input_ids=b["input_ids"], attention_mask=mask, use_cache=False,
+                      position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits  # fmt: skip
+    every = run.logits(h, last_only=False)
+    assert every.shape == plain.shape
+    torch.testing.assert_close(every[mask.bool()], plain[mask.bool()], rtol=1e-5, atol=1e-5)
+    # a packed batch has no "last position": it is read with log_probs at its own slots
+    ((_, packed),) = pack([PackItem((5, 6, 7), ())], pad_id=0)
+    with pytest.raises(ValueError, match=r"^a packed batch is read with log_probs\(\), at its"):
+        LayerRunner(model, ad, packed).logits(h)
 
 
 @pytest.mark.parametrize("fam", FAMILIES)
