@@ -180,3 +180,15 @@ def test_bad_packing_requests_are_refused():
         pack([])
     with pytest.raises(ValueError, match="layout 'dense' is not one of"):
         pack([PackItem((1, 2))], layout="dense")
+
+
+def test_pack_stats_as_the_plan_prints_them():
+    """Two prompts sharing 3 of 4 tokens, one branch each, in one row: 4 + 1 + 1 + 1 nodes,
+    and the names the plan and benchmark JSON read."""
+    ((_, packed),) = pack([PackItem((5, 6, 7, 8), ((9,),)), PackItem((5, 6, 7, 4), ((9,),))])
+    got = packed.stats.as_json()
+    assert got == {
+        "rows": 1, "width": 7, "computed_positions": 7, "real_positions": 7,
+        "padded_positions": 0, "padding_share": 0.0, "unshared_positions": 10,
+        "prompt_tokens": 8, "continuation_tokens": 2,
+    }  # fmt: skip
