@@ -195,6 +195,33 @@ def test_work_counts_the_layer_forwards_prefix_reuse_runs():
     assert work([start, Unit("soup", alpha=0.5), Unit("reference", name="post")], 4, 1.0) == 15
 
 
+def test_rows_come_back_in_plan_order_whatever_order_they_arrived_in():
+    """Rows as Ray might deliver them (finish order), with a row a resumed journal holds for a
+    unit this run did not plan and a key written twice: the planned keys, in the units' order,
+    each once (its latest row); the unplanned row is left out."""
+    from layergraft.slr.sweep.journal import rows_in_plan_order
+
+    def iv(start, end, tag, stage=1):
+        return {"kind": "interval", "start": start, "end": end, "stage": stage, "tag": tag}
+
+    arrived = [
+        iv(2, 3, "a"),
+        {"kind": "reference", "name": "post", "stage": 1, "tag": "ref"},
+        iv(0, 2, "b"),
+        iv(5, 6, "not planned"),
+        iv(0, 1, "c"),
+        iv(0, 2, "b again"),
+        iv(0, 1, "stage 0", stage=0),
+    ]
+    units = [
+        Unit("reference", name="post", stage=1),
+        Unit("start", start=0, ends=(1, 2), stage=1),
+        Unit("start", start=2, ends=(3, 4), stage=1),
+    ]
+    got = [r["tag"] for r in rows_in_plan_order(arrived, units)]
+    assert got == ["ref", "c", "b again", "a"]
+
+
 def test_bounds_shrink_by_the_finite_population_correction():
     """The stage-1 quarter samples the prompt set without replacement: the bootstrap interval
     of its mean narrows by sqrt((N - n) / (N - 1)) around the mean, and to nothing at n = N."""

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from layergraft.slr.sweep.assemble import family_of
-from layergraft.slr.sweep.journal import row_key
+from layergraft.slr.sweep.journal import row_key, rows_in_plan_order
 
 log = logging.getLogger(__name__)
 
@@ -189,12 +189,6 @@ def work(units: Sequence[Any], num_layers: int, share: float) -> float:
     return share * sum(u.cost(num_layers, True) for u in units)
 
 
-def _in_plan_order(rows: Sequence[dict[str, Any]], units: Sequence[Any]) -> list[dict[str, Any]]:
-    """The rows of ``units``' keys, in the units' order (the latest row of a repeated key)."""
-    by_key = {row_key(r): r for r in rows}
-    return [by_key[k] for u in units for k in u.keys if k in by_key]
-
-
 def run_halving(
     run: Any, units: Sequence[Any], cfg: Any, proxy: Any, num_layers: int, *, rule: str
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -208,8 +202,7 @@ def run_halving(
         )
         log.warning("%s", why)
         run.run(units)
-        planned = {k for u in units for k in u.keys}
-        return [r for r in run.rows if row_key(r) in planned], {
+        return rows_in_plan_order(run.rows, units), {
             "kind": "exhaustive",
             "fell_back": why,
         }
@@ -222,14 +215,14 @@ def run_halving(
     # in plan order, not the journal's: on Ray rows arrive in the order workers finish, and
     # which rivals a "cannot win" names (the first ``keep`` found) and the order of
     # results.json's "dropped" must not depend on that
-    rows1 = _in_plan_order(run.rows, u1)
+    rows1 = rows_in_plan_order(run.rows, u1)
     dec = decide(
         rows1, rule=rule, validity_ratio=cfg.validity_ratio, end_ratio=cfg.end_ratio,
         diversity_key=cfg.diversity_key, keep=cfg.validate or 1, n_all=len(cats), seed=cfg.seed,
     )  # fmt: skip
     u2 = staged(units, 2, set(dec["survivors"]))
     run.run(u2)
-    rows2 = _in_plan_order(run.rows, u2)
+    rows2 = rows_in_plan_order(run.rows, u2)
     share1, share2 = len(first) / len(cats), len(rest) / len(cats)
     full = work(units, num_layers, 1.0)
     spent = work(u1, num_layers, share1) + work(u2, num_layers, share2)

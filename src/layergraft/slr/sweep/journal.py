@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,19 @@ def row_key(row: dict[str, Any]) -> str:
     return stage + interval_key(
         row["start"], row["end"], row.get("parts", "all"), row.get("alpha", 1.0)
     )
+
+
+def rows_in_plan_order(
+    rows: Sequence[dict[str, Any]], units: Sequence[Any]
+) -> list[dict[str, Any]]:
+    """The rows of ``units``' keys, in the units' order (the latest row of a repeated key).
+
+    Why plan order and not the journal's: on Ray rows arrive in the order workers finish, and
+    a resumed journal may hold rows of units this run did not plan; whatever reads the rows
+    (halving's "cannot win" rivals, the order of "dropped") must not depend on either.
+    """
+    by_key = {row_key(r): r for r in rows}
+    return [by_key[k] for u in units for k in u.keys if k in by_key]
 
 
 def _short(v: Any) -> str:

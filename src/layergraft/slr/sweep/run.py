@@ -47,7 +47,7 @@ from layergraft.slr.sweep.config import SweepConfig, parse_alphas, parse_sweep_p
 from layergraft.slr.sweep.engines import enumerate_intervals, plan_units
 from layergraft.slr.sweep.execute import Execution
 from layergraft.slr.sweep.halving import run_halving
-from layergraft.slr.sweep.journal import Journal, done_keys, inspect_journal, row_key
+from layergraft.slr.sweep.journal import Journal, done_keys, inspect_journal, rows_in_plan_order
 from layergraft.slr.sweep.plan import dry_run_plan
 from layergraft.slr.sweep.validate import validate_candidates
 from layergraft.slr.sweep.worker import WorkerSpec
@@ -248,8 +248,7 @@ def sweep(
         mine, search = run_halving(run, units, cfg, px, num_layers, rule=resolved_rule(cfg, ends))
     else:
         run.run(units)
-        planned = {k for u in units for k in u.keys}
-        mine = [r for r in rows if row_key(r) in planned]
+        mine = rows_in_plan_order(rows, units)
     elapsed = time.perf_counter() - t0
 
     if px.kind == "ppl":
