@@ -14,7 +14,14 @@ import pytest
 
 from layergraft.cli import main
 from layergraft.slr.sweep.engines import Unit
-from layergraft.slr.sweep.halving import MIN_STAGE1, decide, merge, stage_prompts, work
+from layergraft.slr.sweep.halving import (
+    MIN_STAGE1,
+    decide,
+    decide_all,
+    merge,
+    stage_prompts,
+    work,
+)
 from layergraft.slr.sweep.run import sweep
 from layergraft.toy import toy_paths
 from tiny import torch_threads, write_few_crc_prompts
@@ -108,6 +115,12 @@ def test_a_candidate_is_dropped_only_when_the_bounds_say_so():
     # the paper rule does not read V_end: the mute hybrid is the most diverse and survives
     paper = decide(rows, rule="paper", keep=1, **kw)
     assert "interval:4:5" in paper["survivors"] and "interval:0:1" in paper["dropped"]
+    # results report both rules' picks, so a candidate drops only when neither rule can pick it:
+    # the mute hybrid (paper's winner, V_end clearly short) and close (format's) both stay
+    both_rules = decide_all(rows, rules=["format", "paper"], keep=1, **kw)
+    assert set(both_rules["survivors"]) == {"interval:0:1", "interval:1:2", "interval:4:5"}
+    assert list(both_rules["dropped"]) == ["interval:2:3", "interval:3:4"]
+    assert both_rules["dropped"]["interval:2:3"] == dec["dropped"]["interval:2:3"]
     # --validate K keeps K per family: two candidates beat the worse one, a third place is open
     assert "interval:2:3" in decide(rows, rule="format", keep=2, **kw)["dropped"]
     assert "interval:2:3" in decide(rows, rule="format", keep=3, **kw)["survivors"]

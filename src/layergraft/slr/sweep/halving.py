@@ -148,6 +148,28 @@ def decide(
     }
 
 
+def decide_all(
+    rows: Sequence[dict[str, Any]], *, rules: Sequence[str], **kw: Any
+) -> dict[str, Any]:
+    """:func:`decide` under every rule in ``rules`` (the active one first): a candidate drops
+    only when no rule can pick it, with the active rule's reason.
+
+    Why every rule: results.json reports the paper rule's pick beside the format rule's, and
+    a candidate that cannot win under the active rule may still be the other rule's winner (on
+    the Gemma pair the paper rule's 9:17 fails V_end; a format-only decision dropped it and
+    halving reported 9:14 for the paper rule where the exhaustive sweep found 9:17)."""
+    decs = [decide(rows, rule=r, **kw) for r in rules]
+    alive: list[str] = []
+    for d in decs:
+        alive += [k for k in d["survivors"] if k not in alive]
+    first = decs[0]
+    return {
+        "survivors": alive,
+        "dropped": {k: why for k, why in first["dropped"].items() if k not in alive},
+        "bounds": first["bounds"],
+    }
+
+
 def merge(
     stage1: Sequence[dict[str, Any]], stage2: Sequence[dict[str, Any]], summary: Any
 ) -> list[dict[str, Any]]:
@@ -216,8 +238,11 @@ def run_halving(
     # which rivals a "cannot win" names (the first ``keep`` found) and the order of
     # results.json's "dropped" must not depend on that
     rows1 = rows_in_plan_order(run.rows, u1)
-    dec = decide(
-        rows1, rule=rule, validity_ratio=cfg.validity_ratio, end_ratio=cfg.end_ratio,
+    # every rule results.json reports: the paper rule always, the format rule where V_end was read
+    has_end = any("V_end" in r["scores"]["items"] for r in rows1)
+    rules = [rule] + [r for r in ("paper", "format") if r != rule and (r == "paper" or has_end)]
+    dec = decide_all(
+        rows1, rules=rules, validity_ratio=cfg.validity_ratio, end_ratio=cfg.end_ratio,
         diversity_key=cfg.diversity_key, keep=cfg.validate or 1, n_all=len(cats), seed=cfg.seed,
     )  # fmt: skip
     u2 = staged(units, 2, set(dec["survivors"]))
@@ -229,6 +254,7 @@ def run_halving(
     info = {
         "kind": "halving",
         "rule": rule,
+        "kept_for_rules": rules,
         "stage1_prompts": list(first),
         "candidates": len(dec["survivors"]) + len(dec["dropped"]),
         "survivors": len(dec["survivors"]),
