@@ -45,6 +45,21 @@ def evaluation_texts() -> tuple[set[str], str]:
     return prompts, heldout
 
 
+def refuse_evaluation_overlap(items: list[tuple[str, str]], what: str) -> int:
+    """Exit when any (kind, prompt) is a bundled evaluation prompt, or a summary prompt's
+    paragraph occurs in the held-out text; else the number of evaluation prompts checked.
+
+    Why refuse instead of filtering: a trial that trained on the evaluation prompts would
+    measure memory, not collapse, and nobody should get that data by accident."""
+    eval_prompts, heldout = evaluation_texts()
+    bad = [p for _, p in items if _norm(p) in eval_prompts]
+    bad += [p[:60] for k, p in items
+            if k.endswith("summary") and _norm(p.split("\n\n", 1)[1]) in heldout]  # fmt: skip
+    if bad:
+        raise SystemExit(f"{len(bad)} {what} prompts are evaluation prompts, e.g. {bad[:3]}")
+    return len(eval_prompts)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smol", type=Path, default=WORK / "smol_replies.jsonl")
@@ -66,12 +81,7 @@ def main() -> None:
                                  "reply": r["reply"]})  # fmt: skip
         rows += format_examples(args.seed, args.counts)
         random.Random(args.seed).shuffle(rows)
-        eval_prompts, heldout = evaluation_texts()
-        bad = [r["prompt"] for r in rows if _norm(r["prompt"]) in eval_prompts]
-        bad += [r["prompt"][:60] for r in rows
-                if r["kind"] == "smol_summary" and _norm(r["prompt"].split("\n\n", 1)[1]) in heldout]  # fmt: skip
-        if bad:
-            raise SystemExit(f"{len(bad)} SFT prompts are evaluation prompts, e.g. {bad[:3]}")
+        checked = refuse_evaluation_overlap([(r["kind"], r["prompt"]) for r in rows], "SFT")
         with args.out.open("w") as f:
             for r in rows:
                 msgs = [{"role": "user", "content": r["prompt"]},
@@ -81,7 +91,7 @@ def main() -> None:
         for r in rows:
             k = "smol" if r["kind"].startswith("smol_") else r["kind"]
             kinds[k] = kinds.get(k, 0) + 1
-        st.extra.update(rows=len(rows), kinds=kinds, eval_prompts_checked=len(eval_prompts))
+        st.extra.update(rows=len(rows), kinds=kinds, eval_prompts_checked=checked)
 
 
 if __name__ == "__main__":
