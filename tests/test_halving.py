@@ -61,6 +61,17 @@ def test_halving_selects_what_the_exhaustive_sweep_selects(both):
     assert s["bounds"].startswith("paired per-prompt bootstrap, 2000 resamples, 99% two-sided")
 
 
+def test_halving_without_v_end_keeps_candidates_for_the_paper_rule_only():
+    """With --v-end off the format rule cannot be reported, so stage 1 must not test V_end
+    (its per-prompt values are None); the paper rule's pick is the exhaustive sweep's."""
+    kw = dict(prompts="all", method="slr", v_end="off", progress=False)
+    with torch_threads(1):
+        full = sweep(BASE, POST, None, **kw)
+        half = sweep(BASE, POST, None, search="halving", **kw)
+    assert half["search"]["kept_for_rules"] == ["paper"] and list(half["selections"]) == ["paper"]
+    assert half["selections"]["paper"]["interval"] == full["selections"]["paper"]["interval"]
+
+
 def test_the_stage_one_quarter_is_fixed_seeded_and_stratified():
     cats = ["digits"] * 24 + ["letters"] * 24
     a, rest = stage_prompts(cats, seed=0)

@@ -32,7 +32,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from layergraft.slr.sweep.assemble import family_of
+from layergraft.slr.sweep.assemble import family_of, usable_rules
 from layergraft.slr.sweep.journal import row_key, rows_in_plan_order
 
 log = logging.getLogger(__name__)
@@ -238,9 +238,10 @@ def run_halving(
     # which rivals a "cannot win" names (the first ``keep`` found) and the order of
     # results.json's "dropped" must not depend on that
     rows1 = rows_in_plan_order(run.rows, u1)
-    # every rule results.json reports: the paper rule always, the format rule where V_end was read
-    has_end = any("V_end" in r["scores"]["items"] for r in rows1)
-    rules = [rule] + [r for r in ("paper", "format") if r != rule and (r == "paper" or has_end)]
+    # every rule results.json reports (assemble's usable_rules: format only where V_end was read)
+    post = next(r["scores"] for r in rows1 if r["kind"] == "reference" and r["name"] == "post")
+    usable, _ = usable_rules(post, rule)
+    rules = [rule] + [n for n in usable if n != rule]
     dec = decide_all(
         rows1, rules=rules, validity_ratio=cfg.validity_ratio, end_ratio=cfg.end_ratio,
         diversity_key=cfg.diversity_key, keep=cfg.validate or 1, n_all=len(cats), seed=cfg.seed,
