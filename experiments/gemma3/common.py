@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -82,3 +83,21 @@ class Stage:
         with self.log.open("a") as f:
             f.write(json.dumps(rec) + "\n")
         print(f"[{self.name}] {rec}", flush=True)
+
+
+def save_trained(model: Any, tok: Any, start: Path, out: Path, record: str, meta: dict) -> None:
+    """Write a trained model, its tokenizer, the starting model's generation config and the
+    run's ``record`` JSON to a folder beside ``out``, then rename it into place.
+
+    Why one writer for every trainer: a run killed while saving must not leave a half-written
+    model where the next stage (or the pipeline) would load it, and each stage's output must
+    carry the same files (the generation config holds the end-of-turn stop)."""
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    shutil.copy(start / "generation_config.json", tmp / "generation_config.json")
+    (tmp / record).write_text(json.dumps(meta, indent=2))
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)

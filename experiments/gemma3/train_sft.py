@@ -29,12 +29,11 @@ import argparse
 import json
 import math
 import random
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-from common import WORK, Stage, peak_rss_mb, set_threads
+from common import WORK, Stage, peak_rss_mb, save_trained, set_threads
 from format_data import pick_item
 
 
@@ -218,19 +217,10 @@ def main() -> None:
         st.extra["final_loss_avg20"] = round(sum(losses[-20:]) / len(losses[-20:]), 4)
         st.extra["dev_crc"] = rec["dev_crc"]
         st.extra["train_s"] = round(time.time() - t0, 1)
-        tmp = args.out.with_name(args.out.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        for side in ("generation_config.json",):
-            shutil.copy(args.base / side, tmp / side)
-        (tmp / "SFT.json").write_text(json.dumps({"base": str(args.base), "data": str(args.data),
-                                                  **hp, "dtype": "float32",
-                                                  "final_loss_avg20": st.extra["final_loss_avg20"],
-                                                  "dev_crc": rec["dev_crc"]}, indent=2))  # fmt: skip
-        if args.out.exists():
-            shutil.rmtree(args.out)
-        tmp.rename(args.out)
+        save_trained(model, tok, args.base, args.out, "SFT.json",
+                     {"base": str(args.base), "data": str(args.data), **hp, "dtype": "float32",
+                      "final_loss_avg20": st.extra["final_loss_avg20"],
+                      "dev_crc": rec["dev_crc"]})  # fmt: skip
 
 
 if __name__ == "__main__":
