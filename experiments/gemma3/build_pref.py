@@ -74,6 +74,8 @@ def main() -> None:
     kinds = tuple(k for k in args.kinds.split(",") if k)
     if not kinds or set(kinds) - set(KINDS):
         raise SystemExit(f"--kinds must be a subset of {','.join(KINDS)}, got {args.kinds!r}")
+    if args.out.resolve() == args.smol.resolve():
+        raise SystemExit(f"--out {args.out} is the input --smol: choose another file")
     with Stage("build-pref", WORK / "logs" / "stages.jsonl", seed=args.seed) as st:
         rows = [json.loads(line) for line in args.smol.read_text().splitlines()]
         out = pairs(rows, kinds, args.seed)

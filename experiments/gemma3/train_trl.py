@@ -19,7 +19,8 @@ Both log every step (loss, lr, grad norm; DPO: reward margin and accuracy) and, 
 ``--eval-every`` steps, the dev CRC of ``train_sft.py`` (our own 48 pick prompts, not the
 bundled ones), to ``work/logs/<stage>-<name>.jsonl``; wall time and peak RSS go to
 ``work/logs/stages.jsonl`` as every stage's do. The model is written to a temporary folder
-beside ``--out`` and renamed into place, with the starting model's generation config.
+beside ``--out`` and renamed into place, with the starting model's generation config
+(``common.save_trained``, as ``train_sft.py`` writes).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import WORK, Stage, peak_rss_mb, set_threads
+from common import WORK, Stage, peak_rss_mb, save_trained, set_threads
 from train_sft import DevCrc
 
 
@@ -115,8 +116,10 @@ def main() -> None:
     args = ap.parse_args()
     args.lr = args.lr if args.lr is not None else (5e-5 if args.kind == "sft" else 1e-6)
     name = args.name or args.out.name
-    if args.out.resolve() == args.base.resolve():
-        raise SystemExit("--out must differ from --base: the starting model is the reference")
+    out, base = args.out.resolve(), args.base.resolve()
+    if out == base or base in out.parents or out == args.data.resolve():
+        raise SystemExit(f"--out {args.out} is or lies inside an input (--base, --data): "
+                         "the output folder is replaced; choose a new folder")  # fmt: skip
     set_threads(args.threads)
     import torch
     from datasets import Dataset
@@ -132,21 +135,21 @@ def main() -> None:
         model.get_input_embeddings().weight.requires_grad_(False)  # tied: the LM head too
         st.extra["trainable"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
         data = Dataset.from_list(load_rows(args.data, args.kind))
-        tmp = args.out.with_name(args.out.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
+        scratch = args.out.with_name(args.out.name + ".trainer")  # the Trainer's output_dir
+        shutil.rmtree(scratch, ignore_errors=True)
         dev = DevCrc(tok)
         st.extra["dev_crc_start"] = dev(model)
         cb = make_logger(logs / f"{args.kind}-{name}.jsonl", dev, args.eval_every)
         if args.kind == "sft":
             from trl import SFTConfig, SFTTrainer
 
-            cfg = SFTConfig(**recipe(args, tmp), completion_only_loss=True)
+            cfg = SFTConfig(**recipe(args, scratch), completion_only_loss=True)
             trainer = SFTTrainer(model=model, args=cfg, train_dataset=data,
                                  processing_class=tok, callbacks=[cb])  # fmt: skip
         else:
             from trl import DPOConfig, DPOTrainer
 
-            cfg = DPOConfig(**recipe(args, tmp), beta=args.beta, loss_type=["sigmoid"],
+            cfg = DPOConfig(**recipe(args, scratch), beta=args.beta, loss_type=["sigmoid"],
                             precompute_ref_log_probs=True)  # fmt: skip
             trainer = DPOTrainer(model=model, args=cfg, train_dataset=data,
                                  processing_class=tok, callbacks=[cb])  # fmt: skip
@@ -156,18 +159,11 @@ def main() -> None:
         st.extra["train_loss"] = round(result.training_loss, 4)
         st.extra["dev_crc"] = dev(model)
         model.eval()
-        model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        shutil.copy(args.base / "generation_config.json", tmp / "generation_config.json")
-        (tmp / f"{args.kind.upper()}.json").write_text(json.dumps(
-            {"start": str(args.base), "data": str(args.data), **hp, "dtype": "float32",
-             "trl": __import__("trl").__version__, "train_loss": st.extra["train_loss"],
-             "dev_crc": st.extra["dev_crc"]}, indent=2))  # fmt: skip
-        for junk in tmp.glob("checkpoint-*"):
-            shutil.rmtree(junk)
-        if args.out.exists():
-            shutil.rmtree(args.out)
-        tmp.rename(args.out)
+        save_trained(model, tok, args.base, args.out, f"{args.kind.upper()}.json",
+                     {"start": str(args.base), "data": str(args.data), **hp, "dtype": "float32",
+                      "trl": __import__("trl").__version__, "train_loss": st.extra["train_loss"],
+                      "dev_crc": st.extra["dev_crc"]})  # fmt: skip
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 if __name__ == "__main__":
