@@ -23,7 +23,7 @@ from pathlib import Path
 from common import WORK
 
 METRICS = ("distinct_2", "self_bleu", "embedding_diversity", "vendi", "distinct_answers",
-           "valid_rate", "format_validity")  # fmt: skip
+           "distinct_valid_answers", "valid_rate", "format_validity", "finished_rate")  # fmt: skip
 
 
 def run(cmd: list[str], log: Path) -> tuple[str, dict[str, float]]:

@@ -184,6 +184,24 @@ def _spearman(a: list[float], b: list[float]) -> float | None:
     return cov / (va * vb) if va and vb else None
 
 
+def also_models(specs: list[str]) -> dict[str, str]:
+    """``NAME=DIR`` specs as {name: absolute dir}, refused before any work when a name is taken
+    (base, post, a pick's label, twice) or a directory holds no model: a typo would otherwise
+    surface an hour later, in the comparison."""
+    taken = {"base", "post", "slr_paper", "paper_best", "format_best", "validated", "soup"}
+    out: dict[str, str] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"--also {spec!r}: give NAME=DIR, e.g. --also sft=work/post-sft")
+        if name in taken or name in out:
+            raise SystemExit(f"--also {spec!r}: the name {name!r} is taken; choose another")
+        if not (Path(path) / "config.json").is_file():
+            raise SystemExit(f"--also {spec!r}: {path} holds no config.json; train it first")
+        out[name] = str(Path(path).resolve())
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--name", default="planted", help="the pair's name (results name it)")
@@ -194,6 +212,15 @@ def main() -> None:
     )
     ap.add_argument(
         "--post-note", default="the base after SFT (experiments/gemma3/TRIALS.md, trial t2)"
+    )
+    ap.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="another model measured (crc) and compared beside base and post, in the same run and "
+        "settings: the natural pair's SFT-only stage, so each stage's loss of diversity is read "
+        "from one comparison (repeatable)",
     )
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--docs", type=Path, required=True)
@@ -214,12 +241,13 @@ def main() -> None:
     record = work / "steps.json"  # every step's command, output and timing (outputs not in docs)
     steps = Steps(work / "logs", json.loads(record.read_text()) if record.is_file() else {})
     base, post = str(args.base.resolve()), str(args.post.resolve())
+    also = also_models(args.also)
     previous = (
         json.loads((docs / "results.json").read_text()) if (docs / "results.json").is_file() else {}
     )
     res: dict[str, Any] = {
         "name": args.name,
-        "pair": {"base": args.base_note, "post": args.post_note},
+        "pair": {"base": args.base_note, "post": args.post_note, "also": list(also)},
         "settings": {
             "dtype": "float32 (CPU: --dtype auto)",
             "threads": os.environ.get("OMP_NUM_THREADS", "torch default"),
@@ -236,7 +264,7 @@ def main() -> None:
     }
 
     res["crc"] = {}
-    for name, path in (("base", base), ("post", post)):
+    for name, path in (("base", base), ("post", post), *also.items()):
         for mode in ("strict", "closers"):
             step = f"crc {name}" + ("" if mode == "strict" else " closers")
             argv = [lg, "crc", path, "--json", "--v-end", mode]
@@ -257,7 +285,7 @@ def main() -> None:
                         str(args.validate_samples), "--quiet", resume], "sweep.log")  # fmt: skip
     sweep = res["sweep"] = json.loads((sweep_dir / "results.json").read_text())
 
-    models: dict[str, str] = {"post": post, "base": base}
+    models: dict[str, str] = {"post": post, "base": base, **also}
     res["picks"] = picks(sweep)
     for label, row in res["picks"].items():
         if "same_as" in row:
