@@ -54,7 +54,10 @@ def main() -> None:
     ap.add_argument("--tasks", default="creative,qa", help="generation tasks to check")
     args = ap.parse_args()
     lg = str(args.venv / "bin" / "layergraft")
-    summary: dict[str, dict] = {}
+    # models measured by an earlier call into the same --out stay in the summary (the natural
+    # pair's base is measured while its SFT trains on the other core)
+    prior = args.out / "summary.json"
+    summary: dict[str, dict] = json.loads(prior.read_text()) if prior.is_file() else {}
     for spec in args.models:
         name, path = spec.split("=", 1)
         out = args.out / name

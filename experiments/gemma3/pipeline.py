@@ -302,7 +302,8 @@ def main() -> None:
                 "--n", str(args.n), "--limit", str(args.limit), "--max-new-tokens", str(budget),
                 "--out", str(out), "--quiet", "--json"]  # fmt: skip
         reuse = steps.recorded(f"compare {task}", argv) and (out / "results.json").is_file()
-        if not reuse:  # every model generated in one run: the recorded timing is the whole comparison
+        # every model generated in one run: the recorded timing is the whole comparison
+        if not reuse:
             shutil.rmtree(out, ignore_errors=True)
         out.parent.mkdir(parents=True, exist_ok=True)  # layergraft creates no missing parent
         steps.run(f"compare {task}", argv, f"compare-{task}.log", reuse=reuse)

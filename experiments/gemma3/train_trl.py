@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import shutil
 import time
 from pathlib import Path
@@ -62,6 +63,8 @@ def recipe(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         dataloader_num_workers=0,
         disable_tqdm=True,
         max_length=args.max_length,
+        # our own order (length_order) is read as given; otherwise the Trainer shuffles
+        train_sampling_strategy="sequential" if args.order == "length" else "random",
     )
 
 
@@ -71,6 +74,43 @@ def load_rows(path: Path, stage: str) -> list[dict[str, Any]]:
     if stage == "sft":
         return [{"prompt": r["messages"][:1], "completion": r["messages"][1:]} for r in rows]
     return [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows]
+
+
+def row_lengths(tok: Any, rows: list[dict[str, Any]]) -> list[int]:
+    """Each row's longest sequence in tokens as TRL will build it (chat template applied): the
+    completion for SFT, the longer of chosen and rejected for DPO (TRL pads both to one width)."""
+
+    def n(messages: list[dict[str, str]]) -> int:
+        text = tok.apply_chat_template(messages, tokenize=False)
+        return len(tok(text, add_special_tokens=False)["input_ids"])
+
+    ends = ("completion",) if "completion" in rows[0] else ("chosen", "rejected")
+    return [max(n(r["prompt"] + r[e]) for e in ends) for r in rows]
+
+
+def length_order(lengths: list[int], batch: int, seed: int) -> list[int]:
+    """Row order whose consecutive batches of ``batch`` hold rows of similar length, the batches
+    themselves in a seeded random order.
+
+    Why: TRL pads every batch to its longest sequence, and on a CPU a padded position costs as
+    much as a real one. Random batches of 4 preference pairs are 1.7x padding on our data
+    (measured); batches of similar length are close to 1x, so the same epoch costs ~40% less.
+    Every row is still seen once per epoch and the step order is still random (the Trainer then
+    reads rows in this order: ``train_sampling_strategy="sequential"``)."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    batches = [order[i : i + batch] for i in range(0, len(order), batch)]
+    random.Random(seed).shuffle(batches)
+    return [i for b in batches for i in b]
+
+
+def padding_ratio(lengths: list[int], order: list[int], batch: int) -> float:
+    """Padded positions over the rows' own (their longest sequence's) when rows are read in
+    ``order`` in batches of ``batch``: 1.0 means no padding."""
+    padded = real = 0
+    for i in range(0, len(order), batch):
+        b = [lengths[j] for j in order[i : i + batch]]
+        padded, real = padded + max(b) * len(b), real + sum(b)
+    return padded / real
 
 
 def make_logger(log_path: Path, dev: DevCrc, every: int) -> Any:
@@ -113,6 +153,13 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-every", type=int, default=50)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--order",
+        choices=["length", "random"],
+        default="length",
+        help="length: batches of similar length in random order (less padding, see length_order); "
+        "random: the Trainer's shuffle",
+    )
     args = ap.parse_args()
     args.lr = args.lr if args.lr is not None else (5e-5 if args.kind == "sft" else 1e-6)
     name = args.name or args.out.name
@@ -134,7 +181,18 @@ def main() -> None:
         model = AutoModelForCausalLM.from_pretrained(str(args.base), dtype=torch.float32)
         model.get_input_embeddings().weight.requires_grad_(False)  # tied: the LM head too
         st.extra["trainable"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        data = Dataset.from_list(load_rows(args.data, args.kind))
+        rows = load_rows(args.data, args.kind)
+        lengths = row_lengths(tok, rows)
+        shuffled = list(range(len(rows)))
+        random.Random(args.seed).shuffle(shuffled)
+        order = length_order(lengths, args.batch_size, args.seed)
+        if args.order == "length":
+            rows = [rows[i] for i in order]
+        st.extra["padding"] = {  # what each order would cost, so the choice is on record
+            "random": round(padding_ratio(lengths, shuffled, args.batch_size), 3),
+            "length": round(padding_ratio(lengths, order, args.batch_size), 3),
+        }
+        data = Dataset.from_list(rows)
         scratch = args.out.with_name(args.out.name + ".trainer")  # the Trainer's output_dir
         shutil.rmtree(scratch, ignore_errors=True)
         dev = DevCrc(tok)
