@@ -68,8 +68,9 @@ def main() -> None:
                                out / "crc.time")  # fmt: skip
             (out / "crc.json").write_text(stdout)
             crc = json.loads(stdout)
-            res["crc"] = {**{k: round(v, 4) for k, v in crc["mean"].items() if k != "n"},
-                          "by_category": {c: {k: round(v, 4) for k, v in d.items() if k != "n"}
+            # 6 decimals: V_end of a model without chat habits is ~1e-5, not 0
+            res["crc"] = {**{k: round(v, 6) for k, v in crc["mean"].items() if k != "n"},
+                          "by_category": {c: {k: round(v, 6) for k, v in d.items() if k != "n"}
                                           for c, d in crc["by_category"].items()}, **cost}  # fmt: skip
         if not args.no_gen:
             plan = {"creative": (args.creative_limit, 96), "qa": (args.qa_limit, 24)}
@@ -90,7 +91,7 @@ def main() -> None:
                     k: round(flat[k], 4) for k in METRICS if isinstance(flat.get(k), (int, float))
                 }
                 res[task].update(gen_wall_s=gcost["wall_s"], gen_peak_rss_mb=gcost["peak_rss_mb"])
-        summary[name] = res
+        summary[name] = {**summary.get(name, {}), **res}  # a CRC-only call keeps the samples
         print(json.dumps({name: res}), flush=True)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
 
