@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from layergraft.slr.sweep.selection import Rule, label, pareto_front, ranked, select
+from layergraft.slr.sweep.assemble import assemble_crc
+from layergraft.slr.sweep.selection import Rule, caveats, label, pareto_front, ranked, select
 
 
 def _table(seed: int, n: int = 40) -> tuple[list[dict], dict]:
@@ -172,3 +173,48 @@ def test_ties_prefer_the_smaller_change_at_any_depth():
         restore,
         soup,
     ]
+
+
+# the CRC references of the two Gemma-3-270M pairs (docs/gemma3*/results.json), rounded
+PLANTED = {"post": {"V": 0.997, "V_end": 0.996}, "base": {"V": 0.018, "V_end": 7e-6}}
+NATURAL = {"post": {"V": 0.016, "V_end": 1.1e-6}, "base": {"V": 0.018, "V_end": 7e-6}}
+
+
+def test_no_caveat_when_the_post_model_plays_the_crc_game():
+    assert caveats(PLANTED["post"], PLANTED["base"], [Rule("paper"), Rule("format")]) == []
+
+
+def test_caveats_name_each_way_the_proxy_stops_constraining():
+    got = caveats(NATURAL["post"], NATURAL["base"], [Rule("paper"), Rule("format")])
+    assert len(got) == 4
+    assert "0.016" in got[0] and "validation by generation" in got[0]
+    # 0.018 >= 0.9 * 0.016 and 7e-6 >= 0.9 * 1.1e-6: the base passes both rules
+    assert "paper rule" in got[1] and "format rule" in got[2]
+    assert "V_end is 1.1e-06" in got[3]
+    # each caveat on its own: a base below the validity threshold passes neither rule
+    low_base = {"V": 0.9 * 0.016 - 1e-6, "V_end": 1.0}
+    assert not any("base model" in c for c in caveats(NATURAL["post"], low_base, [Rule("paper")]))
+    # a base at the paper threshold but under the format rule's end threshold passes one rule
+    at_v = {"V": 0.9 * 0.5, "V_end": 0.0}
+    got = caveats({"V": 0.5, "V_end": 0.5}, at_v, [Rule("paper"), Rule("format")])
+    assert [c for c in got if "base model" in c] == [
+        "the base model itself meets the paper rule's thresholds: the rule does not constrain "
+        "which layers are restored"
+    ]
+    # the V_end caveat belongs to the format rule only
+    assert not any("V_end" in c for c in caveats(NATURAL["post"], NATURAL["base"], [Rule("paper")]))
+
+
+def test_sweep_results_carry_the_caveats():
+    """assemble_crc (what results.json holds) reports them from its own reference rows."""
+    ref = lambda name, s: {
+        "kind": "reference",
+        "name": name,
+        "scores": {**s, "H": 0.1, "H_norm": 0.1},
+    }  # noqa: E731
+    row = {"kind": "interval", "start": 0, "end": 1,
+           "scores": {"V": 0.017, "V_end": 2e-6, "H": 0.2, "H_norm": 0.3}}  # fmt: skip
+    for pair, n in ((PLANTED, 0), (NATURAL, 4)):
+        rows = [ref("post", pair["post"]), ref("base", pair["base"]), row]
+        res = assemble_crc(rows, header={}, method="slr")
+        assert len(res["caveats"]) == n

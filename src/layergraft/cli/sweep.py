@@ -4,6 +4,7 @@ validated); its many options live here, apart from the other restoration command
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from layergraft.cli.options import (
@@ -93,6 +94,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             s = res["soup"]["selected"]
             print(f"lowest PPL soup: alpha {s['alpha']:g} with PPL {s['ppl']:.3f}")
     else:
+        for caveat in res.get("caveats") or []:  # read even with --quiet: the pick may mislead
+            print(f"warning: {caveat}", file=sys.stderr)
         print(sweep_table(res))
         for name, sel in (res.get("selections") or {}).items():
             mark = " (active)" if name == res["rule"]["name"] else ""

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from layergraft.errors import InputError
-from layergraft.slr.sweep.selection import Rule, label, pareto_front, ranked, select
+from layergraft.slr.sweep.selection import Rule, caveats, label, pareto_front, ranked, select
 
 #: rows kept per family and rule in ``candidates`` (validation takes its K from the front)
 CANDIDATES_KEPT = 10
@@ -133,6 +133,7 @@ def assemble_crc(
         "rule": rules[active].as_json(),
         "rules": {n: r.as_json() for n, r in rules.items()},
         "range_convention": "0-based, half-open [start, end)",
+        "caveats": caveats(post, refs["base"], list(rules.values())),
         "intervals": [],
     }
     main = "all" if "all" in parts else parts[0]

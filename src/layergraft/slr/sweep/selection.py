@@ -115,3 +115,41 @@ def label(row: dict[str, Any]) -> str:
     if row.get("alpha", 1.0) != 1.0:
         out += f"@{row['alpha']:g}"
     return out
+
+
+#: below this share of first-token mass on valid characters the post model does not play the
+#: CRC game (the planted Gemma post: 0.997; the natural one, which opens with a sentence: 0.016)
+MIN_POST_VALIDITY = 0.5
+#: below this V_end the post model's CRC answers do not end where a chat reply ends
+MIN_POST_V_END = 0.1
+
+
+def caveats(post: dict[str, Any], base: dict[str, Any], rules: Sequence[Rule]) -> list[str]:
+    """Why a CRC selection may not be worth trusting, one sentence each (empty: no reason seen).
+
+    Why: the rules are relative to the post model. When it puts little of its first token on
+    a listed character, 0.9 x V_post admits nearly every hybrid (the base itself, on the
+    natural-collapse Gemma pair) and H is measured on a sliver of the distribution; when its
+    V_end is ~0, the format rule's end threshold binds on nothing. The sweep still selects;
+    these say so, so that a user reads the validation by generation before the proxy."""
+    out = []
+    if post["V"] < MIN_POST_VALIDITY:
+        out.append(
+            f"the post model puts {post['V']:.3f} of its first token on a valid character "
+            f"(V_post < {MIN_POST_VALIDITY}): CRC scores a small part of its replies; trust "
+            "the validation by generation (--validate), not the proxy"
+        )
+    for rule in rules:
+        thr = rule.thresholds(post)
+        if all(base.get(k) is not None and base[k] >= v for k, v in thr.items()):
+            out.append(
+                f"the base model itself meets the {rule.name} rule's thresholds: the rule does "
+                "not constrain which layers are restored"
+            )
+    if any(r.name == "format" for r in rules) and (post.get("V_end") or 0.0) < MIN_POST_V_END:
+        out.append(
+            f"the post model's V_end is {post.get('V_end') or 0.0:.2g} (< {MIN_POST_V_END}): its "
+            "CRC answers do not end like chat replies, so the format rule's end threshold "
+            "cannot tell which hybrids keep the format"
+        )
+    return out
