@@ -25,9 +25,10 @@ README = ROOT / "README.md"
 DEMO = ROOT / "docs" / "demo"
 GEMMA = ROOT / "docs" / "gemma3"  # experiments/gemma3/pipeline.py writes it
 PRUNE = ROOT / "docs" / "prune"  # benchmarks/residual_selection.py writes it
+NATURAL = ROOT / "docs" / "gemma3-natural"  # the natural-collapse pair (issue 23)
 VEND = ROOT / "docs" / "v_end"  # experiments/v_end/measure.py writes it
 #: the pages whose marked tables are rendered (the experiment's report holds its timing tables)
-PAGES = (README, GEMMA / "README.md", PRUNE / "README.md")
+PAGES = (README, GEMMA / "README.md", NATURAL / "README.md", PRUNE / "README.md")
 
 
 def _f(x: float, nd: int = 3) -> str:
@@ -386,6 +387,49 @@ def table_v_end(res: dict) -> str:
     return "\n".join(out)
 
 
+def table_caveats(res: dict) -> str:
+    """What the sweep says about trusting its own CRC selection (``caveats`` of results.json)."""
+    cav = res["sweep"].get("caveats") or []
+    return "\n".join(f"- {c}" for c in cav) if cav else "(the sweep raised no caveat)"
+
+
+def table_stages(m: dict) -> str:
+    """Base, SFT-only and SFT + DPO side by side (``experiments/gemma3/measure.py``: exact CRC,
+    then creative and QA samples), and the collapse test fixed before training (TRIALS.md):
+    against SFT-only, CRC H_norm down by >= 0.05 or QA distinct valid answers down by >= 20%."""
+    cols = [("crc", "V"), ("crc", "V_end"), ("crc", "H_norm"), ("creative", "distinct_2"),
+            ("creative", "vendi"), ("creative", "finished_rate"), ("qa", "vendi"),
+            ("qa", "distinct_valid_answers"),
+            ("qa", "valid_rate"), ("qa", "finished_rate")]  # fmt: skip
+    out = ["| stage | " + " | ".join(f"{t} {k}" for t, k in cols) + " |"]
+    out.append("|---|" + "---:|" * len(cols))
+    for name, r in m.items():
+        cells = [
+            "–"
+            if r.get(t, {}).get(k) is None
+            else (f"{r[t][k]:.1e}" if k == "V_end" else _f(r[t][k]))
+            for t, k in cols
+        ]
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    if "sft" in m and "dpo" in m:
+        dh = m["dpo"]["crc"]["H_norm"] - m["sft"]["crc"]["H_norm"]
+        qa = m["dpo"]["qa"]["distinct_valid_answers"] / max(
+            m["sft"]["qa"]["distinct_valid_answers"], 1e-12
+        )
+        hit = dh <= -0.05 or qa <= 0.8
+        out += [
+            "",
+            f"DPO against SFT-only: CRC H_norm {dh:+.3f} (collapse at ≤ −0.050), QA distinct "
+            f"valid answers ×{qa:.2f} (collapse at ≤ ×0.80): "
+            + (
+                "**collapse by the test fixed in advance**."
+                if hit
+                else "**no collapse by the test fixed in advance**."
+            ),
+        ]
+    return "\n".join(out)
+
+
 #: marker prefix -> (committed results file, tables rendered from it)
 SOURCES = {
     "demo": (
@@ -416,6 +460,21 @@ SOURCES = {
             "steps": table_steps,
         },
     ),
+    "natural": (
+        NATURAL / "results.json",
+        {
+            "crc": table_crc,
+            "sweep": table_sweep,
+            "caveats": table_caveats,
+            "selection": table_picks,
+            "validation": table_validation,
+            "candidates": table_candidates,
+            "verdicts": table_verdicts,
+            "compare": table_compare,
+            "steps": table_steps,
+        },
+    ),
+    "natural_stages": (NATURAL / "measure.json", {"stages": table_stages}),
     "v_end": (VEND / "results.json", {"models": table_v_end}),
     "prune": (  # benchmarks/residual_selection.py writes it (issue 21)
         PRUNE / "results.json",
