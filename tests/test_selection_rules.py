@@ -207,11 +207,10 @@ def test_caveats_name_each_way_the_proxy_stops_constraining():
 
 def test_sweep_results_carry_the_caveats():
     """assemble_crc (what results.json holds) reports them from its own reference rows."""
-    ref = lambda name, s: {
-        "kind": "reference",
-        "name": name,
-        "scores": {**s, "H": 0.1, "H_norm": 0.1},
-    }  # noqa: E731
+
+    def ref(name: str, s: dict) -> dict:
+        return {"kind": "reference", "name": name, "scores": {**s, "H": 0.1, "H_norm": 0.1}}
+
     row = {"kind": "interval", "start": 0, "end": 1,
            "scores": {"V": 0.017, "V_end": 2e-6, "H": 0.2, "H_norm": 0.3}}  # fmt: skip
     for pair, n in ((PLANTED, 0), (NATURAL, 4)):
