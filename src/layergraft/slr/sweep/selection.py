@@ -140,8 +140,7 @@ def caveats(post: dict[str, Any], base: dict[str, Any], rules: Sequence[Rule]) -
             "the validation by generation (--validate), not the proxy"
         )
     for rule in rules:
-        thr = rule.thresholds(post)
-        if all(base.get(k) is not None and base[k] >= v for k, v in thr.items()):
+        if rule.eligible(base, rule.thresholds(post)):
             out.append(
                 f"the base model itself meets the {rule.name} rule's thresholds: the rule does "
                 "not constrain which layers are restored"
