@@ -88,6 +88,16 @@ class Steps:
         return proc.stdout
 
 
+#: the hybrids put to the tasks, by label, and why each is there (also the names --also cannot take)
+PICKS = {
+    "slr_paper": "the paper's rule over restored intervals (the SLR paper's choice)",
+    "paper_best": "the paper's rule over every family swept",
+    "format_best": "the format rule (V_end too) over every family swept",
+    "validated": "the most diverse candidate that passed validation by generation",
+    "soup": "the whole-model soup the active rule selects",
+}
+
+
 def picks(sweep: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The hybrids put to the tasks, by label, each once (a label that names a hybrid already
     listed points to it with ``same_as``): the paper rule's interval (what the SLR paper
@@ -98,15 +108,11 @@ def picks(sweep: dict[str, Any]) -> dict[str, dict[str, Any]]:
     best = sweep.get("best") or {}
     chosen = (sweep.get("validation") or {}).get("chosen")
     soup = (sweep.get("soup") or {}).get("selected")
-    named = [
-        ("slr_paper", row_iv, "the paper's rule over restored intervals (the SLR paper's choice)"),
-        ("paper_best", best.get("paper"), "the paper's rule over every family swept"),
-        ("format_best", best.get("format"), "the format rule (V_end too) over every family swept"),
-        ("validated", chosen, "the most diverse candidate that passed validation by generation"),
-        ("soup", soup, "the whole-model soup the active rule selects"),
-    ]
+    rows = {"slr_paper": row_iv, "paper_best": best.get("paper"),
+            "format_best": best.get("format"), "validated": chosen, "soup": soup}  # fmt: skip
     out: dict[str, dict[str, Any]] = {}
-    for label, row, why in named:
+    for label, why in PICKS.items():
+        row = rows[label]
         if not row:
             continue
         lab = row.get("label") or (
@@ -188,7 +194,7 @@ def also_models(specs: list[str]) -> dict[str, str]:
     """``NAME=DIR`` specs as {name: absolute dir}, refused before any work when a name is taken
     (base, post, a pick's label, twice) or a directory holds no model: a typo would otherwise
     surface an hour later, in the comparison."""
-    taken = {"base", "post", "slr_paper", "paper_best", "format_best", "validated", "soup"}
+    taken = {"base", "post", *PICKS}
     out: dict[str, str] = {}
     for spec in specs:
         name, sep, path = spec.partition("=")
