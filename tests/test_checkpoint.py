@@ -197,6 +197,40 @@ def test_fingerprint_full_hash(llama_dir):
     assert len(rec["header_sha256"]) == 64
 
 
+def _sample_digest(path, tensors) -> str:
+    from safetensors.torch import save_file
+
+    from layergraft.checkpoint.format import read_header
+
+    save_file(tensors, str(path))
+    return read_header(path).sample_sha256()
+
+
+def test_sample_sha256_sees_retrained_weights_that_keep_the_header(tmp_path):
+    """Same names, shapes, dtypes and file size: the header hash cannot tell these files
+    apart; the sample of each tensor's first and last 4 KiB can (and its limit: the middle of
+    a large tensor is not read)."""
+    big = torch.arange(4096, dtype=torch.float32)  # 16 KiB: head, middle and tail pages
+    small = torch.ones(10)  # shorter than a page: read whole
+    ref = _sample_digest(tmp_path / "a.safetensors", {"big": big, "small": small})
+    assert (
+        _sample_digest(tmp_path / "copy.safetensors", {"big": big.clone(), "small": small}) == ref
+    )
+    for i, where in [(0, "head"), (4095, "tail")]:
+        edited = big.clone()
+        edited[i] += 1
+        got = _sample_digest(tmp_path / f"{where}.safetensors", {"big": edited, "small": small})
+        assert got != ref, where
+    tiny = small.clone()
+    tiny[5] = 2
+    assert _sample_digest(tmp_path / "s.safetensors", {"big": big, "small": tiny}) != ref
+    middle = big.clone()
+    middle[2048] += 1
+    assert _sample_digest(tmp_path / "m.safetensors", {"big": middle, "small": small}) == ref
+    renamed = {"large": big, "small": small}  # a different header, the same bytes
+    assert _sample_digest(tmp_path / "r.safetensors", renamed) != ref
+
+
 def test_a_converted_gguf_stops_on_the_end_of_turn_tokens_its_vocabulary_has():
     """A GGUF records one EOS id; a chat model ends its turn with <end_of_turn> / <|im_end|>
     / ... — the converted directory's generation config stops on those too."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -158,6 +159,56 @@ def test_a_changed_row_setting_is_refused_before_the_journal_changes(
     assert f"records another sweep: {field}" in err and err.count("\n") == 1
     assert (out / "intervals.jsonl").read_bytes() == before
     assert not (out / "results.json").exists()
+
+
+def _short_sweep(tmp_path: Path, prompts: Path) -> tuple[Path, Path, list[str]]:
+    """A sweep of a copy of the toy post model, cut after its references and first start."""
+    post = tmp_path / "post"
+    shutil.copytree(POST, post)
+    out = tmp_path / "sweep"
+    argv = ["sweep", "--base", BASE, "--post", str(post), "--out", str(out), "--prompts",
+            str(prompts), "--method", "slr", "--max-len", "2", "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    lines = (out / "intervals.jsonl").read_bytes().splitlines(keepends=True)
+    (out / "intervals.jsonl").write_bytes(b"".join(lines[:4]))
+    (out / "results.json").unlink()
+    return post, out, [*argv, "--resume"]
+
+
+def test_a_post_model_trained_again_in_place_is_not_resumed(tmp_path, prompts, capsys):
+    """Same path, names, shapes and sizes, other weights (the toy base's shards stand in for
+    a retrained post model: their headers are the post model's byte for byte): its old rows
+    must not be reused."""
+    post, out, argv = _short_sweep(tmp_path, prompts)
+    before = (out / "intervals.jsonl").read_bytes()
+    for shard in Path(BASE).glob("*.safetensors"):
+        assert (post / shard.name).stat().st_size == shard.stat().st_size
+        assert (post / shard.name).read_bytes()[:4096] != shard.read_bytes()[:4096]
+        shutil.copyfile(shard, post / shard.name)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "records another sweep: inputs.post.content" in err and err.count("\n") == 1
+    assert (out / "intervals.jsonl").read_bytes() == before
+
+
+def test_a_journal_from_before_content_samples_resumes(tmp_path, prompts):
+    """A journal whose header has no ``content`` (written by an earlier layergraft) resumes on
+    what it recorded, and its rows come out as a fresh sweep's."""
+    post, out, argv = _short_sweep(tmp_path, prompts)
+    lines = (out / "intervals.jsonl").read_text().splitlines(keepends=True)
+    header = json.loads(lines[0])
+    for role in ("base", "post"):
+        del header["config"]["inputs"][role]["content"]
+    (out / "intervals.jsonl").write_text(json.dumps(header) + "\n" + "".join(lines[1:]))
+    assert main(argv) == 0
+    fresh = tmp_path / "fresh"
+    assert (
+        main([*argv[: argv.index("--out") + 1], str(fresh), *argv[argv.index("--out") + 2 : -1]])
+        == 0
+    )
+    got = json.loads((out / "results.json").read_text())
+    ref = json.loads((fresh / "results.json").read_text())
+    assert got["intervals"] == ref["intervals"] and got["selections"] == ref["selections"]
 
 
 def test_a_changed_rule_reselects_from_the_same_rows(tmp_path, uninterrupted, prompts):

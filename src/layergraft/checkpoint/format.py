@@ -99,6 +99,31 @@ class SafetensorsHeader:
     def header_sha256(self) -> str:
         return hashlib.sha256(self.raw).hexdigest()
 
+    def sample_sha256(self, edge: int = PAGE) -> str:
+        """sha256 over each tensor's name and the first and last ``edge`` bytes of its data.
+
+        Why: the header says which tensors a file holds, not what they hold, and a model
+        trained again (or a layer range swapped in) keeps names, shapes, dtypes and size, so a
+        header hash cannot tell it from the old one. Training moves every weight and surgery
+        replaces whole tensors, so both change these samples; reading two pages per tensor
+        costs milliseconds at any model size, where a full hash reads every byte. An edit
+        confined to the middle of one tensor is not seen (``fingerprint(full_hash=True)``).
+        """
+        h = hashlib.sha256()
+        with open(self.file, "rb", buffering=0) as f:
+            for e in sorted(self.tensors.values(), key=lambda t: t.offset):
+                head = min(edge, e.nbytes)
+                tail = min(edge, e.nbytes - head)  # the tail does not overlap the head
+                f.seek(e.offset)
+                first = f.read(head)
+                f.seek(e.offset + e.nbytes - tail)
+                last = f.read(tail)
+                if len(first) != head or len(last) != tail:
+                    raise OSError(f"{self.file}: unexpected end of file while reading {e.name!r}")
+                h.update(f"{e.name}\0{e.nbytes}\0".encode())
+                h.update(first + last)
+        return h.hexdigest()
+
 
 def iter_blocks(
     entries: Iterable[TensorEntry], chunk: int = 8 * 1024 * 1024

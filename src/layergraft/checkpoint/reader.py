@@ -106,9 +106,11 @@ class Checkpoint:
     def fingerprint(self, full_hash: bool = False) -> dict[str, Any]:
         """Identify the input weights for provenance.
 
-        By default: size, mtime and the sha256 of each safetensors header (cheap, and any
-        change of names/shapes/dtypes changes it); files that live in a Hugging Face cache
-        blob named by its sha256 get that for free. ``full_hash`` reads every byte.
+        By default: size, mtime, the sha256 of each safetensors header (any change of
+        names/shapes/dtypes changes it) and of a sample of each tensor's bytes (a model
+        trained again keeps its header; see ``SafetensorsHeader.sample_sha256``); files that
+        live in a Hugging Face cache blob named by its sha256 get that for free.
+        ``full_hash`` reads every byte.
         """
         files = []
         for wf in self.weight_files:
@@ -118,6 +120,7 @@ class Checkpoint:
                 "size": st.st_size,
                 "mtime": int(st.st_mtime),
                 "header_sha256": self.headers[wf].header_sha256(),
+                "sample_sha256": self.headers[wf].sample_sha256(),
             }
             blob = wf.resolve().name
             if wf.is_symlink() and re.fullmatch(r"[0-9a-f]{64}", blob):

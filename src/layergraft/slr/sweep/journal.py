@@ -75,6 +75,23 @@ def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> 
     return out
 
 
+def _as_recorded_then(old: Any, new: Any) -> Any:
+    """``new``'s inputs without the ``content`` sample where the journal's header has none.
+
+    Why: journals started before inputs recorded a sample of their bytes would otherwise be
+    refused as "another sweep" after an upgrade, losing hours of rows; they resume checked on
+    what they recorded (origin, names, sizes, headers), as they were when written.
+    """
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return new
+    return {
+        role: {k: v for k, v in rec.items() if k != "content"}
+        if isinstance(rec, dict) and isinstance(old.get(role), dict) and "content" not in old[role]
+        else rec
+        for role, rec in new.items()
+    }
+
+
 def _row_problem(row: Any) -> str | None:
     """Why ``row`` is not a sweep row, or None."""
     if not isinstance(row, dict) or not isinstance(row.get("scores"), dict):
@@ -163,6 +180,7 @@ def check_settings(
     """Refuse a journal whose recorded row settings differ from ``config``'s (one line)."""
     old = {k: v for k, v in contents.header.get("config", {}).items() if k != "selection"}
     new = {k: v for k, v in config.items() if k != "selection"}
+    new["inputs"] = _as_recorded_then(old.get("inputs"), new.get("inputs"))
     # the user's own settings first: "rows.max_len" says more than a fingerprint does
     first = {"rows": old.pop("rows", None)}, {"rows": new.pop("rows", None)}
     diff = _differences(*first) + _differences(old, new)

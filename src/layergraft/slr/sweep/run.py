@@ -96,11 +96,15 @@ def _make_proxy(
 
 
 def _fingerprint(ck: Any) -> dict[str, Any]:
-    """What identifies an input for the journal (no mtime: a copied checkpoint is the same)."""
+    """What identifies an input for the journal: its files by name, size and header, and a
+    sample of their bytes (``content``), because a model trained again at the same path keeps
+    all the rest and its old rows would be resumed as if they were its own. No mtime: a copied
+    checkpoint is the same."""
     fp = ck.fingerprint()
     return {
         "origin": fp["origin"],
         "files": [(f["name"], f["size"], f["header_sha256"]) for f in fp["files"]],
+        "content": [f["sample_sha256"] for f in fp["files"]],
     }
 
 
