@@ -98,6 +98,39 @@ def test_compare_in_memory_models(tok, tmp_path):
     assert render_markdown(res2) == md
 
 
+def test_a_model_trained_again_at_its_path_is_not_scored_from_old_generations(tok, tmp_path):
+    """Generations are reused by path; a checkpoint re-saved there with other weights (same
+    config, names and shapes) must be refused, not scored from the old model's replies. Files
+    written before records had ``weights`` are still reused."""
+    from layergraft.errors import InputError
+
+    post = save_tiny("llama", tmp_path / "post", num_layers=2, seed=1)
+    tok.save_pretrained(str(post))
+    out = tmp_path / "cmp"
+    kw = dict(n=2, settings=SHORT, embedder="none", bootstrap=20, progress=False, baselines=False)
+    compare({"post": str(post)}, PROMPTS, out, **kw)
+    gens = out / "gens" / "post.jsonl"
+    recs = [json.loads(x) for x in gens.read_text().splitlines()]
+    assert len({r["weights"] for r in recs}) == 1 and len(recs[0]["weights"]) == 16
+    # an older file (no weights field) of the same path is reused as before
+    legacy = "".join(
+        json.dumps({k: v for k, v in r.items() if k != "weights"}) + "\n" for r in recs
+    )
+    gens.write_text(legacy)
+    compare({"post": str(post)}, PROMPTS, out, **kw)
+    assert gens.read_text() == legacy
+    gens.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    from layergraft.checkpoint.format import read_header
+
+    header = read_header(post / "model.safetensors").header_sha256()
+    save_tiny("llama", post, num_layers=2, seed=5)  # "trained again": same header, new weights
+    assert read_header(post / "model.safetensors").header_sha256() == header
+    before = gens.read_bytes()
+    with pytest.raises(InputError, match="holds generations of other weights"):
+        compare({"post": str(post)}, PROMPTS, out, **kw)
+    assert gens.read_bytes() == before
+
+
 def test_cli_compare_paths_with_embedder(tok, tmp_path, capsys):
     dirs = {}
     for name, seed in (("post", 1), ("slr", 2)):

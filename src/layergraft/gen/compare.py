@@ -47,11 +47,17 @@ def _safe_name(name: str) -> str:
 
 
 def _complete(
-    path: Path, prompts: Sequence[Any], n: int, settings: SamplingSettings, model_name: str
+    path: Path,
+    prompts: Sequence[Any],
+    n: int,
+    settings: SamplingSettings,
+    model_name: str,
+    weights: str | None,
 ) -> bool:
-    """Does ``path`` already hold every (prompt, sample) of this run? A file of another model
-    or other settings is an error (never silently mixed), via :func:`check_resumable`."""
-    check_resumable(path, settings, model_name)
+    """Does ``path`` already hold every (prompt, sample) of this run? A file of another model,
+    other weights or other settings is an error (never silently mixed), via
+    :func:`check_resumable`."""
+    check_resumable(path, settings, model_name, weights)
     if not path.exists():
         return False
     have = {(r["prompt_id"], int(r["sample"])) for r in read_records(path)}
@@ -154,12 +160,14 @@ def compare(
         greedy = SamplingSettings(
             temperature=0.0, min_p=0.0, max_new_tokens=settings.max_new_tokens
         )
-        done = _complete(greedy_path, prompts, 1, greedy, cache.record_name(label))
+        done = _complete(
+            greedy_path, prompts, 1, greedy, cache.record_name(label), cache.weights(label)
+        )
         m, tok = (None, None) if done else cache.hf(label)
         prompts = select_greedy_failed(
             m, tok, prompts, max_new_tokens=settings.max_new_tokens, batch_size=batch_size,
             chat_template=chat_template, progress=progress, out=greedy_path,
-            model_name=cache.record_name(label),
+            model_name=cache.record_name(label), weights=cache.weights(label),
         )  # fmt: skip
         if not prompts:
             raise InputError(
@@ -181,7 +189,8 @@ def compare(
     if executor is not None:  # the runs not yet complete, generated on workers at once
         todo = [
             (r, gens_dir / f"{_safe_name(r)}.jsonl", label, s) for r, label, s in runs
-            if not _complete(gens_dir / f"{_safe_name(r)}.jsonl", prompts, n, s, cache.record_name(label))
+            if not _complete(gens_dir / f"{_safe_name(r)}.jsonl", prompts, n, s,
+                             cache.record_name(label), cache.weights(label))
         ]  # fmt: skip
         executor.generate(
             todo, cache, prompts, n=n, batch_size=batch_size, chat_template=chat_template,
@@ -189,8 +198,8 @@ def compare(
         )  # fmt: skip
     for run_name, label, s in runs:
         path = gens_dir / f"{_safe_name(run_name)}.jsonl"
-        model_name = cache.record_name(label)
-        if _complete(path, prompts, n, s, model_name):  # reuse: no model needed
+        model_name, weights = cache.record_name(label), cache.weights(label)
+        if _complete(path, prompts, n, s, model_name, weights):  # reuse: no model needed
             wanted = {(p.id, i) for p in prompts for i in range(n)}
             recs = [r for r in read_records(path) if (r["prompt_id"], int(r["sample"])) in wanted]
         else:
@@ -206,7 +215,7 @@ def compare(
                 recs = run_generation(
                     m, tok, prompts, n=n, settings=s, out=path, model_name=model_name,
                     backend=chosen, batch_size=batch_size, chat_template=chat_template,
-                    progress=progress, vllm_engine=engine,
+                    progress=progress, vllm_engine=engine, weights=weights,
                 )  # fmt: skip
         scored = score_records(recs, embedder=emb, judge=jdg, bootstrap=bootstrap, seed=seed)
         scored["label"] = label

@@ -55,6 +55,7 @@ class GenRun:
     tokenizer: Any
     settings: SamplingSettings
     model_name: str
+    weights: str | None = None
 
 
 def generate_lines(
@@ -82,7 +83,8 @@ def generate_lines(
             res = hf_generate_batch(model, tok, batch, run.settings)
         yield "".join(
             json.dumps(
-                make_record(j.prompt, j.sample, text, ntok, fin, run.settings, run.model_name, chosen),
+                make_record(j.prompt, j.sample, text, ntok, fin, run.settings, run.model_name, chosen,
+                            run.weights),
                 ensure_ascii=False,
             ) + "\n"
             for j, (text, ntok, fin) in zip(batch, res, strict=True)
@@ -131,7 +133,7 @@ class RayGenerator:
                     "in-memory model"
                 )
             runs.append(GenRun(name, Path(out), str(local_dir(spec)), cache.tokenizer(label), s,
-                               cache.record_name(label)))  # fmt: skip
+                               cache.record_name(label), cache.weights(label)))  # fmt: skip
         from tqdm.auto import tqdm
 
         ray = self.ray
@@ -167,7 +169,7 @@ class RayGenerator:
         tries = 0
         while not stop.is_set():  # set: another run failed, the comparison ends
             existing = read_records(run.out, repair=True)
-            check_compatible(existing, run.settings, run.model_name, run.out)
+            check_compatible(existing, run.settings, run.model_name, run.out, run.weights)
             done = {(r["prompt_id"], int(r["sample"])) for r in existing}
             prompts, n, *rest = args
             stream = task.remote(run, prompts, n, done, *rest)

@@ -119,9 +119,11 @@ def run_generation(
     chat_template: bool = True,
     progress: bool = True,
     vllm_engine: VllmEngine | None = None,
+    weights: str | None = None,
 ) -> list[dict[str, Any]]:
     """Generate ``n`` samples per prompt; append them to ``out`` (resuming it) and return all
-    records of the run, existing ones included, in (prompt, sample) order."""
+    records of the run, existing ones included, in (prompt, sample) order. ``weights``
+    (:func:`~layergraft.gen.records.weights_digest`) keeps another model's records out."""
     if n < 1:
         raise InputError(f"--n must be at least 1, not {n}")
     if batch_size < 1:
@@ -133,7 +135,7 @@ def run_generation(
             raise InputError(f"{path} is not a file; give a .jsonl path for --out")
         existing = read_records(path)
         # the settings check first: a refused file is left exactly as it was
-        check_compatible(existing, settings, model_name, path)
+        check_compatible(existing, settings, model_name, path, weights)
         drop_partial_line(path)  # then the partial last line of a killed run
     by_key = {(r["prompt_id"], int(r["sample"])): r for r in existing}
     jobs = pending_jobs(tokenizer, prompts, n, set(by_key), chat_template=chat_template)
@@ -165,7 +167,7 @@ def run_generation(
                 lines = []
                 for j, (text, ntok, fin) in zip(batch, res, strict=True):
                     rec = make_record(
-                        j.prompt, j.sample, text, ntok, fin, settings, model_name, backend
+                        j.prompt, j.sample, text, ntok, fin, settings, model_name, backend, weights
                     )
                     by_key[(j.prompt.id, j.sample)] = rec
                     lines.append(json.dumps(rec, ensure_ascii=False) + "\n")

@@ -16,7 +16,7 @@ from layergraft.checkpoint.outputs import check_output
 from layergraft.errors import InputError
 from layergraft.gen.answers import extract_final_answer
 from layergraft.gen.engine import run_generation
-from layergraft.gen.records import check_resumable, default_model_name
+from layergraft.gen.records import check_resumable, default_model_name, weights_digest
 from layergraft.gen.sampling import SamplingSettings
 from layergraft.gen.tasks import TaskPrompt, load_task
 from layergraft.gen.vllm import VllmEngine, resolve_backend
@@ -58,6 +58,7 @@ def select_greedy_failed(
     model_name: str = "greedy",
     backend: str = "transformers",
     vllm_engine: VllmEngine | None = None,
+    weights: str | None = None,
 ) -> list[TaskPrompt]:
     """Reasoning prompts the model answers WRONG under greedy decoding (the SLR paper's subset:
     diversity only helps where the single most likely answer fails). ``out`` caches the greedy
@@ -67,7 +68,7 @@ def select_greedy_failed(
     recs = run_generation(
         model, tokenizer, reasoning, n=1, settings=greedy, batch_size=batch_size,
         chat_template=chat_template, progress=progress, model_name=model_name, out=out,
-        backend=backend, vllm_engine=vllm_engine,
+        backend=backend, vllm_engine=vllm_engine, weights=weights,
     )  # fmt: skip
     return [
         p
@@ -120,7 +121,8 @@ def generate(
     if out is not None:  # appended to (resumed), never an input
         reads = [model, task if isinstance(task, (str, os.PathLike)) else None, tokenizer]
         check_output(out, inputs=reads, kind="file", flag="--out", reuse=True)
-    check_resumable(out, settings, name)
+    weights = weights_digest(model, allow_pickle) if out is not None else None
+    check_resumable(out, settings, name, weights)
     engine = None
     if chosen == "vllm":
         path = local_dir(model, allow_pickle)
@@ -144,4 +146,5 @@ def generate(
     return run_generation(
         m, tok, prompts, n=n, settings=settings, out=out, model_name=name, backend=chosen,
         batch_size=batch_size, chat_template=chat_template, progress=progress, vllm_engine=engine,
+        weights=weights,
     )  # fmt: skip

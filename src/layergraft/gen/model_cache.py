@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from layergraft.errors import InputError
-from layergraft.gen.records import default_model_name
+from layergraft.gen.records import default_model_name, weights_digest
 from layergraft.gen.vllm import VllmEngine
 from layergraft.models.load import load_model, load_tokenizer, local_dir
 
@@ -37,10 +37,18 @@ class ModelCache:
         self.chat_template, self.placement = chat_template, placement
         self.current: tuple[str, str, Any] | None = None  # (label, kind, object)
         self.toks: dict[str, Any] = {}
+        self.digests: dict[str, str | None] = {}
 
     def record_name(self, label: str) -> str:
         spec = self.models[label]
         return f"{label}:{'in-memory' if isinstance(spec, tuple) else default_model_name(spec)}"
+
+    def weights(self, label: str) -> str | None:
+        """:func:`weights_digest` of ``label``'s checkpoint (None in memory), read once."""
+        if label not in self.digests:
+            spec = self.models[label]
+            self.digests[label] = None if isinstance(spec, tuple) else weights_digest(spec)
+        return self.digests[label]
 
     def _path(self, label: str) -> Path:
         return local_dir(self.models[label])

@@ -2,11 +2,13 @@
 
 A generations file is appended to batch by batch, so a killed run leaves at most one truncated
 last line; :func:`read_records` ignores (or cuts) it and :func:`check_resumable` refuses a file
-written by another model or with other settings before any model loads.
+written by another model, by other weights at the same path (``weights``: a model trained again
+keeps its path and name) or with other settings before any model loads.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Iterable
@@ -33,9 +35,11 @@ def make_record(
     settings: SamplingSettings,
     model_name: str,
     backend: str,
+    weights: str | None = None,
 ) -> dict[str, Any]:
     """One generation. ``num_tokens`` counts generated tokens including the stop token;
-    ``finished`` is False when ``max_new_tokens`` cut the reply off."""
+    ``finished`` is False when ``max_new_tokens`` cut the reply off; ``weights`` is
+    :func:`weights_digest` of the model (None in memory)."""
     return {
         "prompt_id": prompt.id,
         "sample": sample,
@@ -47,6 +51,7 @@ def make_record(
         "reference": prompt.reference(),
         "settings": settings.to_json(),
         "model": model_name,
+        "weights": weights,
         "backend": backend,
         "version": RECORD_VERSION,
     }
@@ -89,7 +94,10 @@ def drop_partial_line(path: str | os.PathLike[str]) -> None:
 
 
 def check_resumable(
-    out: str | os.PathLike[str] | None, settings: SamplingSettings, model_name: str
+    out: str | os.PathLike[str] | None,
+    settings: SamplingSettings,
+    model_name: str,
+    weights: str | None = None,
 ) -> None:
     """Fail fast (before loading a model) if ``out`` cannot be resumed with these settings."""
     if out is None:
@@ -97,12 +105,19 @@ def check_resumable(
     path = Path(out)
     if path.exists() and not path.is_file():
         raise InputError(f"{path} is not a file; give a .jsonl path for --out")
-    check_compatible(read_records(path), settings, model_name, path)
+    check_compatible(read_records(path), settings, model_name, path, weights)
 
 
 def check_compatible(
-    records: list[dict[str, Any]], settings: SamplingSettings, model_name: str, path: Path
+    records: list[dict[str, Any]],
+    settings: SamplingSettings,
+    model_name: str,
+    path: Path,
+    weights: str | None = None,
 ) -> None:
+    """Refuse records of another model, settings or weights. A record without ``weights``
+    (written before records had them) or of an in-memory model is checked on name and
+    settings only."""
     want = settings.to_json()
     for rec in records:
         if rec.get("settings") != want or rec.get("model") != model_name:
@@ -110,6 +125,28 @@ def check_compatible(
                 f"{path} holds generations of another model or other settings "
                 f"({rec.get('model')}, {rec.get('settings')}); choose another --out or delete it"
             )
+        old = rec.get("weights")
+        if old is not None and weights is not None and old != weights:
+            raise InputError(
+                f"{path} holds generations of other weights at {model_name} (digest {old}, now "
+                f"{weights}: the model changed since); choose another --out or delete it"
+            )
+
+
+def weights_digest(model: Any, allow_pickle: bool = False) -> str | None:
+    """A short digest of a checkpoint's weights, from a sample of each tensor's bytes
+    (``SafetensorsHeader.sample_sha256``), or None for an in-memory model.
+
+    Why: records name a model by its path, and a model trained again at that path would
+    otherwise resume (or be scored from) the old model's generations.
+    """
+    if not isinstance(model, (str, os.PathLike)):
+        return None
+    from layergraft.checkpoint.reader import open_checkpoint
+
+    files = open_checkpoint(model, allow_pickle=allow_pickle).fingerprint()["files"]
+    h = hashlib.sha256("".join(f"{f['name']}:{f['sample_sha256']};" for f in files).encode())
+    return h.hexdigest()[:16]
 
 
 def group_by_prompt(records: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
