@@ -48,17 +48,24 @@ def _command(argv: list[str]) -> str:
 class Steps:
     """Run layergraft commands under /usr/bin/time, recording wall time and peak RSS.
 
-    ``previous`` is the ``steps`` of an earlier results.json: a step whose command is the same
-    as then is not run again, its recorded output and timing are kept (``reused`` says so) —
-    so adding a model to the comparison does not redo the sweep and the pruning."""
+    ``previous`` is the ``steps`` of an earlier run: a step whose command is the same as then,
+    run on the same ``weights`` (the models' digests: a model trained again keeps its path, so
+    the command alone would not tell), is not run again, its recorded output and timing are
+    kept (``reused`` says so) — so adding a model to the comparison does not redo the sweep and
+    the pruning."""
 
-    def __init__(self, logs: Path, previous: dict[str, Any]) -> None:
-        self.logs, self.previous, self.steps = logs, previous, {}
+    def __init__(self, logs: Path, previous: dict[str, Any], weights: dict[str, Any]) -> None:
+        self.logs, self.previous, self.steps, self.weights = logs, previous, {}, weights
 
     def recorded(self, step: str, argv: list[str]) -> bool:
-        """Whether the record holds this step with this very command (so it need not run)."""
+        """Whether the record holds this step with this very command and weights."""
         old = self.previous.get(step)
-        return bool(old and old.get("command") == _command(argv) and "stdout" in old)
+        return bool(
+            old
+            and old.get("command") == _command(argv)
+            and old.get("weights") == self.weights
+            and "stdout" in old
+        )
 
     def run(self, step: str, argv: list[str], log: str, reuse: bool = True) -> str:
         command = _command(argv)
@@ -80,12 +87,26 @@ class Steps:
             raise SystemExit(f"[{step}] failed ({proc.returncode}); see {self.logs / log}")
         wall, rss_kib = timing.read_text().split()[-2:]
         self.steps[step] = {"wall_s": float(wall), "peak_rss_mib": round(int(rss_kib) / 1024, 1),
-                            "command": command, "stdout": proc.stdout}  # fmt: skip
+                            "command": command, "weights": self.weights,
+                            "stdout": proc.stdout}  # fmt: skip
         print(
             f"[{step}] {time.time() - t0:.0f} s, peak {self.steps[step]['peak_rss_mib']} MiB",
             flush=True,
         )
         return proc.stdout
+
+
+def digests(lg: str, models: dict[str, str]) -> dict[str, Any]:
+    """Each model's weights digest (``layergraft.gen.records.weights_digest``), computed by the
+    environment that runs the commands, as every layergraft call here is."""
+    probe = (
+        "import json, sys; from layergraft.gen.records import weights_digest; "
+        "print(json.dumps({k: weights_digest(v) for k, v in json.loads(sys.argv[1]).items()}))"
+    )
+    python = Path(lg).with_name("python")
+    out = subprocess.run([str(python), "-c", probe, json.dumps(models)], capture_output=True,
+                         text=True, check=True)  # fmt: skip
+    return json.loads(out.stdout)
 
 
 #: the hybrids put to the tasks, by label, and why each is there (also the names --also cannot take)
@@ -245,9 +266,10 @@ def main() -> None:
     work, docs = args.work.resolve(), args.docs.resolve()
     (work / "logs").mkdir(parents=True, exist_ok=True)
     record = work / "steps.json"  # every step's command, output and timing (outputs not in docs)
-    steps = Steps(work / "logs", json.loads(record.read_text()) if record.is_file() else {})
     base, post = str(args.base.resolve()), str(args.post.resolve())
     also = also_models(args.also)
+    weights = digests(lg, {"base": base, "post": post, **also})
+    steps = Steps(work / "logs", json.loads(record.read_text()) if record.is_file() else {}, weights)
     previous = (
         json.loads((docs / "results.json").read_text()) if (docs / "results.json").is_file() else {}
     )
