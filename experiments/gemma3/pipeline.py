@@ -269,7 +269,9 @@ def main() -> None:
     base, post = str(args.base.resolve()), str(args.post.resolve())
     also = also_models(args.also)
     weights = digests(lg, {"base": base, "post": post, **also})
-    steps = Steps(work / "logs", json.loads(record.read_text()) if record.is_file() else {}, weights)
+    steps = Steps(
+        work / "logs", json.loads(record.read_text()) if record.is_file() else {}, weights
+    )
     previous = (
         json.loads((docs / "results.json").read_text()) if (docs / "results.json").is_file() else {}
     )
