@@ -35,6 +35,11 @@ def _f(x: float, nd: int = 3) -> str:
     return f"{x:.{nd}f}"
 
 
+def _small(x: float) -> str:
+    """A probability that may be far below 0.001 (V_end of a model that answers in sentences)."""
+    return f"{x:.1e}" if 0 < x < 5e-4 else _f(x)
+
+
 def _v_end(r: dict) -> str:
     return "–" if r.get("V_end") is None else _f(r["V_end"])
 
@@ -431,6 +436,55 @@ def table_stages(m: dict) -> str:
 
 
 #: marker prefix -> (committed results file, tables rendered from it)
+#: the pairs of the section "On real pre-trained weights", in the order the README tells them
+PAIRS = {"planted": GEMMA / "results.json", "natural": NATURAL / "results.json"}
+#: what each pick of pipeline.py is called in the side-by-side table
+PICK_NAMES = {
+    "slr_paper": "paper rule, intervals",
+    "paper_best": "paper rule, every family",
+    "format_best": "format rule, every family",
+    "validated": "validation by generation",
+}
+TASKS = ("creative", "qa", "reasoning")
+
+
+def _pair_row(res: dict, pair: str, pick: str, hybrid: str, crc: dict, run: str) -> str:
+    """One row of :func:`table_pairs`: a model's CRC scores and its generation in ``res``."""
+    m = {t: res["compare"][t]["runs"][run]["mean"] for t in TASKS}
+    fin = " / ".join(_f(m[t]["finished_rate"], 2) for t in TASKS)
+    return (
+        f"| {pair} | {pick} | {hybrid} | {_f(crc['H_norm'])} | {_small(crc['V_end'])} | {fin} | "
+        f"{_f(m['creative']['vendi'], 2)} | {_f(m['qa']['distinct_valid_answers'], 2)} |"
+    )
+
+
+def table_pairs(pairs: dict) -> str:
+    """Both Gemma pairs side by side: which hybrid each rule and the validation pick, its CRC
+    scores, and what it costs in format (finished_rate per task) and gains in diversity
+    (creative Vendi, QA distinct valid answers), the post model's row first."""
+    out = [
+        "| pair | pick | hybrid | CRC H_norm | CRC V_end | finished creative / QA / reasoning | creative Vendi | QA distinct valid answers |",
+        "|---|---|---|---:|---:|---|---:|---:|",
+    ]
+    for pair, res in pairs.items():
+        post = res["sweep"]["references"]["post"]
+        out.append(_pair_row(res, pair, "post model", "–", post, "post"))
+        for key, pick in PICK_NAMES.items():
+            c = res["picks"].get(key)
+            if c is None:  # validation chose nothing
+                out.append(f"| {pair} | {pick} | none passed | – | – | – | – | – |")
+            else:
+                out.append(_pair_row(res, pair, pick, f"`{c['label']}`", c, c.get("same_as", key)))
+    return "\n".join(out)
+
+
+def _load(path: Path | dict[str, Path]) -> dict:
+    """A source's results: one file, or one per name for a table that reads several runs."""
+    if isinstance(path, dict):
+        return {k: json.loads(p.read_text()) for k, p in path.items()}
+    return json.loads(path.read_text())
+
+
 SOURCES = {
     "demo": (
         DEMO / "results.json",
@@ -468,6 +522,7 @@ SOURCES = {
             "caveats": table_caveats,
             "selection": table_picks,
             "validation": table_validation,
+            "parts": table_parts,
             "candidates": table_candidates,
             "verdicts": table_verdicts,
             "compare": table_compare,
@@ -475,6 +530,7 @@ SOURCES = {
         },
     ),
     "natural_stages": (NATURAL / "measure.json", {"stages": table_stages}),
+    "pairs": (PAIRS, {"picks": table_pairs}),
     "v_end": (VEND / "results.json", {"models": table_v_end}),
     "prune": (  # benchmarks/residual_selection.py writes it (issue 21)
         PRUNE / "results.json",
@@ -499,7 +555,7 @@ def render(readme: str) -> str:
             raise SystemExit(
                 f"no table named {prefix}:{', '.join(sorted(unknown))}; known: {', '.join(tables)}"
             )
-        res = json.loads(path.read_text())
+        res = _load(path)
         for name, fn in tables.items():
             pat = re.compile(rf"(<!-- {prefix}:{name} -->)(.*?)(<!-- /{prefix}:{name} -->)", re.S)
             if not pat.search(readme):
