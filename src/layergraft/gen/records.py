@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from layergraft.checkpoint.reader import open_checkpoint
 from layergraft.errors import InputError
 from layergraft.gen.sampling import SamplingSettings
 from layergraft.gen.tasks import TaskPrompt
@@ -142,8 +143,6 @@ def weights_digest(model: Any, allow_pickle: bool = False) -> str | None:
     """
     if not isinstance(model, (str, os.PathLike)):
         return None
-    from layergraft.checkpoint.reader import open_checkpoint
-
     files = open_checkpoint(model, allow_pickle=allow_pickle).fingerprint()["files"]
     h = hashlib.sha256("".join(f"{f['name']}:{f['sample_sha256']};" for f in files).encode())
     return h.hexdigest()[:16]
