@@ -435,7 +435,6 @@ def table_stages(m: dict) -> str:
     return "\n".join(out)
 
 
-#: marker prefix -> (committed results file, tables rendered from it)
 #: the pairs of the section "On real pre-trained weights", in the order the README tells them
 PAIRS = {"planted": GEMMA / "results.json", "natural": NATURAL / "results.json"}
 #: what each pick of pipeline.py is called in the side-by-side table
@@ -485,6 +484,7 @@ def _load(path: Path | dict[str, Path]) -> dict:
     return json.loads(path.read_text())
 
 
+#: marker prefix -> (committed results file, tables rendered from it)
 SOURCES = {
     "demo": (
         DEMO / "results.json",

@@ -96,17 +96,22 @@ class Steps:
         return proc.stdout
 
 
+def _probe(lg: str, code: str, *args: str) -> Any:
+    """What ``code`` prints as JSON, run by the environment that runs the layergraft commands
+    (the python beside ``lg``), as every layergraft call here is."""
+    python = Path(lg).with_name("python")
+    out = subprocess.run([str(python), "-c", code, *args], capture_output=True, text=True,
+                         check=True)  # fmt: skip
+    return json.loads(out.stdout)
+
+
 def digests(lg: str, models: dict[str, str]) -> dict[str, Any]:
-    """Each model's weights digest (``layergraft.gen.records.weights_digest``), computed by the
-    environment that runs the commands, as every layergraft call here is."""
-    probe = (
+    """Each model's weights digest (``layergraft.gen.records.weights_digest``)."""
+    code = (
         "import json, sys; from layergraft.gen.records import weights_digest; "
         "print(json.dumps({k: weights_digest(v) for k, v in json.loads(sys.argv[1]).items()}))"
     )
-    python = Path(lg).with_name("python")
-    out = subprocess.run([str(python), "-c", probe, json.dumps(models)], capture_output=True,
-                         text=True, check=True)  # fmt: skip
-    return json.loads(out.stdout)
+    return _probe(lg, code, json.dumps(models))
 
 
 #: the hybrids put to the tasks, by label, and why each is there (also the names --also cannot take)
@@ -360,10 +365,8 @@ def main() -> None:
 
     res["steps"] = {k: {f: v[f] for f in v if f != "stdout"} for k, v in steps.steps.items()}
     res["timing_s"] = {k: v["wall_s"] for k, v in steps.steps.items()}
-    probe = "import json; from layergraft.checkpoint.provenance import versions; print(json.dumps(versions()))"
-    python = Path(lg).with_name("python")  # the environment that ran the commands
-    res["versions"] = json.loads(subprocess.run([str(python), "-c", probe], capture_output=True, text=True,
-                                                check=True).stdout)  # fmt: skip
+    code = "import json; from layergraft.checkpoint.provenance import versions; print(json.dumps(versions()))"
+    res["versions"] = _probe(lg, code)
     res["machine"] = f"{os.cpu_count()} CPU cores, no GPU"
     docs.mkdir(parents=True, exist_ok=True)
     (docs / "results.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
