@@ -119,7 +119,10 @@ def headline_metrics(results: Mapping[str, Any]) -> tuple[str, str]:
 
 def render_plots(results: Mapping[str, Any], out_dir: Path) -> list[str]:
     """Bar charts (one panel per headline metric, CI error bars) and a quality-vs-diversity
-    scatter, drawn with matplotlib's Agg backend (no display needed). Returns relative paths."""
+    scatter, drawn with matplotlib's Agg backend (no display needed). Returns relative paths.
+
+    Both are drawn for a report page ~900 px wide: the bars are horizontal, four panels a
+    row, the run names once per row (shared y axis), so no text needs shrinking."""
     plt = pyplot()
     runs = results["runs"]
     names = list(runs)
@@ -139,8 +142,14 @@ def render_plots(results: Mapping[str, Any], out_dir: Path) -> list[str]:
     ]
     panel = list(dict.fromkeys(panel))
     paths = []
-    fig, axes = plt.subplots(1, len(panel), figsize=(3.2 * len(panel), 3.6), squeeze=False)
-    for ax, m in zip(axes[0], panel, strict=True):
+    ncols = min(4, len(panel))
+    nrows = -(-len(panel) // ncols)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(9.0, 0.6 + nrows * (0.9 + 0.24 * len(names))), sharey=True,
+        squeeze=False, constrained_layout=True,
+    )  # fmt: skip
+    ys = list(range(len(names)))
+    for ax, m in zip(axes.flat, panel, strict=False):
         means = [runs[n]["mean"].get(m, float("nan")) for n in names]
         err = [[0.0] * len(names), [0.0] * len(names)]
         for i, n in enumerate(names):
@@ -148,22 +157,20 @@ def render_plots(results: Mapping[str, Any], out_dir: Path) -> list[str]:
             if c:
                 err[0][i] = max(means[i] - c[0], 0.0)
                 err[1][i] = max(c[1] - means[i], 0.0)
-        ax.bar(
-            range(len(names)),
-            means,
-            yerr=err,
-            capsize=3,
-            color=[f"C{i}" for i in range(len(names))],
-        )
-        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
+        ax.barh(ys, means, xerr=err, capsize=2, color=[f"C{i}" for i in range(len(names))])
+        ax.set_yticks(ys, names, fontsize=8.5)
+        ax.tick_params(axis="x", labelsize=8)
         ax.set_title(m + (" (lower = diverse)" if m in LOWER_IS_MORE_DIVERSE else ""), fontsize=9)
         if m in UNIT_INTERVAL:
-            ax.set_ylim(0.0, 1.05)
-    fig.tight_layout()
-    save_figure(fig, out_dir / "metrics_bars.png", flag="--out", dpi=120)
+            ax.set_xlim(0.0, 1.05)
+    axes.flat[0].invert_yaxis()  # shared by every panel: the first run on top
+    for ax in list(axes.flat)[len(panel) :]:
+        ax.axis("off")
+    save_figure(fig, out_dir / "metrics_bars.png", flag="--out", dpi=110)
     paths.append("metrics_bars.png")
 
-    fig, ax = plt.subplots(figsize=(5, 4))
+    fig, ax = plt.subplots(figsize=(6.4, 4.6), constrained_layout=True)
+    at: dict[tuple[float, float], list[str]] = {}
     for i, n in enumerate(names):
         r = runs[n]
         if quality not in r["mean"] or div not in r["mean"]:
@@ -179,13 +186,15 @@ def render_plots(results: Mapping[str, Any], out_dir: Path) -> list[str]:
             color=f"C{i}",
             capsize=3,
         )
-        ax.annotate(n, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        at.setdefault((round(x, 4), round(y, 4)), []).append(n)
+    for (x, y), same in at.items():  # runs on one point share one label, not a pile of them
+        ax.annotate(", ".join(same), (x, y), textcoords="offset points", xytext=(5, 5),
+                    fontsize=8)  # fmt: skip
     if quality in UNIT_INTERVAL:
-        ax.set_ylim(-0.03, 1.03)
+        ax.set_ylim(-0.03, 1.08)
     ax.set_xlabel(f"{div} (diversity)")
     ax.set_ylabel(f"{quality} (quality)")
-    ax.set_title("quality vs diversity (95% CI over prompts)", fontsize=9)
-    fig.tight_layout()
-    save_figure(fig, out_dir / "quality_vs_diversity.png", flag="--out", dpi=120)
+    ax.set_title("quality vs diversity (95% CI over prompts)", fontsize=10)
+    save_figure(fig, out_dir / "quality_vs_diversity.png", flag="--out", dpi=110)
     paths.append("quality_vs_diversity.png")
     return paths
