@@ -16,8 +16,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         args.out, quick=args.quick, force=args.force, progress=not args.quiet,
         **placement_kwargs(args, models=toy_paths()),  # a device map is checked on the toy pair
     )  # fmt: skip
-    sel = res["sweep"].get("selected")
-    print(f"\nselected interval: {sel['interval'] if sel else 'none'}")
+    from layergraft.study.selection import console_lines
+
+    print()
+    for line in console_lines(res["selection"], args.out):
+        print(line)
     print(f"report: {args.out}/report.html (and report.md, results.json)")
     return 0
 
@@ -27,10 +30,11 @@ def register(sub: Any) -> None:
         sub,
         "demo",
         _cmd_demo,
-        "run everything on the bundled toy pair and write a report (about two minutes on 2 CPU cores)",
-        "Inspect the toy base/post pair, sweep every restored interval on the CRC proxy, select and "
-        "restore one, compare base/post/SLR/soup generations, prune the base with every recovery method, and "
-        "write report.md, report.html and results.json.",
+        "the main job (layergraft slr) on the bundled toy pair, plus pruning, with a report",
+        "Run layergraft slr on the toy base/post pair (CRC of both, the sweep with validation, the "
+        "written hybrid, generations compared on three tasks), prune the base with every recovery "
+        "method, and write report.md, report.html and results.json. Running it again reuses "
+        "finished steps; --force starts over.",
     )
     d.add_argument(
         "--out", default="demo-out", metavar="DIR", help="output directory (default demo-out)"
@@ -38,6 +42,6 @@ def register(sub: Any) -> None:
     d.add_argument(
         "--quick", action="store_true", help="fewer prompts and samples (the test suite's run)"
     )
-    d.add_argument("--force", action="store_true", help="replace DIR if it exists")
+    d.add_argument("--force", action="store_true", help="start over: empty DIR first")
     add_quiet_arg(d)
     add_placement_args(d)
