@@ -92,8 +92,16 @@ def _cmd_slr(args: argparse.Namespace) -> int:
         from layergraft.slr.sweep.distributed import RayExecutor
 
         executor, gen_executor = RayExecutor(**ray), RayGenerator(**ray)
+    also = {}
+    for spec in args.also:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise LayergraftError(f"--also {spec!r}: give NAME=DIR, e.g. --also sft=work/post-sft")
+        if name in also:
+            raise LayergraftError(f"--also {spec!r}: the name {name!r} is given twice")
+        also[name] = path
     res = slr(
-        args.base, args.post, args.out, settings=settings, tokenizer=args.tokenizer,
+        args.base, args.post, args.out, settings=settings, tokenizer=args.tokenizer, also=also,
         force=args.force, progress=not args.quiet, executor=executor, gen_executor=gen_executor,
         say=(lambda s: None) if args.quiet else print, **placement,
     )  # fmt: skip
@@ -131,6 +139,11 @@ def register(sub: Any) -> None:
     s.add_argument("--dry-run", action="store_true",
                    help="print the plan of every step (units, forwards, estimated time and memory) and stop")  # fmt: skip
     s.add_argument("--force", action="store_true", help="start the job over (empties DIR first)")
+    s.add_argument(
+        "--also", action="append", default=[], metavar="NAME=DIR",
+        help="another model measured on CRC and compared beside base and post, e.g. an SFT-only "
+        "stage (repeatable)",
+    )  # fmt: skip
     g = s.add_argument_group("generation compared on the tasks")
     g.add_argument(
         "--tasks",

@@ -24,8 +24,10 @@ from layergraft.slr.sweep.selection import label as label_of
 #: the compare run label of each role (the report and the tests read them from the results)
 ROLE_LABELS = {
     "post": "post", "base": "base", "paper": "paper_pick", "format": "format_pick",
-    "written": "hybrid", "soup": "soup",
+    "written": "hybrid", "soup": "soup", "paper_best": "paper_best",
 }  # fmt: skip
+#: the hybrids compared by default (``format`` is added when nothing was written)
+ROLES = ("written", "paper", "soup")
 
 _KEEP = ("start", "end", "alpha", "parts", "family", "V", "H", "H_norm", "V_end")
 
@@ -146,19 +148,30 @@ def selection(sweep: dict[str, Any]) -> dict[str, Any]:
     return {"picks": p, "written": wrote, "caveats": caveats(sweep, wrote)}
 
 
-def compared_roles(sel: dict[str, Any], soup: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
-    """The hybrids put to the tasks, by role, each once: the paper rule's pick, the written
-    hybrid (or, when none was written, the format rule's pick) and the best whole-model soup.
-    A role whose hybrid another role already holds gets ``same_as`` instead of a run."""
+def compared_roles(
+    sel: dict[str, Any], sweep: dict[str, Any], roles: tuple[str, ...] = ROLES
+) -> dict[str, dict[str, Any]]:
+    """The hybrids put to the tasks, by role, each once: by default the written hybrid (or,
+    when none was written, the format rule's pick), the paper rule's pick and the best
+    whole-model soup; ``roles`` may add ``format`` and ``paper_best`` (the paper rule over
+    every family). A role whose hybrid another role already holds gets ``same_as``."""
+    want = list(roles) + (["format"] if sel["written"] is None and "format" not in roles else [])
+    soup = (sweep.get("soup") or {}).get("selected")
     rows: dict[str, dict[str, Any] | None] = {
         "written": sel["written"],
         "paper": sel["picks"]["paper"],
+        "format": sel["picks"]["format"],
+        "paper_best": _pick(
+            (sweep.get("best") or {}).get("paper"), "the paper rule over every family"
+        ),
+        "soup": _pick(soup, "the active rule over whole-model soups") if soup else None,
     }
-    if sel["written"] is None:
-        rows["format"] = sel["picks"]["format"]
-    rows["soup"] = _pick(soup, "the active rule over whole-model soups") if soup else None
+    bad = [r for r in want if r not in rows]
+    if bad:
+        raise ValueError(f"unknown role {bad[0]!r}; roles are {', '.join(rows)}")
     out: dict[str, dict[str, Any]] = {}
-    for role, row in rows.items():
+    for role in [r for r in rows if r in want]:
+        row = rows[role]
         if row is None:
             continue
         same = next((r for r, v in out.items() if v["label"] == row["label"]), None)

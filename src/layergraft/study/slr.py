@@ -34,9 +34,9 @@ from typing import Any
 
 from layergraft.checkpoint.atomic import write_json_atomic
 from layergraft.checkpoint.outputs import check_output
-from layergraft.errors import OutputError
+from layergraft.errors import InputError, OutputError
 from layergraft.study.job import Job, Step, empty
-from layergraft.study.selection import ROLE_LABELS, compared_roles, selection
+from layergraft.study.selection import ROLE_LABELS, ROLES, compared_roles, selection
 from layergraft.study.settings import DEFAULT, QUICK, StudySettings
 
 PathLike = str | os.PathLike[str]
@@ -98,7 +98,11 @@ class SlrStudy:
         executor: Any = None,
         gen_executor: Any = None,
         say: Callable[[str], None] = print,
+        also: dict[str, PathLike] | None = None,
+        roles: tuple[str, ...] = ROLES,
     ) -> None:
+        self.also = {k: _spec(v) for k, v in (also or {}).items()}
+        self.roles = roles
         self.base, self.post, self.root, self.cfg = _spec(base), _spec(post), root, settings
         self.tokenizer = _spec(tokenizer) if tokenizer is not None else None
         self.placement = placement or {"device": None, "dtype": "auto", "device_map": None}
@@ -128,17 +132,19 @@ class SlrStudy:
     def crc(self, prompts: str) -> dict[str, Any]:
         """CRC of base (in the post model's chat format) and post: is the post model collapsed,
         and does it answer in format? Cheap, and said before the long sweep."""
+        from layergraft.gen.records import weights_digest
         from layergraft.slr.proxy.crc import crc
 
         def run(folder: Path) -> dict[str, Any]:
             out = {}
-            for name, path in (("post", self.post), ("base", self.base)):
+            for name, path in (("post", self.post), ("base", self.base), *self.also.items()):
                 res = crc(path, self.tokenizer or self.post, prompts=prompts, **self.placement)
                 out[name] = {**res["mean"], "v_end": res["v_end"]}
             write_json_atomic(folder / "results.json", out)
             return out
 
-        return self.job.run(Step("crc", self.crc_settings(prompts), dict(self.digests), run))
+        inputs = {**self.digests, **{k: weights_digest(v) for k, v in self.also.items()}}
+        return self.job.run(Step("crc", self.crc_settings(prompts), inputs, run))
 
     def crc_settings(self, prompts: str) -> dict[str, Any]:
         return {"prompts": prompts, "tokenizer": self.tokenizer, "v_end": "strict",
@@ -313,9 +319,9 @@ class SlrStudy:
         self.say(_crc_line(crc_res))
         sw = self.sweep(prompts)
         sel = selection(sw)
-        roles = compared_roles(sel, (sw.get("soup") or {}).get("selected"))
+        roles = compared_roles(sel, sw, self.roles)
         restored = self.hybrids(roles)
-        models = {"post": self.post, "base": self.base}
+        models = {"post": self.post, "base": self.base, **self.also}
         for role, r in roles.items():
             if "run" in r:
                 models[r["run"]] = str(self.root / restored["picks"][role]["dir"])
@@ -324,7 +330,12 @@ class SlrStudy:
         results: dict[str, Any] = {
             "job": job,
             "quick": c == QUICK,
-            "models": {"base": self.base, "post": self.post, "tokenizer": self.tokenizer},
+            "models": {
+                "base": self.base,
+                "post": self.post,
+                "tokenizer": self.tokenizer,
+                "also": self.also,
+            },
             "settings": c.as_json(),
             "inspect": inspect,
             "crc": crc_res,
@@ -343,6 +354,24 @@ class SlrStudy:
         write_json_atomic(self.root / "results.json", results)
         write_json_atomic(self.root / "job.log.json", self.job.log)
         return results
+
+
+def check_also(also: dict[str, PathLike]) -> dict[str, PathLike]:
+    """More models to compare, refused before any work when a name is taken (base, post, a
+    compared hybrid's label) or malformed, or a model does not open."""
+    import re
+
+    from layergraft.models.load import open_loadable
+
+    taken = {"base", "post", *ROLE_LABELS.values()}
+    for name, path in also.items():
+        if name in taken or not re.fullmatch(r"[\w.-]+", name):
+            raise InputError(
+                f"--also {name}={path}: the name {name!r} is taken or malformed; use letters, "
+                f"digits, '-', '_' and '.', and none of {', '.join(sorted(taken))}"
+            )
+        open_loadable(path)
+    return also
 
 
 def _spec(model: PathLike) -> str:
@@ -397,6 +426,8 @@ def slr(
     executor: Any = None,
     gen_executor: Any = None,
     say: Callable[[str], None] = print,
+    also: dict[str, PathLike] | None = None,
+    roles: tuple[str, ...] = ROLES,
     **changes: Any,
 ) -> dict[str, Any]:
     """Run (or continue) the SLR study of ``base``/``post`` in ``out`` (module doc).
@@ -405,7 +436,9 @@ def slr(
     :data:`~layergraft.study.settings.DEFAULT`, or ``QUICK`` with ``quick``); ``changes``
     override single fields (``n=16``, ``tasks=("qa",)``). Returns the results dict, also
     written to ``out/results.json`` beside ``report.html``; the written hybrid is
-    ``out/hybrid`` (see ``results["selection"]["written"]``).
+    ``out/hybrid`` (see ``results["selection"]["written"]``). ``also``: more models, by
+    name, measured on CRC and compared beside base and post (e.g. an SFT-only stage);
+    ``roles``: which hybrids are compared (:func:`~layergraft.study.selection.compared_roles`).
     """
     from layergraft.models.load import open_loadable
     from layergraft.models.placement import check_placement
@@ -415,12 +448,13 @@ def slr(
     # everything that needs only the arguments, the paths and the configs, before any work
     base_ck, post_ck = open_loadable(base), open_loadable(post)
     check_compatible(base_ck, post_ck)
+    also = check_also(also or {})
     check_placement(device, dtype, device_map, models=[base_ck, post_ck])
-    root = open_job_dir(out, [base_ck, post_ck, tokenizer], force)
+    root = open_job_dir(out, [base_ck, post_ck, tokenizer, *also.values()], force)
     root.mkdir(exist_ok=True)
     study = SlrStudy(
         base, post, root, cfg, tokenizer=tokenizer, progress=progress, executor=executor,
-        gen_executor=gen_executor, say=say,
+        gen_executor=gen_executor, say=say, also=also, roles=roles,
         placement={"device": device, "dtype": dtype, "device_map": device_map},
     )  # fmt: skip
     return study.run()
