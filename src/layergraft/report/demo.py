@@ -141,30 +141,50 @@ def _parts_blocks(sw: dict[str, Any]) -> list[Block]:
     return blocks
 
 
+#: the widest table the page takes (~900 px of text): wider ones are split or transposed
+MAX_COLUMNS = 8
+
+
+def runs_tables(cr: dict[str, Any], max_runs: int = MAX_COLUMNS - 1) -> list[Block]:
+    """A task's comparison as tables with the runs as columns and the metrics as rows (quality
+    first, then diversity: :func:`table_metrics`), at most ``max_runs`` runs a table, so that
+    no table is wider than the page (13 metric columns did not fit)."""
+    metrics = table_metrics(cr)
+    names = list(cr["runs"])
+    per = -(-len(names) // -(-len(names) // max_runs)) if names else 1  # balanced tables
+    out: list[Block] = []
+    for i in range(0, len(names), per):
+        chunk = names[i : i + per]
+        rows = [["decoding"] + [_decoding(cr["runs"][n]) for n in chunk]]
+        for m in metrics:
+            cells = []
+            for n in chunk:
+                r = cr["runs"][n]
+                cells.append(fmt_ci(r["mean"][m], r["ci95"].get(m)) if m in r["mean"] else "–")
+            rows.append([m, *cells])
+        out.append(("table", ["metric", *chunk], rows))
+    return out
+
+
+def _decoding(run: dict[str, Any]) -> str:
+    st = run.get("settings") or {}
+    return f"T={st.get('temperature')}, min-p={st.get('min_p')}"
+
+
 def _compare_blocks(res: dict[str, Any]) -> list[Block]:
     blocks: list[Block] = [("h2", "4. Generation: diversity and quality on tasks")]
     for task, cr in (res.get("compare") or {}).items():
-        metrics = table_metrics(cr)
-        rows = []
-        for name, r in cr["runs"].items():
-            st = r.get("settings") or {}
-            rows.append(
-                [f"{name} (T={st.get('temperature')}, min-p={st.get('min_p')})"]
-                + [
-                    fmt_ci(r["mean"][m], r["ci95"].get(m)) if m in r["mean"] else "–"
-                    for m in metrics
-                ]
-            )
         blocks.append(("h3", f"task: {task}"))
         blocks.append(
             (
                 "p",
                 f"{len(cr['prompt_ids'])} prompts × {cr['n']} samples per model, chat template of the post model; "
-                "means over prompts with 95% bootstrap intervals. Higher distinct-n / embedding diversity / Vendi "
-                "and lower self-BLEU mean more diverse; the quality columns say whether the answers are still valid.",
+                "means over prompts with 95% bootstrap intervals, one column per model. Higher distinct-n / "
+                "embedding diversity / Vendi and lower self-BLEU mean more diverse; the quality rows (first) say "
+                "whether the answers are still valid.",
             )
         )
-        blocks.append(("table", ["run", *metrics], rows))
+        blocks += runs_tables(cr)
         notes = [f"{name}: {c}" for name, r in cr["runs"].items() for c in r.get("caveats", [])]
         if notes:
             blocks.append(("p", "Read with care — " + "; ".join(notes) + "."))
@@ -249,6 +269,10 @@ def build_blocks(res: dict[str, Any]) -> list[Block]:
     return blocks
 
 
+def _md_cell(x: Any) -> str:
+    return str(x).replace("|", "\\|").replace("\n", " ")
+
+
 def to_markdown(blocks: list[Block]) -> str:
     out: list[str] = []
     for b in blocks:
@@ -257,10 +281,12 @@ def to_markdown(blocks: list[Block]) -> str:
             out += ["#" * int(kind[1]) + " " + b[1], ""]
         elif kind == "p":
             out += [b[1], ""]
+        elif kind == "ul":
+            out += [f"- {item}" for item in b[1]] + [""]
         elif kind == "table":
-            out.append("| " + " | ".join(map(str, b[1])) + " |")
+            out.append("| " + " | ".join(map(_md_cell, b[1])) + " |")
             out.append("|" + "---|" * len(b[1]))
-            out += ["| " + " | ".join(map(str, row)) + " |" for row in b[2]]
+            out += ["| " + " | ".join(map(_md_cell, row)) + " |" for row in b[2]]
             out.append("")
         elif kind == "img":
             out += [f"![{b[2]}]({b[1]})", ""]
@@ -269,36 +295,99 @@ def to_markdown(blocks: list[Block]) -> str:
 
 def _inline_md(text: str) -> str:
     """Escape, then the two inline forms the report uses: **bold** and `code`."""
-    s = html.escape(text)
+    s = html.escape(str(text))
     s = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", s)
     return re.sub(r"`(.+?)`", r"<code>\1</code>", s)
 
 
+_NUMBER = re.compile(r"^[-+]?[\d.,]+(e[-+]?\d+)?(%|×)?$")
+_WITH_CI = re.compile(r"^([-\d.,]+) (\[[-\d.,]+, [-\d.,]+\])$")
+NUM = " class='num'"
+_DASH = frozenset({"–", "-", ""})
+
+
+def _is_number(x: Any) -> bool:
+    t = str(x)
+    return bool(_NUMBER.match(t) or _WITH_CI.match(t))
+
+
+def _numeric(cells: list[Any]) -> bool:
+    """Mostly numbers (blanks not counted): the column's header and blanks align right."""
+    texts = [c for c in cells if str(c) not in _DASH]
+    return bool(texts) and 2 * sum(map(_is_number, texts)) > len(texts)
+
+
+def _words(s: str, *, keep_hyphens: bool = True) -> str:
+    """HTML text that may break after an underscore (finished_<wbr>rate) and, with
+    ``keep_hyphens``, never at a hyphen inside a word (min-p)."""
+    if keep_hyphens:
+        s = re.sub(r"(?<=\w)-(?=\w)", "\u2011", s)
+    return re.sub(r"_(?=\w)", "_<wbr>", s)
+
+
+def _html_cell(x: Any, num_column: bool) -> str:
+    """A table cell: numbers right-aligned in tabular figures, a mean's 95% interval on a
+    second, smaller line, inline Markdown (`code`, **bold**) rendered, long words breakable."""
+    text = str(x)
+    ci = _WITH_CI.match(text)
+    if ci:
+        return f"<td{NUM}>{ci[1]}<br><span class='ci'>{ci[2]}</span></td>"
+    if _NUMBER.match(text) or (num_column and text in _DASH):
+        return f"<td{NUM}>{html.escape(text)}</td>"
+    return f"<td>{_words(_inline_md(text))}</td>"
+
+
+def _html_table(head: list[Any], rows: list[list[Any]]) -> str:
+    cols = [i > 0 and _numeric([r[i] for r in rows]) for i in range(len(head))]
+    heads = [
+        f"<th{NUM if n else ''}>{_words(html.escape(str(h)), keep_hyphens=False)}</th>"
+        for h, n in zip(head, cols, strict=True)
+    ]
+    lines = ["<div class='table'><table>", "<tr>" + "".join(heads) + "</tr>"]
+    lines += [
+        "<tr>" + "".join(_html_cell(c, n) for c, n in zip(row, cols, strict=True)) + "</tr>"
+        for row in rows
+    ]
+    lines.append("</table></div>")
+    return "\n".join(lines)
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;font-size:16px;color:#222;
+  max-width:960px;margin:2em auto;padding:0 1.2em;line-height:1.5}
+h1{font-size:1.8em}h2{font-size:1.4em;margin-top:1.8em;border-bottom:1px solid #ddd}h3{font-size:1.15em}
+.table{max-width:100%;overflow-x:auto;margin:1em 0}
+table{border-collapse:collapse;table-layout:auto;max-width:100%;font-size:14px}
+td,th{border:1px solid #ccc;padding:4px 7px;text-align:left;vertical-align:top;overflow-wrap:break-word}
+th{background:#f6f6f6;font-weight:600}
+td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
+td.num{overflow-wrap:normal;white-space:nowrap}
+.ci{color:#666;font-size:12px}
+figure{margin:1.2em 0}img{max-width:100%;height:auto;border:1px solid #eee}
+figcaption{color:#555;font-size:90%}
+code{background:#f2f2f2;padding:0 3px;border-radius:3px;font-size:90%;overflow-wrap:normal;white-space:nowrap}
+li{margin:.25em 0}
+"""
+
+
 def to_html(blocks: list[Block], root: Path) -> str:
+    title = next((b[1] for b in blocks if b[0] == "h1"), "layergraft report")
     parts = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>layergraft demo report</title>",
-        "<style>body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;line-height:1.45}"
-        ".scroll{overflow-x:auto}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
-        "td:first-child,th:first-child{text-align:left}img{max-width:100%;border:1px solid #eee}"
-        "figcaption{color:#555;font-size:90%}code{background:#f4f4f4;padding:0 3px}</style></head><body>",
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        f"<title>{html.escape(title)}</title>",
+        f"<style>{_CSS}</style></head><body>",
     ]
     for b in blocks:
         kind = b[0]
         if kind in ("h1", "h2", "h3"):
-            parts.append(f"<{kind}>{html.escape(b[1])}</{kind}>")
+            parts.append(f"<{kind}>{_inline_md(b[1])}</{kind}>")
         elif kind == "p":
             parts.append(f"<p>{_inline_md(b[1])}</p>")
+        elif kind == "ul":
+            parts.append("<ul>" + "".join(f"<li>{_inline_md(i)}</li>" for i in b[1]) + "</ul>")
         elif kind == "table":
-            parts.append(
-                "<div class='scroll'><table><tr>"
-                + "".join(f"<th>{html.escape(str(h))}</th>" for h in b[1])
-                + "</tr>"
-            )
-            parts += [
-                "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>"
-                for row in b[2]
-            ]
-            parts.append("</table></div>")
+            parts.append(_html_table(b[1], b[2]))
         elif kind == "img":
             data = base64.b64encode((root / b[1]).read_bytes()).decode()
             parts.append(
