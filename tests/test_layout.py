@@ -34,6 +34,7 @@ LAYERS: list[set[str]] = [
     {"gen"},  # below slr/prune: a sweep validates candidates, and prune checks chat, by generating
     {"slr", "prune"},
     {"toy"},
+    {"study"},  # the main job: steps over slr/, gen/ and report/
     {"demo"},
     {"api"},
     {"cli"},

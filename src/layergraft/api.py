@@ -11,6 +11,7 @@ SLR (``slr/``)      :func:`restore`, :func:`soup`, :func:`crc`, :func:`sweep`,
 pruning             :func:`scores`, :func:`prune`, :func:`compare_recovery`
 generation          :func:`generate`, :func:`diversity`, :func:`compare`, :class:`SamplingSettings`
 evaluation          :func:`ppl`, :func:`lm_eval`
+the main job        :func:`slr` (the whole SLR study of a pair, resumable), :class:`StudySettings`
 toy pair, demo      :func:`toy_paths`, :func:`build_toy_pair`, :func:`run_demo`
 ==================  ==============================================================
 
@@ -40,11 +41,14 @@ from layergraft.slr.hybrid.soup import soup, souped
 from layergraft.slr.hybrid.swap import swapped_layers
 from layergraft.slr.proxy.crc import crc
 from layergraft.slr.sweep.run import sweep, sweep_ppl
+from layergraft.study.settings import StudySettings
+from layergraft.study.slr import slr
 from layergraft.toy import build_pair as build_toy_pair
 from layergraft.toy import toy_paths
 
 __all__ = [
     "SamplingSettings",
+    "StudySettings",
     "build_toy_pair",
     "compare",
     "compare_recovery",
@@ -62,6 +66,7 @@ __all__ = [
     "restore",
     "run_demo",
     "scores",
+    "slr",
     "souped",
     "soup",
     "swapped_layers",

@@ -15,9 +15,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from layergraft.models.placement import check_placement
+from layergraft.prune.compare import compare_recovery
+from layergraft.study.inputs import open_job_dir
 from layergraft.study.job import Step
 from layergraft.study.settings import DEMO, QUICK
-from layergraft.study.slr import SlrStudy, open_job_dir
+from layergraft.study.slr import SlrStudy
 from layergraft.toy import toy_paths
 
 PathLike = str | os.PathLike[str]
@@ -41,7 +44,6 @@ class PruneDemo:
 
 def _pruning(cfg: PruneDemo, progress: bool, placement: dict[str, Any]) -> Any:
     """The pruning step: every recovery method on the toy base, per number of layers removed."""
-    from layergraft.prune.compare import compare_recovery
 
     def extra(study: SlrStudy) -> dict[str, Any]:
         def run(folder: Path) -> dict[str, Any]:
@@ -77,7 +79,6 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run (or continue) the demo job in ``out``: results.json, report.md, report.html,
     plots, the written hybrid (``out/hybrid``) and the generations."""
-    from layergraft.models.placement import check_placement
 
     base, post = toy_paths()
     check_placement(device, dtype, device_map, models=[base, post])

@@ -45,6 +45,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from layergraft.slr.sweep.distributed import RayExecutor
     from layergraft.slr.sweep.plan import format_plan
     from layergraft.slr.sweep.run import chosen_hybrid, make_config, sweep
+    from layergraft.study.selection import picks
 
     if args.base is None or args.post is None:
         raise LayergraftError("--base and --post are required")
@@ -97,20 +98,19 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         for caveat in res.get("caveats") or []:  # read even with --quiet: the pick may mislead
             print(f"warning: {caveat}", file=sys.stderr)
         print(sweep_table(res))
-        for name, sel in (res.get("selections") or {}).items():
-            mark = " (active)" if name == res["rule"]["name"] else ""
-            print(
-                f"rule {name}{mark}: {res['rules'][name]['text']} -> selected interval {sel['interval'] or 'none'}"
-            )
+        p = picks(res)
+        lines = [("paper rule's pick", p["paper"]), ("format rule's pick", p["format"])]
+        if res.get("validation"):
+            lines.append(("validated pick", p["validated"]))
+        active = res["rule"]["name"]
+        for name, pick in lines:
+            mark = " (the active rule)" if name.startswith(active) else ""
+            what = f"{pick['label']} ({pick['what']})" if pick else "none"
+            print(f"{name + ':':<20} {what}{mark}")
         for part, sub in (res.get("by_part") or {}).items():
             best = sub.get("selected")
-            print(f"  restoring {part}: selected {best['interval'] if best else 'none'}"
+            print(f"  restoring {part} only: {best['interval'] if best else 'none'}"
                   + (f" (V {best['V']:.3f}, H_norm {best['H_norm']:.3f})" if best else ""))  # fmt: skip
-        best = (res.get("best") or {}).get(res["rule"]["name"])
-        if best:
-            print(
-                f"most diverse over every family swept ({res['rule']['name']} rule): {best['label']} ({best['family']})"
-            )
         if res.get("validation"):
             print(res["validation"]["verdict"])
     if args.out:
@@ -119,8 +119,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         if not res.get("restored_to"):
             return 1  # the warning said why; the sweep's results are written
         chosen, _ = chosen_hybrid(res)
+        which = "validated pick" if res.get("validation") else f"{res['rule']['name']} rule's pick"
         print(
-            f"wrote the chosen hybrid ({chosen.get('label', chosen.get('interval'))}) to {res['restored_to']}"
+            f"written hybrid: {chosen.get('label', chosen.get('interval'))} ({which}) -> {res['restored_to']}"
         )
     return 0
 

@@ -41,7 +41,7 @@ def baseline_runs(name: str, settings: SamplingSettings) -> list[tuple[str, Samp
     ]
 
 
-def _safe_name(name: str) -> str:
+def safe_name(name: str) -> str:
     """A label as a file name: ':' (layer ranges, 'slr0:3') becomes '_'."""
     return "".join(ch if ch.isalnum() or ch in "-_.@" else "_" for ch in name)
 
@@ -118,7 +118,7 @@ def compare(
             raise InputError(
                 f"model label {label!r}: use letters, digits and '-', '_', '.', ':' only"
             )
-    if len({_safe_name(m) for m in models}) != len(models):
+    if len({safe_name(m) for m in models}) != len(models):
         raise InputError("two model labels map to the same file name; make them differ in letters")
     if baselines and baseline_model not in models:
         raise InputError(
@@ -156,7 +156,7 @@ def compare(
 
     if subset == "greedy-failed":
         label = baseline_model if baseline_model in models else next(iter(models))
-        greedy_path = gens_dir / f"{_safe_name(label)}@greedy.jsonl"
+        greedy_path = gens_dir / f"{safe_name(label)}@greedy.jsonl"
         greedy = SamplingSettings(
             temperature=0.0, min_p=0.0, max_new_tokens=settings.max_new_tokens
         )
@@ -188,8 +188,8 @@ def compare(
     }
     if executor is not None:  # the runs not yet complete, generated on workers at once
         todo = [
-            (r, gens_dir / f"{_safe_name(r)}.jsonl", label, s) for r, label, s in runs
-            if not _complete(gens_dir / f"{_safe_name(r)}.jsonl", prompts, n, s,
+            (r, gens_dir / f"{safe_name(r)}.jsonl", label, s) for r, label, s in runs
+            if not _complete(gens_dir / f"{safe_name(r)}.jsonl", prompts, n, s,
                              cache.record_name(label), cache.weights(label))
         ]  # fmt: skip
         executor.generate(
@@ -197,7 +197,7 @@ def compare(
             backend=backend, progress=progress,
         )  # fmt: skip
     for run_name, label, s in runs:
-        path = gens_dir / f"{_safe_name(run_name)}.jsonl"
+        path = gens_dir / f"{safe_name(run_name)}.jsonl"
         model_name, weights = cache.record_name(label), cache.weights(label)
         if _complete(path, prompts, n, s, model_name, weights):  # reuse: no model needed
             wanted = {(p.id, i) for p in prompts for i in range(n)}

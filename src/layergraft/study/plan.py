@@ -17,8 +17,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+from layergraft.gen.records import weights_digest
+from layergraft.gen.tasks import load_task
+from layergraft.models.load import load_model, load_tokenizer, open_loadable
+from layergraft.models.placement import check_placement
+from layergraft.slr.hybrid.pair import check_compatible
+from layergraft.slr.proxy.crc_prompts import load_crc_prompts
+from layergraft.slr.sweep.run import sweep
+from layergraft.slr.sweep.validate import VALIDATION_SET, VALIDATION_TOKENS
+from layergraft.study.inputs import open_job_dir, prompt_subset
 from layergraft.study.job import Job, Step
 from layergraft.study.settings import StudySettings
+from layergraft.study.slr import SlrStudy
 
 PathLike = str | os.PathLike[str]
 _GIB = 1024**3
@@ -32,8 +42,6 @@ def time_decode(
     """Seconds of one decode step for a batch of :data:`GEN_BATCH` rows (median of a short
     sampled generation, after a warm-up), and the model's bytes and KV-cache bytes per token."""
     import torch
-
-    from layergraft.models.load import load_model, load_tokenizer
 
     model = load_model(post, **placement)
     tok = load_tokenizer(tokenizer or post)
@@ -85,13 +93,6 @@ def plan_slr(
     device_map: Any = None,
 ) -> dict[str, Any]:
     """The plan of every step as data (:func:`format_job_plan` prints it). Nothing is written."""
-    from layergraft.gen.records import weights_digest
-    from layergraft.gen.tasks import load_task
-    from layergraft.models.placement import check_placement
-    from layergraft.slr.proxy.crc_prompts import load_crc_prompts
-    from layergraft.slr.sweep.run import sweep
-    from layergraft.slr.sweep.validate import VALIDATION_SET, VALIDATION_TOKENS
-    from layergraft.study.slr import SlrStudy, open_job_dir
 
     placement = {"device": device, "dtype": dtype, "device_map": device_map}
     check_placement(device, dtype, device_map, models=[])
@@ -100,8 +101,6 @@ def plan_slr(
         open_job_dir(out, [base, post, tokenizer], force=False)
     study = SlrStudy(base, post, root, settings, tokenizer=tokenizer, placement=placement,
                      say=lambda s: None)  # fmt: skip
-    from layergraft.models.load import open_loadable
-    from layergraft.slr.hybrid.pair import check_compatible
 
     post_ck = open_loadable(post)
     check_compatible(open_loadable(base), post_ck)
@@ -112,9 +111,8 @@ def plan_slr(
         import tempfile
 
         scratch = Path(tempfile.mkdtemp(prefix="layergraft-plan-"))
-        from layergraft.study.slr import _prompt_subset
 
-        prompts = _prompt_subset(settings.crc_prompts, scratch / "crc_prompts.jsonl")
+        prompts = prompt_subset(settings.crc_prompts, scratch / "crc_prompts.jsonl")
     cfg = study.sweep_config(prompts)
     sw = sweep(base, post, None, config=cfg, tokenizer=tokenizer, dry_run=True, progress=False,
                **placement)["plan"]  # fmt: skip

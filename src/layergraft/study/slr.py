@@ -33,53 +33,32 @@ from pathlib import Path
 from typing import Any
 
 from layergraft.checkpoint.atomic import write_json_atomic
-from layergraft.checkpoint.outputs import check_output
-from layergraft.errors import InputError, OutputError
+from layergraft.checkpoint.describe import inspect_model
+from layergraft.gen.compare import compare, safe_name
+from layergraft.gen.records import weights_digest
+from layergraft.gen.sampling import SamplingSettings
+from layergraft.models.load import load_model, open_loadable
+from layergraft.models.placement import check_placement
+from layergraft.report.demo import write_reports
+from layergraft.slr.hybrid import candidate
+from layergraft.slr.hybrid.pair import check_compatible
+from layergraft.slr.proxy.crc import crc
+from layergraft.slr.sweep.config import SELECTION_FIELDS
+from layergraft.slr.sweep.journal import JOURNAL
+from layergraft.slr.sweep.run import make_config, sweep
+from layergraft.study.inputs import (
+    JOB_FILE,
+    check_also,
+    jsonable,
+    model_spec,
+    open_job_dir,
+    prompt_subset,
+)
 from layergraft.study.job import Job, Step, empty
 from layergraft.study.selection import ROLE_LABELS, ROLES, compared_roles, selection
 from layergraft.study.settings import DEFAULT, QUICK, StudySettings
 
 PathLike = str | os.PathLike[str]
-
-#: marks a directory as a job's, so that a rerun may continue in it and nothing else is touched
-JOB_FILE = "job.json"
-
-
-def _prompt_subset(n: int | None, path: Path) -> str:
-    """All bundled CRC prompts, or an even subset of both categories written to ``path``."""
-    from layergraft.slr.proxy.crc_prompts import load_crc_prompts
-
-    if n is None:
-        return "all"
-    items = load_crc_prompts("all")
-    cats = sorted({p.category for p in items})
-    picked = [p for c in cats for p in [x for x in items if x.category == c][: n // len(cats)]]
-    text = "".join(
-        json.dumps({"id": p.id, "category": p.category, "prompt": p.prompt, "valid": list(p.valid)})
-        + "\n"
-        for p in picked
-    )
-    path.parent.mkdir(exist_ok=True)
-    if not path.is_file() or path.read_text() != text:
-        path.write_text(text)
-    return str(path)
-
-
-def open_job_dir(out: PathLike, inputs: list[Any], force: bool) -> Path:
-    """The job directory, checked before any work: not an input nor inside one, writable,
-    and either new, empty, or a job's (``job.json``). ``force`` empties a job's directory."""
-    target = check_output(out, inputs=inputs, kind="dir", flag="--out", reuse=True)
-    if target.exists():
-        if not target.is_dir():
-            raise OutputError(f"--out {out} is a file; give a directory for the job")
-        if any(target.iterdir()) and not (target / JOB_FILE).is_file():
-            raise OutputError(
-                f"--out {out} exists and is not a layergraft job directory (no {JOB_FILE}); "
-                "choose a new or empty directory"
-            )
-        if force:
-            empty(target)
-    return target
 
 
 class SlrStudy:
@@ -101,10 +80,15 @@ class SlrStudy:
         also: dict[str, PathLike] | None = None,
         roles: tuple[str, ...] = ROLES,
     ) -> None:
-        self.also = {k: _spec(v) for k, v in (also or {}).items()}
+        self.also = {k: model_spec(v) for k, v in (also or {}).items()}
         self.roles = roles
-        self.base, self.post, self.root, self.cfg = _spec(base), _spec(post), root, settings
-        self.tokenizer = _spec(tokenizer) if tokenizer is not None else None
+        self.base, self.post, self.root, self.cfg = (
+            model_spec(base),
+            model_spec(post),
+            root,
+            settings,
+        )
+        self.tokenizer = model_spec(tokenizer) if tokenizer is not None else None
         self.placement = placement or {"device": None, "dtype": "auto", "device_map": None}
         self.progress, self.executor, self.gen_executor = progress, executor, gen_executor
         self.say = say
@@ -115,11 +99,6 @@ class SlrStudy:
     def check(self) -> dict[str, Any]:
         """Both models open and are one architecture; their weights digests (the inputs of
         every later step: a model trained again at its path reruns them)."""
-        from layergraft.checkpoint.describe import inspect_model
-        from layergraft.gen.records import weights_digest
-        from layergraft.models.load import open_loadable
-        from layergraft.slr.hybrid.pair import check_compatible
-
         base_ck, post_ck = open_loadable(self.base), open_loadable(self.post)
         check_compatible(base_ck, post_ck)
         self.digests = {"base": weights_digest(self.base), "post": weights_digest(self.post)}
@@ -132,8 +111,6 @@ class SlrStudy:
     def crc(self, prompts: str) -> dict[str, Any]:
         """CRC of base (in the post model's chat format) and post: is the post model collapsed,
         and does it answer in format? Cheap, and said before the long sweep."""
-        from layergraft.gen.records import weights_digest
-        from layergraft.slr.proxy.crc import crc
 
         def run(folder: Path) -> dict[str, Any]:
             out = {}
@@ -148,10 +125,9 @@ class SlrStudy:
 
     def crc_settings(self, prompts: str) -> dict[str, Any]:
         return {"prompts": prompts, "tokenizer": self.tokenizer, "v_end": "strict",
-                "placement": _jsonable(self.placement)}  # fmt: skip
+                "placement": jsonable(self.placement)}  # fmt: skip
 
     def sweep_config(self, prompts: str) -> Any:
-        from layergraft.slr.sweep.run import make_config
 
         c = self.cfg
         return make_config({
@@ -162,12 +138,10 @@ class SlrStudy:
 
     def sweep_settings(self, cfg: Any) -> dict[str, Any]:
         return {"sweep": cfg.as_json(), "tokenizer": self.tokenizer,
-                "placement": _jsonable(self.placement)}  # fmt: skip
+                "placement": jsonable(self.placement)}  # fmt: skip
 
     def sweep(self, prompts: str) -> dict[str, Any]:
         """The sweep with validation; its rows resume from their journal after a kill."""
-        from layergraft.slr.sweep.journal import JOURNAL
-        from layergraft.slr.sweep.run import sweep
 
         cfg = self.sweep_config(prompts)
         settings = self.sweep_settings(cfg)
@@ -208,7 +182,6 @@ class SlrStudy:
         """Write each hybrid compared (the written one to ``DIR/hybrid``), with the commands a
         user would run, and check the written one: reloaded with plain transformers, its logits
         must equal the in-memory hybrid's the sweep scored."""
-        from layergraft.slr.hybrid import candidate
 
         todo = {role: r for role, r in roles.items() if "run" in r}
 
@@ -245,9 +218,6 @@ class SlrStudy:
     def _reload_diff(self, row: dict[str, Any], path: Path) -> float:
         import torch
 
-        from layergraft.models.load import load_model
-        from layergraft.slr.hybrid import candidate
-
         mp = load_model(self.post, **self.placement)
         mb = load_model(self.base, **self.placement)
         ids = torch.arange(8, 40).reshape(1, -1).to(next(mp.parameters()).device)
@@ -262,14 +232,11 @@ class SlrStudy:
     def compare(self, task: str, models: dict[str, str]) -> dict[str, Any]:
         """Generations of every model on ``task``; each model's file resumes after a kill and
         is kept when only other models changed."""
-        from layergraft.gen.compare import compare
-        from layergraft.gen.records import weights_digest
-        from layergraft.gen.sampling import SamplingSettings
 
         c = self.cfg
         sampling = SamplingSettings(max_new_tokens=c.budgets[task], seed=c.seed)
         settings = {"n": c.n, "limit": c.limit, "sampling": sampling.to_json(),
-                    "tokenizer": self.tokenizer, "placement": _jsonable(self.placement)}  # fmt: skip
+                    "tokenizer": self.tokenizer, "placement": jsonable(self.placement)}  # fmt: skip
         digests = {k: self.digests.get(k) or weights_digest(v) for k, v in models.items()}
         name = f"compare/{task}"
 
@@ -283,7 +250,6 @@ class SlrStudy:
 
         def prepare(folder: Path, old: dict[str, Any] | None) -> None:
             """Keep the generations of models whose weights and sampling did not change."""
-            from layergraft.gen.compare import _safe_name
 
             same = old is not None and old["settings"]["sampling"] == settings["sampling"]
             gens = folder / "gens"
@@ -296,7 +262,7 @@ class SlrStudy:
             old_digests = old.get("inputs", {})
             for label in set(old_digests) | set(digests):
                 if old_digests.get(label) != digests.get(label):
-                    safe = _safe_name(label)
+                    safe = safe_name(label)
                     for f in [*gens.glob(f"{safe}.jsonl"), *gens.glob(f"{safe}@*.jsonl")]:
                         f.unlink()
 
@@ -309,12 +275,11 @@ class SlrStudy:
     ) -> dict[str, Any]:
         """Every step, then results.json and the reports (``extra``: more results, e.g. the
         demo's pruning, computed after the comparison; ``job`` names the job in them)."""
-        from layergraft.report.demo import write_reports
 
         c = self.cfg
         write_json_atomic(self.root / JOB_FILE, {"job": job, "base": self.base, "post": self.post})
         inspect = self.check()
-        prompts = _prompt_subset(c.crc_prompts, self.root / "inputs" / "crc_prompts.jsonl")
+        prompts = prompt_subset(c.crc_prompts, self.root / "inputs" / "crc_prompts.jsonl")
         crc_res = self.crc(prompts)
         self.say(_crc_line(crc_res))
         sw = self.sweep(prompts)
@@ -356,31 +321,6 @@ class SlrStudy:
         return results
 
 
-def check_also(also: dict[str, PathLike]) -> dict[str, PathLike]:
-    """More models to compare, refused before any work when a name is taken (base, post, a
-    compared hybrid's label) or malformed, or a model does not open."""
-    import re
-
-    from layergraft.models.load import open_loadable
-
-    taken = {"base", "post", *ROLE_LABELS.values()}
-    for name, path in also.items():
-        if name in taken or not re.fullmatch(r"[\w.-]+", name):
-            raise InputError(
-                f"--also {name}={path}: the name {name!r} is taken or malformed; use letters, "
-                f"digits, '-', '_' and '.', and none of {', '.join(sorted(taken))}"
-            )
-        open_loadable(path)
-    return also
-
-
-def _spec(model: PathLike) -> str:
-    """A model as the job records it: a local path made absolute (``./post`` and ``post`` are
-    one model), a hub id as given."""
-    p = Path(model)
-    return str(p.absolute()) if p.exists() else str(model)
-
-
 def _crc_line(crc_res: dict[str, Any]) -> str:
     p, b = crc_res["post"], crc_res["base"]
 
@@ -392,7 +332,6 @@ def _crc_line(crc_res: dict[str, Any]) -> str:
 
 
 def _rows_key(settings: dict[str, Any]) -> Any:
-    from layergraft.slr.sweep.config import SELECTION_FIELDS
 
     sw = dict(settings.get("sweep") or {})
     rest = {k: v for k, v in settings.items() if k != "sweep"}
@@ -402,12 +341,6 @@ def _rows_key(settings: dict[str, Any]) -> Any:
 def _row_id(role: dict[str, Any]) -> Any:
     """What identifies a compared hybrid: its label and its run (or the role it repeats)."""
     return {"label": role["label"], "run": role.get("run"), "same_as": role.get("same_as")}
-
-
-def _jsonable(placement: dict[str, Any]) -> dict[str, Any]:
-    return {
-        k: v if isinstance(v, (str, dict, type(None))) else str(v) for k, v in placement.items()
-    }
 
 
 def slr(
@@ -440,9 +373,6 @@ def slr(
     name, measured on CRC and compared beside base and post (e.g. an SFT-only stage);
     ``roles``: which hybrids are compared (:func:`~layergraft.study.selection.compared_roles`).
     """
-    from layergraft.models.load import open_loadable
-    from layergraft.models.placement import check_placement
-    from layergraft.slr.hybrid.pair import check_compatible
 
     cfg = (settings or (QUICK if quick else DEFAULT)).replace(**changes)
     # everything that needs only the arguments, the paths and the configs, before any work

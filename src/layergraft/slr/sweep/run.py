@@ -329,6 +329,12 @@ def _restore_best(
         log.warning("--restore-best: %s; nothing written to %s", why, target)
         return None
     candidate.write(best, inputs["base"], inputs["post"], target, force=force, progress=progress)
+    if results.get("validation") is None:  # say it where the pick is read: results and console
+        results.setdefault("caveats", []).append(
+            f"the hybrid written to {target} is the {results.get('rule', {}).get('name', 'active')} "
+            "rule's pick and was not validated by generation: add --validate K to check that it "
+            "keeps the chat format"
+        )
     return str(target)
 
 
