@@ -20,7 +20,7 @@ def test_cli_reference_is_current():
 
 def test_readme_numbers_are_the_demo_numbers():
     r = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "readme_numbers.py"), "--check"],
+        [sys.executable, str(ROOT / "tools" / "render_results.py"), "--check"],
         capture_output=True,
         text=True,
     )

@@ -7,8 +7,8 @@ This script renders each table from the committed results of a measured run —
 (``benchmarks/residual_selection.py``) for ``prune:`` — and either rewrites the pages or, with
 ``--check``, fails if any table differs, so no published number can drift from a run.
 
-    python tools/readme_numbers.py --from demo-out   # copy a fresh run's results + plots, rewrite README
-    python tools/readme_numbers.py --check           # used by the test suite
+    python tools/render_results.py --from demo-out   # copy a fresh run's results + plots, rewrite README
+    python tools/render_results.py --check           # used by the test suite
 """
 
 from __future__ import annotations
@@ -593,7 +593,7 @@ def main() -> int:
     if args.check and stale:
         print(
             f"tables in {', '.join(map(str, stale))} differ from docs/*/results.json: "
-            "run python tools/readme_numbers.py",
+            "run python tools/render_results.py",
             file=sys.stderr,
         )
         return 1
