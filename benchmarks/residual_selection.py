@@ -15,7 +15,7 @@ the bundled QA prompts (finished_rate, valid_rate).
 
 The results go under ``--key`` into ``--out`` (other keys of that file are kept), saved after
 every row; a row already there is not computed again (``--redo`` recomputes). From that file
-``tools/readme_numbers.py`` renders the README tables.
+``tools/render_results.py`` renders the README tables.
 
     python benchmarks/residual_selection.py --key smollm2 --n 4 8 --calib-tokens 4096 --seqlen 256 \\
         --ppl-tokens 4096 --ppl-seqlen 512 --gen-check 26 --out docs/prune/results.json

@@ -1,7 +1,7 @@
 """The shipped toy pair is a real base/post pair: loadable, sharded, in format, and collapsed.
 
 The numbers the README publishes (``docs/demo/results.json``, rendered into it by
-``tools/readme_numbers.py``) are recomputed here where that takes seconds, and must be equal
+``tools/render_results.py``) are recomputed here where that takes seconds, and must be equal
 to the last bit: CRC validity and entropy of both models, the block angular selection picks and
 the scale repair's α (verified equal at 1 and 2 torch threads). A rebuild of the pair or a change
 of the math changes them: re-run ``make demo`` and refresh the docs rather than loosen this.

@@ -17,7 +17,7 @@ preference-optimised recipe of issue 23, run exactly what a user would run, each
 
 Everything derived from Gemma's weights stays in ``--work`` (git-ignored: Gemma terms of use);
 ``--docs`` receives only numbers and plots: ``results.json`` (the demo's keys, so
-``tools/readme_numbers.py`` renders the README sections from it) and the PNGs.
+``tools/render_results.py`` renders the README sections from it) and the PNGs.
 
     python pipeline.py --name planted --base work/base --post work/post --work work/pipeline \
         --docs ../../docs/gemma3 [--layergraft PATH] [--n 8] [--limit 10] [--no-pruning]
