@@ -25,9 +25,9 @@ from layergraft.checkpoint.reader import Checkpoint, as_checkpoint
 from layergraft.checkpoint.writer import OutTensor
 from layergraft.errors import InputError
 from layergraft.models.offload import offloaded_params, param_value
-from layergraft.ranges import Range, format_ranges, parse_ranges
+from layergraft.ranges import Range, format_ranges
 from layergraft.slr.hybrid.pair import check_compatible
-from layergraft.slr.hybrid.swap import overridden
+from layergraft.slr.hybrid.swap import RangesLike, as_ranges, overridden
 
 PathLike = str | os.PathLike[str]
 
@@ -116,11 +116,12 @@ def souped(
     base_model: Any,
     alpha: float,
     parts: str | Iterable[str] = "all",
-    layers: Iterable[Range] | None = None,
+    layers: RangesLike | None = None,
 ) -> Iterator[Any]:
     """Within the block, every floating parameter of ``post_model`` (of the layers' ``parts``
     only, when given) is the blend with the base model's; the original tensors are put back on
-    exit (exception or not). With ``layers`` (ranges), only those decoder layers are blended —
+    exit (exception or not). With ``layers`` (ranges: ``"4:7"``, a list of those or of
+    ``(start, end)`` pairs, checked like every range), only those decoder layers are blended —
     an interval soup; embeddings, final norm and head stay the post model's, as in SLR.
     Offloaded parameters (accelerate ``device_map``) are blended on demand, one module per
     forward (:func:`~layergraft.slr.hybrid.swap.overridden`)."""
@@ -143,9 +144,10 @@ def souped(
     keep: set[str] | None = None
     if chosen != LAYER_PARTS or layers is not None:
         adapter = adapter_for_model(post_model)
+        ranges = None if layers is None else as_ranges(layers, len(adapter.layers(post_model)))
         which = (
-            sorted({i for s, e in layers for i in range(s, e)})
-            if layers is not None
+            sorted({i for s, e in ranges for i in range(s, e)})
+            if ranges is not None
             else range(adapter.num_layers)
         )
         keep = {n for i in which for n, _ in adapter.layer_parameters(post_model, i, chosen)}
@@ -167,7 +169,7 @@ def soup(
     out: PathLike,
     *,
     parts: str | Iterable[str] = "all",
-    layers: str | Iterable[Range] | None = None,
+    layers: RangesLike | None = None,
     force: bool = False,
     max_shard_bytes: int | None = None,
     hash_inputs: bool = False,
@@ -185,7 +187,7 @@ def soup(
     chosen = parse_parts(parts)
     b = as_checkpoint(base, allow_pickle)
     p = as_checkpoint(post, allow_pickle)
-    ranges = None if layers is None else parse_ranges(layers, p.adapter.num_layers)
+    ranges = None if layers is None else as_ranges(layers, p.adapter.num_layers)
     check_output_target(out, force=force, inputs=[b.path, p.path], flag="--out")
     tensors = plan_soup(b, p, a, chosen, ranges)
     what = (

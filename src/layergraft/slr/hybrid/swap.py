@@ -19,10 +19,14 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from layergraft.arch import adapter_for_model
-from layergraft.errors import MismatchError
+from layergraft.errors import MismatchError, RangeError
 from layergraft.models.offload import OffloadOverlay, offloaded_params, param_value
 from layergraft.ranges import Range
-from layergraft.slr.hybrid.restored import Restored
+from layergraft.slr.hybrid.restored import Restored, parse_restored
+
+#: what the in-memory hybrids take as layers: ``"4:7"``, ``"0:2,5:7"``, ``["4:7"]``,
+#: ``[(4, 7)]``, one pair ``(4, 7)``, or :class:`Restored` items (each with its own parts)
+RangesLike = str | Range | Restored | Iterable[str | Range | Restored]
 
 
 @contextlib.contextmanager
@@ -82,17 +86,53 @@ def _pairs(
     return out
 
 
+def _items(spec: Any) -> list[Any]:
+    """``spec`` as a list of range items for :mod:`layergraft.ranges`; one bare pair
+    ``(4, 7)`` is one range, and anything that is not a collection is refused in one line."""
+    if isinstance(spec, (str, Restored)):
+        return [spec]
+    if isinstance(spec, (tuple, list)) and len(spec) == 2 and all(type(x) is int for x in spec):
+        return [tuple(spec)]
+    try:
+        return list(spec)
+    except TypeError:
+        raise RangeError(
+            f"layer ranges {spec!r} are not ranges; write them as '4:7', '0:2,5:7' or [(4, 7)]"
+        ) from None
+
+
+def as_ranges(spec: RangesLike, num_layers: int | None = None) -> list[Range]:
+    """Layer ranges given in any form :data:`RangesLike` names (Restored items by their
+    range), validated like everywhere else (:func:`~layergraft.ranges.parse_ranges`: bounds,
+    order, overlaps; a :class:`~layergraft.errors.RangeError` in one line)."""
+    return [r.range for r in as_restored(spec, "all", num_layers)]
+
+
+def as_restored(
+    spec: RangesLike, parts: str | Iterable[str] = "all", num_layers: int | None = None
+) -> list[Restored]:
+    """:func:`as_ranges`, each range with its parts: a :class:`Restored` item's own, else
+    ``parts``."""
+    items = [
+        {"range": list(r.range), "parts": r.parts} if isinstance(r, Restored) else r
+        for r in _items(spec)
+    ]
+    return parse_restored(items, parts, num_layers)
+
+
 @contextlib.contextmanager
 def swapped_layers(
     post_model: Any,
     base_model: Any,
-    ranges: Iterable[Range | Restored],
+    ranges: RangesLike,
     adapter: Any = None,
     parts: str | Iterable[str] = "all",
 ) -> Iterator[Any]:
     """Within the block, ``post_model``'s decoder layers in ``ranges`` carry the base's
     weights — for ``parts`` only (``attn``, ``mlp``, ``norms``; a :class:`Restored` item
-    brings its own parts).
+    brings its own parts). ``ranges`` in the one convention: ``"4:7"``, ``"0:2,5:7"``, a
+    list of those or of ``(start, end)`` pairs, or :class:`Restored` items; a bad or
+    overlapping range is a :class:`~layergraft.errors.RangeError` before anything changes.
 
     The base tensors are moved to the device/dtype of the post layer they replace (so models
     placed with ``device_map`` work); on one device they are shared, not copied — treat the
@@ -103,10 +143,11 @@ def swapped_layers(
     n_post, n_base = len(adapter.layers(post_model)), len(adapter.layers(base_model))
     if n_post != n_base:
         raise MismatchError(f"base has {n_base} layers but post has {n_post}")
+    restored = as_restored(ranges, parts, n_post)
     post_off, base_off = offloaded_params(post_model), offloaded_params(base_model)
     values: dict[str, Any] = {}
-    for item in ranges:
-        rng, item_parts = (item.range, item.parts) if isinstance(item, Restored) else (item, parts)
+    for item in restored:
+        rng, item_parts = item.range, item.parts
         for i in range(*rng):
             for pname, _, bname, b in _pairs(post_model, base_model, adapter, i, item_parts):
                 values[pname] = param_value(b, bname, base_off)
