@@ -3,6 +3,11 @@ versioned and replayed. Every output directory gets the recipe that made it.
 
 Why strict: a misspelled key (``embed_form``) silently ignored would produce a different
 model than the user asked for, so unknown keys are refused with the closest valid key.
+
+Paths in a recipe (``base``, ``post``) are read relative to the recipe file, like the paths in
+any configuration file, so a recipe works from whatever directory it is run. A value that names
+nothing there is passed on as written: a hub id (``org/name``), or a path relative to the
+current directory, as recipes written next to an output may hold.
 """
 
 from __future__ import annotations
@@ -13,6 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from layergraft.errors import InputError
+
+#: keys that name a model: a directory, a ``.gguf`` file or a hub id
+PATH_KEYS = ("base", "post")
 
 #: keys each operation accepts in a recipe (besides ``operation``)
 RECIPE_KEYS: dict[str, tuple[str, ...]] = {
@@ -60,7 +68,20 @@ def load_recipe(path: str | os.PathLike[str], operation: str) -> dict[str, Any]:
                 else f"remove it (allowed keys: {', '.join(allowed)})"
             )
             raise InputError(f"recipe {p}: unknown key '{key}'; {hint}")
+    for key in PATH_KEYS:
+        if key in data:
+            data[key] = resolve_path(data[key], p.parent)
     return data
+
+
+def resolve_path(value: Any, recipe_dir: Path) -> Any:
+    """A recipe's model path read relative to the recipe's directory when it names something
+    there; otherwise (a hub id, an absolute path, a path relative to the current directory)
+    the value as written."""
+    if not isinstance(value, str) or not value or Path(value).expanduser().is_absolute():
+        return value
+    here = recipe_dir / value
+    return str(here.resolve()) if here.exists() else value
 
 
 def dump_recipe(operation: str, values: dict[str, Any]) -> str:
