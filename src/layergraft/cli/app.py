@@ -2,7 +2,8 @@
 
 Every command is a thin shell over a function of :mod:`layergraft.api`; each area's
 subcommands live in a module of :mod:`layergraft.cli` (``model``, ``slr``, ``gen``,
-``prune``, ``demo``) and share the option groups of :mod:`layergraft.cli.options`. A user mistake
+``prune``, ``demo``) and share the option groups of :mod:`layergraft.cli.options`; the
+placement group's ``--threads`` is applied here, once, before the command runs. A user mistake
 (:class:`~layergraft.errors.LayergraftError`, a usage error, or an environment failure such
 as a full disk) becomes one line on stderr and exit code 2; anything else is a bug and keeps
 its traceback.
@@ -21,6 +22,7 @@ from collections.abc import Sequence
 from layergraft.cli import demo, gen, model, prune, slr, sweep
 from layergraft.cli.options import Parser
 from layergraft.errors import LayergraftError
+from layergraft.models.threads import apply_threads
 from layergraft.version import __version__
 
 #: the areas, in the order ``layergraft --help`` lists their commands
@@ -71,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.verbose:
         logging.getLogger().setLevel(logging.INFO)
     prog = f"layergraft {args.command}"
+    if getattr(args, "threads", None) is not None:  # every command of the placement group
+        apply_threads(args.threads)
     try:
         return args.func(args)
     except LayergraftError as e:

@@ -1,7 +1,7 @@
 """Option groups every command module shares, each defined once: placement (``--device``,
-``--dtype``, ``--device-map``), output-directory flags, ``--quiet``, ``--json``; plus the
-one-line-error parser, sizes, recipes and JSON printing. Command modules register their
-subcommands with ``register(sub)``."""
+``--dtype``, ``--device-map``, ``--threads``), output-directory flags, ``--quiet``, ``--json``;
+plus the one-line-error parser, sizes, recipes and JSON printing. Command modules register
+their subcommands with ``register(sub)``."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 
 from layergraft.errors import LayergraftError
 from layergraft.models.placement import DTYPES
+from layergraft.models.threads import parse_threads
 from layergraft.recipe import RECIPE_KEYS, load_recipe
 
 
@@ -156,8 +157,9 @@ def device_map_arg(text: str) -> Any:
 
 
 def add_placement_args(s: argparse.ArgumentParser) -> None:
-    """``--device`` / ``--dtype`` / ``--device-map``: the same meaning and defaults on every
-    command that runs a model (see :mod:`layergraft.models.placement`)."""
+    """``--device`` / ``--dtype`` / ``--device-map`` / ``--threads``: the same meaning and
+    defaults on every command that runs a model (see :mod:`layergraft.models.placement` and
+    :mod:`layergraft.models.threads`)."""
     g = s.add_argument_group("placement (every command that runs a model)")
     g.add_argument(
         "--device",
@@ -177,6 +179,24 @@ def add_placement_args(s: argparse.ArgumentParser) -> None:
         help="place layers with accelerate instead of --device: auto, balanced, cpu, cuda:0, or "
         'a JSON object/file mapping module names to devices ("disk" offloads a layer)',
     )
+    g.add_argument(
+        "--threads",
+        type=threads_arg,
+        default="auto",
+        metavar="N",
+        help="CPU threads of torch: a count, or auto (default) = the usable cores minus those "
+        "other processes keep busy, at least 1 (an exported OMP_NUM_THREADS is kept); "
+        "more threads than free cores makes torch many times slower, not faster",
+    )
+
+
+def threads_arg(text: str) -> int | str:
+    """``--threads``: ``auto`` or a count of at least 1 (applied by the CLI before the command
+    runs: :func:`layergraft.models.threads.apply_threads`)."""
+    try:
+        return parse_threads(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def placement_kwargs(
