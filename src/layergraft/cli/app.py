@@ -69,6 +69,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     logging.captureWarnings(True)
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv:  # a first contact: the commands, not a missing-argument error
+        parser.print_help()
+        return 0
     args = parser.parse_args(argv)
     if args.verbose:
         logging.getLogger().setLevel(logging.INFO)

@@ -1,7 +1,8 @@
 """Option groups every command module shares, each defined once: placement (``--device``,
 ``--dtype``, ``--device-map``, ``--threads``), output-directory flags, ``--quiet``, ``--json``;
-plus the one-line-error parser, sizes, recipes and JSON printing. Command modules register
-their subcommands with ``register(sub)``."""
+plus sizes, recipes and JSON printing; the one-line-error :class:`Parser` (defined in
+:mod:`layergraft.cli.parser`) is importable from here too. Command modules register their
+subcommands with ``register(sub)``."""
 
 from __future__ import annotations
 
@@ -11,24 +12,13 @@ import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
+from layergraft.cli.parser import Parser  # noqa: F401 (re-exported: the command modules import it from here)
 from layergraft.errors import LayergraftError
 from layergraft.models.placement import DTYPES
 from layergraft.models.threads import parse_threads
 from layergraft.recipe import RECIPE_KEYS, load_recipe
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (problem + where to look) and exit 2."""
-
-    def error(self, message: str) -> NoReturn:
-        m = re.fullmatch(r"argument (--[\w-]+)(?:/\S+)?: expected one argument", message)
-        if m:
-            # argparse takes a value starting with '-' (--layers -1:2) for an option and
-            # reports a missing value; the fix is the = form, which passes it through
-            message += f"; if the value starts with '-', write {m.group(1)}=VALUE"
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def print_json(obj: Any) -> None:
