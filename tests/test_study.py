@@ -207,6 +207,22 @@ def test_the_cli_prints_the_same_words(job):
     assert "paper rule's pick:" in r.stdout and "validated pick:" in r.stdout
 
 
+def test_the_dry_run_plans_every_step_writes_nothing_and_knows_what_is_done(job, tmp_path):
+    new = tmp_path / "planned"
+    r = _cli("slr", "--base", BASE, "--post", POST, "--out", str(new), *SMALL, "--dry-run")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert not new.exists()
+    for step in ("check", "crc", "sweep", "hybrids", "compare/qa"):
+        assert f"  {step} " in r.stdout, r.stdout
+    assert "decoder-layer forwards" in r.stdout and "total: at most" in r.stdout
+    # on the finished job the steps it can key before running are said to be reused
+    r = _cli("slr", "--base", BASE, "--post", POST, "--out", str(job), *SMALL, "--dry-run")
+    lines = {
+        ln.split()[0]: ln for ln in r.stdout.splitlines() if ln.startswith("  ") and ln.split()
+    }
+    assert "reused" in lines["crc"] and "reused" in lines["sweep"], r.stdout
+
+
 def test_a_rerun_reuses_every_step_and_a_changed_setting_reruns_only_what_it_touches(job, first):
     _slr(job)
     assert set(_log(job).values()) == {"reused"}

@@ -80,8 +80,16 @@ def _cmd_slr(args: argparse.Namespace) -> int:
 
         settings = dataclasses.replace(settings, validate=None)
     placement = placement_kwargs(args, models=[args.base, args.post])
+    also = {}
+    for spec in args.also:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise LayergraftError(f"--also {spec!r}: give NAME=DIR, e.g. --also sft=work/post-sft")
+        if name in also:
+            raise LayergraftError(f"--also {spec!r}: the name {name!r} is given twice")
+        also[name] = path
     if args.dry_run:
-        plan = plan_slr(args.base, args.post, args.out, settings, tokenizer=args.tokenizer,
+        plan = plan_slr(args.base, args.post, args.out, settings, tokenizer=args.tokenizer, also=also,
                         **placement)  # fmt: skip
         print(format_job_plan(plan))
         return 0
@@ -92,14 +100,6 @@ def _cmd_slr(args: argparse.Namespace) -> int:
         from layergraft.slr.sweep.distributed import RayExecutor
 
         executor, gen_executor = RayExecutor(**ray), RayGenerator(**ray)
-    also = {}
-    for spec in args.also:
-        name, sep, path = spec.partition("=")
-        if not sep or not name or not path:
-            raise LayergraftError(f"--also {spec!r}: give NAME=DIR, e.g. --also sft=work/post-sft")
-        if name in also:
-            raise LayergraftError(f"--also {spec!r}: the name {name!r} is given twice")
-        also[name] = path
     res = slr(
         args.base, args.post, args.out, settings=settings, tokenizer=args.tokenizer, also=also,
         force=args.force, progress=not args.quiet, executor=executor, gen_executor=gen_executor,

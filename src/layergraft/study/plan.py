@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -88,6 +90,7 @@ def plan_slr(
     settings: StudySettings,
     *,
     tokenizer: PathLike | None = None,
+    also: dict[str, PathLike] | None = None,
     device: str | None = None,
     dtype: Any = "auto",
     device_map: Any = None,
@@ -95,27 +98,32 @@ def plan_slr(
     """The plan of every step as data (:func:`format_job_plan` prints it). Nothing is written."""
 
     placement = {"device": device, "dtype": dtype, "device_map": device_map}
+    also = also or {}
     check_placement(device, dtype, device_map, models=[])
     root = Path(out).absolute()
     if root.exists():
         open_job_dir(out, [base, post, tokenizer], force=False)
     study = SlrStudy(base, post, root, settings, tokenizer=tokenizer, placement=placement,
-                     say=lambda s: None)  # fmt: skip
+                     also=also, say=lambda s: None)  # fmt: skip
 
     post_ck = open_loadable(post)
     check_compatible(open_loadable(base), post_ck)
     num_layers = post_ck.adapter.num_layers
     study.digests = {"base": weights_digest(str(base)), "post": weights_digest(str(post))}
-    prompts = "all"
+    prompts, scratch = "all", None
     if settings.crc_prompts is not None:  # the subset the job would write, in a scratch file
-        import tempfile
-
         scratch = Path(tempfile.mkdtemp(prefix="layergraft-plan-"))
-
         prompts = prompt_subset(settings.crc_prompts, scratch / "crc_prompts.jsonl")
     cfg = study.sweep_config(prompts)
-    sw = sweep(base, post, None, config=cfg, tokenizer=tokenizer, dry_run=True, progress=False,
-               **placement)["plan"]  # fmt: skip
+    # the job's keys name the prompt file the job writes in its directory, not the scratch copy
+    keyed = prompts if settings.crc_prompts is None else str(root / "inputs" / "crc_prompts.jsonl")
+    n_crc = len(load_crc_prompts(prompts))
+    try:
+        sw = sweep(base, post, None, config=cfg, tokenizer=tokenizer, dry_run=True, progress=False,
+                   **placement)["plan"]  # fmt: skip
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
     m = time_decode(post, tokenizer, placement)
     job = Job(root, say=lambda s: None)
 
@@ -128,7 +136,6 @@ def plan_slr(
     steps: dict[str, Any] = {}
     steps["check"] = {"what": "open both models, same architecture, weights digests",
                       "estimated_seconds": 1.0}  # fmt: skip
-    n_crc = len(load_crc_prompts(prompts))
     layer_s, head_s = sw["measured"]["layer_s"], sw["measured"]["head_s"]
     steps["crc"] = {
         "what": f"CRC of base and post on {n_crc} prompts",
@@ -136,7 +143,7 @@ def plan_slr(
         "estimated_seconds": round(
             2 * (num_layers * layer_s + head_s) + sw["measured"]["setup_s"], 1
         ),  # fmt: skip
-        "status": status("crc", study.crc_settings(prompts), dict(study.digests)),
+        "status": status("crc", study.crc_settings(keyed), study.crc_inputs()),
     }
     sweep_s = sw["estimated_seconds"]["prefix-reuse"]
     steps["sweep"] = {
@@ -146,7 +153,9 @@ def plan_slr(
         "head_calls": sw["head_calls"],
         "estimated_seconds": sweep_s,
         "estimated_peak_memory_gib": sw["estimated_peak_memory_gib"],
-        "status": status("sweep", study.sweep_settings(cfg), dict(study.digests)),
+        "status": status(
+            "sweep", study.sweep_settings(study.sweep_config(keyed)), dict(study.digests)
+        ),
         "plan": sw,
     }
     if settings.validate is not None:
@@ -160,7 +169,7 @@ def plan_slr(
         "and reload the written one",
         "bytes_written_at_most": 3 * int(m["weights_bytes"]),
     }
-    runs = 5 + 2  # post, base, paper pick, written hybrid, soup + two decoding baselines
+    runs = 5 + 2 + len(also)  # post, base, 3 hybrids, 2 decoding baselines, the --also models
     for task in settings.tasks:
         rows = len(load_task(task, limit=settings.limit)) * settings.n
         steps[f"compare/{task}"] = {

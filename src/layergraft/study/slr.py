@@ -120,8 +120,10 @@ class SlrStudy:
             write_json_atomic(folder / "results.json", out)
             return out
 
-        inputs = {**self.digests, **{k: weights_digest(v) for k, v in self.also.items()}}
-        return self.job.run(Step("crc", self.crc_settings(prompts), inputs, run))
+        return self.job.run(Step("crc", self.crc_settings(prompts), self.crc_inputs(), run))
+
+    def crc_inputs(self) -> dict[str, Any]:
+        return {**self.digests, **{k: weights_digest(v) for k, v in self.also.items()}}
 
     def crc_settings(self, prompts: str) -> dict[str, Any]:
         return {"prompts": prompts, "tokenizer": self.tokenizer, "v_end": "strict",
