@@ -19,14 +19,14 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from layergraft.cli import demo, gen, model, prune, slr, sweep
+from layergraft.cli import demo, gen, model, prune, slr, study, sweep
 from layergraft.cli.options import Parser
 from layergraft.errors import LayergraftError
 from layergraft.models.threads import apply_threads
 from layergraft.version import __version__
 
 #: the areas, in the order ``layergraft --help`` lists their commands
-AREAS = (demo, model, slr, sweep, gen, prune)
+AREAS = (study, demo, model, slr, sweep, gen, prune)
 
 _ENV_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
 
