@@ -1,170 +1,106 @@
-"""SLR (and pruning) on a Gemma-3-270M base/post pair, through layergraft's own commands.
+"""SLR (and pruning) on a Gemma-3-270M base/post pair: the product's main job, plus this
+experiment's own measurements, in one process.
 
 With a pair built by ``make base data post`` (the planted collapse, ``TRIALS.md``) or by the
-preference-optimised recipe of issue 23, run exactly what a user would run, each step a
-``layergraft`` command in a fresh process timed with ``/usr/bin/time`` (wall seconds, peak RSS):
+preference-optimised recipe of issue 23, run what ``layergraft slr`` runs, through its API
+(:class:`layergraft.study.slr.SlrStudy`) with ``--work`` as the job directory:
 
-1. ``crc`` of base and post (exact estimator with V_end, the 48 bundled CRC prompts);
-2. ``sweep --method both --parts attn,mlp,all --alphas ... --validate K``: every interval per
-   part and blend weight, 21 whole-model soups, both selection rules, the K best candidates
-   of each family validated by generation, the weight diff beside them;
-3. the picks written with ``restore`` / ``soup``: the paper rule's interval (the SLR paper's
-   choice), each rule's best over every family, the validated choice, the best soup;
-4. ``compare`` of post / base / the picks on creative, qa and reasoning, with the decoding
-   baselines (post at temperature 1.5, post without min-p);
-5. ``prune --compare`` of the base (angular and block influence, 2 and 4 layers), unless
-   ``--no-pruning`` (then the previous run's pruning section is kept, with its timing).
+1. ``check`` and ``crc`` of base, post and every ``--also`` model (strict V_end);
+2. ``sweep`` (both methods, ``--parts``, ``--alphas``, the format rule, the best ``--validate``
+   candidates of each family validated by generation, the weight diff beside them);
+3. ``hybrids``: five picks written (the paper rule's interval, the paper and format rules' best
+   over every family, the validated choice = the job's written hybrid, the best soup);
+4. ``compare/<task>`` of post, base, ``--also`` models and the picks on creative, qa and
+   reasoning, with the decoding baselines (post at temperature 1.5, post without min-p);
 
-Everything derived from Gemma's weights stays in ``--work`` (git-ignored: Gemma terms of use);
-``--docs`` receives only numbers and plots: ``results.json`` (the demo's keys, so
-``tools/render_results.py`` renders the README sections from it) and the PNGs.
+then, appended as steps of the same job (each skipped when unchanged, as the study's are):
 
-    python pipeline.py --name planted --base work/base --post work/post --work work/pipeline \
-        --docs ../../docs/gemma3 [--layergraft PATH] [--n 8] [--limit 10] [--no-pruning]
+5. ``crc-closers/<model>``: CRC again with V_end counting one closing '.' before the end marker;
+6. ``prune/<metric>-<n>``: every recovery method on the base with 2 and 4 layers removed by
+   angular distance and by block influence, unless ``--no-pruning`` (then the previous docs
+   results' pruning section is kept, with its timing).
+
+A rerun reuses every finished step through the job's manifests; a step reruns when its settings
+or its models' weights changed (``layergraft.study.job``). Everything derived from Gemma's
+weights stays in ``--work`` (git-ignored: Gemma terms of use); ``--docs`` receives only numbers
+and plots: ``results.json`` in the keys ``tools/render_results.py`` renders the Gemma pages from
+(the picks named slr_paper, paper_best, format_best, validated, soup) and the PNGs.
+
+    python pipeline.py --name planted --base work/base --post work/post --work work/job \
+        --docs ../../docs/gemma3 [--n 8] [--limit 10] [--no-pruning] [--threads N|auto]
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import resource
 import shutil
-import subprocess
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-#: new-token budgets per task (Gemma tokens): the post model's replies fit (finished_rate
-#: in the results says how many did)
-BUDGETS = {"creative": 128, "qa": 64, "reasoning": 160}
-
-
-def _command(argv: list[str]) -> str:
-    """The command as recorded (``--resume``/``--force`` do not change what a step computes)."""
-    return " ".join(["layergraft", *(a for a in argv[1:] if a not in ("--resume", "--force"))])
-
-
-class Steps:
-    """Run layergraft commands under /usr/bin/time, recording wall time and peak RSS.
-
-    ``previous`` is the ``steps`` of an earlier run: a step whose command is the same as then,
-    run on the same ``weights`` (the models' digests: a model trained again keeps its path, so
-    the command alone would not tell), is not run again, its recorded output and timing are
-    kept (``reused`` says so) — so adding a model to the comparison does not redo the sweep and
-    the pruning."""
-
-    def __init__(self, logs: Path, previous: dict[str, Any], weights: dict[str, Any]) -> None:
-        self.logs, self.previous, self.steps, self.weights = logs, previous, {}, weights
-
-    def recorded(self, step: str, argv: list[str]) -> bool:
-        """Whether the record holds this step with this very command and weights."""
-        old = self.previous.get(step)
-        return bool(
-            old
-            and old.get("command") == _command(argv)
-            and old.get("weights") == self.weights
-            and "stdout" in old
-        )
-
-    def run(self, step: str, argv: list[str], log: str, reuse: bool = True) -> str:
-        command = _command(argv)
-        old = self.previous.get(step)
-        if reuse and self.recorded(step, argv):
-            self.steps[step] = {**old, "reused": True}
-            print(
-                f"[{step}] same command as the previous run: its output and timing reused",
-                flush=True,
-            )
-            return old["stdout"]
-        timing = (self.logs / log).with_suffix(".time")
-        print(f"[{step}] {command}", flush=True)
-        t0 = time.time()
-        with open(self.logs / log, "w") as fh:
-            cmd = ["/usr/bin/time", "-f", "%e %M", "-o", str(timing), *argv]
-            proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=fh, text=True)
-        if proc.returncode != 0:
-            raise SystemExit(f"[{step}] failed ({proc.returncode}); see {self.logs / log}")
-        wall, rss_kib = timing.read_text().split()[-2:]
-        self.steps[step] = {"wall_s": float(wall), "peak_rss_mib": round(int(rss_kib) / 1024, 1),
-                            "command": command, "weights": self.weights,
-                            "stdout": proc.stdout}  # fmt: skip
-        print(
-            f"[{step}] {time.time() - t0:.0f} s, peak {self.steps[step]['peak_rss_mib']} MiB",
-            flush=True,
-        )
-        return proc.stdout
-
-
-def _probe(lg: str, code: str, *args: str) -> Any:
-    """What ``code`` prints as JSON, run by the environment that runs the layergraft commands
-    (the python beside ``lg``), as every layergraft call here is."""
-    python = Path(lg).with_name("python")
-    out = subprocess.run([str(python), "-c", code, *args], capture_output=True, text=True,
-                         check=True)  # fmt: skip
-    return json.loads(out.stdout)
-
-
-def digests(lg: str, models: dict[str, str]) -> dict[str, Any]:
-    """Each model's weights digest (``layergraft.gen.records.weights_digest``)."""
-    code = (
-        "import json, sys; from layergraft.gen.records import weights_digest; "
-        "print(json.dumps({k: weights_digest(v) for k, v in json.loads(sys.argv[1]).items()}))"
-    )
-    return _probe(lg, code, json.dumps(models))
-
-
-#: the hybrids put to the tasks, by label, and why each is there (also the names --also cannot take)
+#: the study's compared roles -> (the key of the docs results, which tools/render_results.py
+#: reads, and why it is there); the order is the study's, which decides which role holds a hybrid two roles share
 PICKS = {
-    "slr_paper": "the paper's rule over restored intervals (the SLR paper's choice)",
-    "paper_best": "the paper's rule over every family swept",
-    "format_best": "the format rule (V_end too) over every family swept",
-    "validated": "the most diverse candidate that passed validation by generation",
-    "soup": "the whole-model soup the active rule selects",
+    "written": ("validated", "the most diverse candidate that passed validation by generation"),
+    "paper": ("slr_paper", "the paper's rule over restored intervals (the SLR paper's choice)"),
+    "format": ("format_best", "the format rule (V_end too) over every family swept"),
+    "paper_best": ("paper_best", "the paper's rule over every family swept"),
+    "soup": ("soup", "the whole-model soup the active rule selects"),
 }
+#: the pruning measured on the base: metrics by number of layers removed
+PRUNE = {"angular": (2, 4), "bi": (2, 4)}
+#: the sweep's plots copied to --docs
+SWEEP_PLOTS = ("heatmaps.png", "heatmaps_attn.png", "heatmaps_mlp.png", "pareto.png", "diff.png")
 
 
-def picks(sweep: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The hybrids put to the tasks, by label, each once (a label that names a hybrid already
-    listed points to it with ``same_as``): the paper rule's interval (what the SLR paper
-    selects), each rule's most diverse hybrid over every family, the validated choice and the
-    best whole-model soup."""
-    paper_iv = (sweep.get("selections") or {}).get("paper", {}).get("interval")
-    row_iv = next((r for r in sweep["intervals"] if r["interval"] == paper_iv), None)
-    best = sweep.get("best") or {}
-    chosen = (sweep.get("validation") or {}).get("chosen")
-    soup = (sweep.get("soup") or {}).get("selected")
-    rows = {"slr_paper": row_iv, "paper_best": best.get("paper"),
-            "format_best": best.get("format"), "validated": chosen, "soup": soup}  # fmt: skip
+def run_names() -> dict[str, str]:
+    """The study's compare run label of each compared role -> the docs key (other runs: post,
+    base, --also models and the decoding baselines keep their names)."""
+    from layergraft.study.selection import ROLE_LABELS
+
+    return {ROLE_LABELS[role]: key for role, (key, _) in PICKS.items()}
+
+
+def docs_picks(res: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The compared hybrids of the study's results under the docs keys, each with its CRC scores
+    and why it is there; a role whose hybrid another role holds points to it with ``same_as``."""
+    from layergraft.study.selection import compared_roles
+
+    roles = compared_roles(res["selection"], res["sweep"], tuple(PICKS))
     out: dict[str, dict[str, Any]] = {}
-    for label, why in PICKS.items():
-        row = rows[label]
-        if not row:
-            continue
-        lab = row.get("label") or (
-            row["interval"] if "interval" in row else f"soup@{row['alpha']:g}"
-        )
-        same = next((k for k, v in out.items() if v["label"] == lab), None)
-        entry = {
+    for role, r in roles.items():
+        key, why = PICKS[role]
+        row = r["row"]
+        if role == "written" and row.get("pick") != "validated":  # validation was off
+            why = f"the written hybrid: {row.get('pick')} rule's pick, not validated"
+        out[key] = {
             "why": why,
-            "label": lab,
-            **{k: row.get(k) for k in ("interval", "alpha", "parts", "V", "H", "H_norm", "V_end")},
+            "label": r["label"],
+            "interval": f"{row['start']}:{row['end']}" if "start" in row else None,
+            "alpha": row.get("alpha"),
+            "parts": row.get("parts"),
+            **{k: row.get(k) for k in ("V", "H", "H_norm", "V_end")},
+            "role": role,
+            "what": r["what"],
         }
-        if same:
-            entry["same_as"] = same
-        out[label] = entry
+        if "same_as" in r:
+            out[key]["same_as"] = PICKS[r["same_as"]][0]
     return out
 
 
-def _write_argv(lg: str, base: str, post: str, row: dict[str, Any], out: Path) -> list[str]:
-    """The command that writes a pick: restore for base layers, soup for blends."""
-    common = ["--base", base, "--post", post, "--out", str(out), "--force", "--quiet"]
-    if row.get("interval") is None:
-        return [lg, "soup", *common, "--alpha", str(row["alpha"])]
-    parts = [] if row.get("parts", "all") == "all" else ["--parts", row["parts"]]
-    if row.get("alpha", 1.0) == 1.0:
-        return [lg, "restore", *common, "--layers", row["interval"], *parts]
-    return [lg, "soup", *common, "--alpha", str(row["alpha"]), "--layers", row["interval"], *parts]
+def docs_compare(cr: dict[str, Any]) -> dict[str, Any]:
+    """One task's comparison with the runs under the docs keys (per-prompt rows left out)."""
+    names = run_names()
+    runs = {names.get(k, k): {**{f: v for f, v in r.items() if f != "per_prompt"},
+                              "label": names.get(r.get("label"), r.get("label"))}
+            for k, r in cr["runs"].items()}  # fmt: skip
+    models = {names.get(k, k): v for k, v in cr.get("models", {}).items()}
+    return {**cr, "runs": runs, "models": models}
 
 
 def verdicts(res: dict[str, Any]) -> dict[str, Any]:
@@ -218,9 +154,9 @@ def _spearman(a: list[float], b: list[float]) -> float | None:
 
 def also_models(specs: list[str]) -> dict[str, str]:
     """``NAME=DIR`` specs as {name: absolute dir}, refused before any work when a name is taken
-    (base, post, a pick's label, twice) or a directory holds no model: a typo would otherwise
-    surface an hour later, in the comparison."""
-    taken = {"base", "post", *PICKS}
+    (base, post, a pick's docs key, twice) or a directory holds no model: a typo would otherwise
+    surface an hour later, in the comparison. The study refuses its own labels too."""
+    taken = {"base", "post", *(key for key, _ in PICKS.values())}
     out: dict[str, str] = {}
     for spec in specs:
         name, sep, path = spec.partition("=")
@@ -234,7 +170,220 @@ def also_models(specs: list[str]) -> dict[str, str]:
     return out
 
 
-def main() -> None:
+def _rss_mib() -> float:
+    """This process's peak resident memory so far (Linux reports ru_maxrss in KiB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+class PeakMemory:
+    """The process's peak RSS after each step of ``job`` (its ``run`` wrapped): since every step
+    runs in this one process, that is the peak so far, not the step's own. A reused step keeps
+    what was recorded when it last ran (``path`` holds it, by step name and key)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.old: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+        self.seen: dict[str, Any] = {}
+
+    def watch(self, job: Any) -> None:
+        run = job.run
+
+        def run_and_record(step: Any) -> Any:
+            result = run(step)
+            old = self.old.get(step.name)
+            reused = job.log[step.name]["status"] == "reused"
+            if reused and old is not None and old.get("key") == step.key:
+                self.seen[step.name] = old
+            else:
+                self.seen[step.name] = {"key": step.key, "peak_rss_mib": _rss_mib()}
+            self.path.write_text(json.dumps({**self.old, **self.seen}, indent=1))
+            return result
+
+        job.run = run_and_record
+
+
+def experiment_steps(args: argparse.Namespace, placement: dict[str, Any]) -> Callable:
+    """What the experiment measures beyond the study, as steps of its job: CRC with V_end
+    ``closers`` of every model, and pruning of the base (unless ``--no-pruning``)."""
+    from layergraft.gen.records import weights_digest
+    from layergraft.prune.compare import compare_recovery
+    from layergraft.slr.proxy.crc import crc
+    from layergraft.study.job import Step
+
+    place = {k: v if isinstance(v, (str, type(None))) else str(v) for k, v in placement.items()}
+
+    def extra(study: Any) -> dict[str, Any]:
+        # the CRC prompts the study's own crc step read (the subset it wrote, or all of them)
+        subset = study.root / "inputs" / "crc_prompts.jsonl"
+        prompts = "all" if study.cfg.crc_prompts is None else str(subset)
+        digest = hashlib.sha256(subset.read_bytes()).hexdigest() if prompts != "all" else None
+        tok = study.tokenizer or study.post  # as the study's crc: the post model's chat format
+        closers: dict[str, Any] = {}
+        for name, path in (("base", study.base), ("post", study.post), *study.also.items()):
+
+            def run(folder: Path, path: str = path) -> dict[str, Any]:
+                res = crc(path, tok, prompts=prompts, v_end="closers", **placement)
+                (folder / "items.json").write_text(json.dumps(res.pop("items", None)))
+                return res
+
+            settings = {"prompts": prompts, "prompts_sha256": digest,
+                        "v_end": "closers", "tokenizer": tok, "placement": place}  # fmt: skip
+            step = Step(f"crc-closers/{name}", settings, {"weights": weights_digest(path)}, run)
+            closers[name] = study.job.run(step)
+        out: dict[str, Any] = {"crc_closers": closers}
+        if args.no_pruning:
+            return {"experiment": out}
+        pruning = {}
+        ppl = {"ppl_seqlen": args.ppl_seqlen, "ppl_max_tokens": args.ppl_tokens}
+        for metric, blocks in PRUNE.items():
+            for n in blocks:
+
+                def run(folder: Path, metric: str = metric, n: int = n) -> dict[str, Any]:
+                    res = compare_recovery(study.base, auto=n, metric=metric, **ppl,
+                                           progress=study.progress, **placement)  # fmt: skip
+                    return {**res, "metric": metric}
+
+                settings = {"auto": n, "metric": metric, **ppl, "placement": place}
+                step = Step(f"prune/{metric}-{n}", settings, {"base": study.digests["base"]}, run)
+                pruning[f"{metric}_remove_{n}"] = study.job.run(step)
+        return {"experiment": {**out, "pruning": pruning}}
+
+    return extra
+
+
+def forget_on_new_prompts(root: Path, crc_prompts: int | None) -> None:
+    """Start the study's crc and sweep steps over when ``--crc-prompts`` changed since the job's
+    last results. A workaround: the study keys both on the prompt file's path, which is the same
+    for every subset size, so it would reuse them (and mix them with this run's closers CRC)."""
+    last = root / "results.json"
+    if last.is_file() and json.loads(last.read_text())["settings"]["crc_prompts"] != crc_prompts:
+        for step in ("crc", "sweep"):
+            shutil.rmtree(root / step, ignore_errors=True)
+
+
+def run_study(args: argparse.Namespace, work: Path, also: dict[str, str]) -> tuple[dict, dict]:
+    """The study with the experiment's steps appended, in ``work``; its results and each
+    step's peak RSS record."""
+    from layergraft.models.load import open_loadable
+    from layergraft.models.placement import check_placement
+    from layergraft.slr.hybrid.pair import check_compatible
+    from layergraft.slr.sweep.config import parse_alphas, parse_sweep_parts
+    from layergraft.study.settings import BUDGETS, StudySettings
+    from layergraft.study.slr import SlrStudy, check_also, open_job_dir
+
+    budgets = dict.fromkeys(BUDGETS, args.max_new_tokens) if args.max_new_tokens else dict(BUDGETS)
+    cfg = StudySettings(
+        n=args.n, limit=args.limit, budgets=budgets, crc_prompts=args.crc_prompts,
+        parts=parse_sweep_parts(args.parts), alphas=parse_alphas(args.alphas), rule="format",
+        validate=args.validate or None, validate_samples=args.validate_samples,
+    )  # fmt: skip
+    placement = {"device": args.device, "dtype": "auto", "device_map": None}
+    base_ck, post_ck = open_loadable(args.base), open_loadable(args.post)
+    check_compatible(base_ck, post_ck)
+    check_also(also)
+    check_placement(args.device, "auto", None, models=[base_ck, post_ck])
+    root = open_job_dir(work, [base_ck, post_ck, *also.values()], force=False)
+    root.mkdir(parents=True, exist_ok=True)
+    forget_on_new_prompts(root, cfg.crc_prompts)
+    say = (lambda s: None) if args.quiet else (lambda s: print(s, flush=True))
+    study = SlrStudy(args.base, args.post, root, cfg, placement=placement, also=also,
+                     roles=tuple(PICKS), progress=not args.quiet, say=say)  # fmt: skip
+    memory = PeakMemory(root / "peak_rss.json")
+    memory.watch(study.job)
+    res = study.run(extra=experiment_steps(args, placement), job="slr")
+    steps = {
+        name: {"wall_s": rec["seconds"], "peak_rss_mib": memory.seen[name]["peak_rss_mib"],
+               "status": rec["status"]}
+        for name, rec in study.job.log.items()
+    }  # fmt: skip
+    return res, steps
+
+
+def docs_results(args: argparse.Namespace, res: dict, steps: dict, previous: dict) -> dict:
+    """The study's results in the keys of the Gemma pages (``tools/render_results.py``)."""
+    import torch
+
+    from layergraft.checkpoint.provenance import versions
+
+    exp = res["experiment"]
+    on_cpu = args.device in (None, "cpu") and not torch.cuda.is_available()
+    crc = {}
+    for name in ("base", "post", *res["models"]["also"]):
+        strict, closers = dict(res["crc"][name]), exp["crc_closers"][name]
+        v_end = strict.pop("v_end", None)
+        crc[name] = {
+            "mean": strict,
+            # V, H and H_norm do not depend on how V_end is defined: the closers pass's
+            "by_category": {
+                c: {k: v for k, v in m.items() if k != "V_end"}
+                for c, m in closers.get("by_category", {}).items()
+            },
+            "v_end": v_end,
+            "closers": closers["mean"],
+        }
+    out: dict[str, Any] = {
+        "name": args.name,
+        "pair": {
+            "base": args.base_note,
+            "post": args.post_note,
+            "also": list(res["models"]["also"]),
+        },
+        "settings": {
+            "dtype": "float32 (CPU: --dtype auto)" if on_cpu else "--dtype auto",
+            "threads": torch.get_num_threads(),
+            **res["settings"],
+            "ppl": {"tokens": args.ppl_tokens, "seqlen": args.ppl_seqlen},
+        },
+        "crc": crc,
+        "sweep": res["sweep"],
+        "selection": res["selection"],
+        "picks": docs_picks(res),
+        "compare": {task: docs_compare(cr) for task, cr in res["compare"].items()},
+    }
+    out["verdicts"] = verdicts(out)
+    timing = dict(res["timing_s"])
+    if args.no_pruning:
+        out["pruning"] = previous.get("pruning", {})
+        for k, v in (previous.get("steps") or {}).items():
+            if k.startswith("prune"):
+                steps[k] = {**v, "status": "from the previous run (--no-pruning)"}
+                timing[k] = v["wall_s"]
+    else:
+        out["pruning"] = exp["pruning"]
+    out["steps"] = steps
+    out["steps_note"] = (
+        "every step runs in one process (layergraft's API, the job's steps): wall_s is the job's "
+        "timing of the step (a reused step: when it last ran); peak_rss_mib is the process's "
+        "peak resident memory when the step ended (ru_maxrss), the peak so far, not the step's own"
+    )
+    out["timing_s"] = timing
+    out["versions"] = versions()
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    out["machine"] = f"{os.cpu_count()} CPU cores, {gpu}"
+    return out
+
+
+def write_docs(docs: Path, work: Path, out: dict[str, Any]) -> None:
+    """results.json, the sweep's plots, and the comparison plots drawn again from the docs
+    results (so they name the picks as the tables do)."""
+    from layergraft.report.compare import render_plots
+
+    docs.mkdir(parents=True, exist_ok=True)
+    (docs / "results.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
+    for name in SWEEP_PLOTS:
+        if (work / "sweep" / "out" / name).is_file():
+            shutil.copyfile(work / "sweep" / "out" / name, docs / name)
+    for task, cr in out["compare"].items():
+        plots = work / "docs-plots" / task
+        plots.mkdir(parents=True, exist_ok=True)
+        for rel in render_plots(cr, plots):
+            shutil.copyfile(plots / rel, docs / f"{task}_{Path(rel).name}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    from layergraft.errors import LayergraftError
+    from layergraft.models.threads import apply_threads, parse_threads
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--name", default="planted", help="the pair's name (results name it)")
     ap.add_argument("--base", type=Path, required=True)
@@ -254,130 +403,40 @@ def main() -> None:
         "settings: the natural pair's SFT-only stage, so each stage's loss of diversity is read "
         "from one comparison (repeatable)",
     )
-    ap.add_argument("--work", type=Path, required=True)
+    ap.add_argument("--work", type=Path, required=True, help="the job directory (continued)")
     ap.add_argument("--docs", type=Path, required=True)
-    ap.add_argument("--layergraft", default=str(Path(sys.executable).parent / "layergraft"))
     ap.add_argument("--n", type=int, default=8, help="samples per prompt")
     ap.add_argument("--limit", type=int, default=10, help="prompts per task")
+    ap.add_argument("--max-new-tokens", type=int, metavar="N",
+                    help="one token budget for every task (default: the study's BUDGETS per task)")  # fmt: skip
     ap.add_argument("--parts", default="attn,mlp,all")
     ap.add_argument("--alphas", default="0.25,0.5,0.75,1")
     ap.add_argument("--validate", type=int, default=2, help="candidates per family validated")
     ap.add_argument("--validate-samples", type=int, default=4)
+    ap.add_argument("--crc-prompts", type=int, help="an even subset of K CRC prompts (default all)")
     ap.add_argument("--no-pruning", action="store_true", help="keep the previous pruning section")
     ap.add_argument("--ppl-tokens", type=int, default=8192)
     ap.add_argument("--ppl-seqlen", type=int, default=1024)
-    args = ap.parse_args()
-    lg = args.layergraft
+    ap.add_argument("--device", help="where the models run (default: layergraft's choice)")
+    ap.add_argument("--threads", type=parse_threads, default="auto",
+                    help="torch threads: N or auto (layergraft's rule, as --threads of its "
+                    "commands: an exported OMP_NUM_THREADS, else the cores not busy)")  # fmt: skip
+    ap.add_argument("--quiet", action="store_true", help="no progress bars or step lines")
+    args = ap.parse_args(argv)
+    apply_threads(args.threads)
     work, docs = args.work.resolve(), args.docs.resolve()
-    (work / "logs").mkdir(parents=True, exist_ok=True)
-    record = work / "steps.json"  # every step's command, output and timing (outputs not in docs)
-    base, post = str(args.base.resolve()), str(args.post.resolve())
+    args.base, args.post = args.base.resolve(), args.post.resolve()
     also = also_models(args.also)
-    weights = digests(lg, {"base": base, "post": post, **also})
-    steps = Steps(
-        work / "logs", json.loads(record.read_text()) if record.is_file() else {}, weights
-    )
     previous = (
         json.loads((docs / "results.json").read_text()) if (docs / "results.json").is_file() else {}
     )
-    res: dict[str, Any] = {
-        "name": args.name,
-        "pair": {"base": args.base_note, "post": args.post_note, "also": list(also)},
-        "settings": {
-            "dtype": "float32 (CPU: --dtype auto)",
-            "threads": os.environ.get("OMP_NUM_THREADS", "torch default"),
-            "n": args.n,
-            "limit": args.limit,
-            "budgets": BUDGETS,
-            "parts": args.parts,
-            "alphas": args.alphas,
-            "validate": args.validate,
-            "validate_samples": args.validate_samples,
-            "seed": 0,
-            "ppl": {"tokens": args.ppl_tokens, "seqlen": args.ppl_seqlen},
-        },
-    }
-
-    res["crc"] = {}
-    for name, path in (("base", base), ("post", post), *also.items()):
-        for mode in ("strict", "closers"):
-            step = f"crc {name}" + ("" if mode == "strict" else " closers")
-            argv = [lg, "crc", path, "--json", "--v-end", mode]
-            if name == "base":  # the base has no chat template: the post model's
-                argv += ["--tokenizer", post]
-            out = json.loads(steps.run(step, argv, f"{step.replace(' ', '-')}.log"))
-            out = {k: v for k, v in out.items() if k != "items"}  # per prompt: in work/
-            if mode == "strict":
-                res["crc"][name] = out
-            else:
-                res["crc"][name]["closers"] = out["mean"]
-
-    sweep_dir = work / "sweep"
-    resume = "--resume" if (sweep_dir / "intervals.jsonl").is_file() else "--force"
-    steps.run("sweep", [lg, "sweep", "--base", base, "--post", post, "--out", str(sweep_dir),
-                        "--method", "both", "--parts", args.parts, "--alphas", args.alphas,
-                        "--rule", "format", "--validate", str(args.validate), "--validate-samples",
-                        str(args.validate_samples), "--quiet", resume], "sweep.log")  # fmt: skip
-    sweep = res["sweep"] = json.loads((sweep_dir / "results.json").read_text())
-
-    models: dict[str, str] = {"post": post, "base": base, **also}
-    res["picks"] = picks(sweep)
-    for label, row in res["picks"].items():
-        if "same_as" in row:
-            continue
-        out = work / label
-        steps.run(f"write {label}", _write_argv(lg, base, post, row, out), f"write-{label}.log",
-                  reuse=out.is_dir())  # fmt: skip
-        models[label] = str(out)
-
-    res["compare"] = {}
-    for task, budget in BUDGETS.items():
-        out = work / "compare" / task
-        argv = [lg, "compare", "--models", *(f"{k}={v}" for k, v in models.items()), "--task", task,
-                "--n", str(args.n), "--limit", str(args.limit), "--max-new-tokens", str(budget),
-                "--out", str(out), "--quiet", "--json"]  # fmt: skip
-        reuse = steps.recorded(f"compare {task}", argv) and (out / "results.json").is_file()
-        # every model generated in one run: the recorded timing is the whole comparison
-        if not reuse:
-            shutil.rmtree(out, ignore_errors=True)
-        out.parent.mkdir(parents=True, exist_ok=True)  # layergraft creates no missing parent
-        steps.run(f"compare {task}", argv, f"compare-{task}.log", reuse=reuse)
-        res["compare"][task] = json.loads((out / "results.json").read_text())
-        for r in res["compare"][task]["runs"].values():
-            r.pop("per_prompt", None)
-        record.write_text(json.dumps({**steps.previous, **steps.steps}, indent=1))
-    res["verdicts"] = verdicts(res)
-
-    if args.no_pruning:
-        res["pruning"] = previous.get("pruning", {})
-        for k, v in (previous.get("steps") or {}).items():
-            if k.startswith("prune "):
-                steps.steps[k] = {**v, "reused": "from the previous run (--no-pruning)"}
-    else:
-        res["pruning"] = {}
-        for metric in ("angular", "bi"):
-            for n in (2, 4):
-                argv = [lg, "prune", base, "--auto", str(n), "--metric", metric, "--compare", "--json",
-                        "--ppl-seqlen", str(args.ppl_seqlen), "--ppl-tokens", str(args.ppl_tokens)]  # fmt: skip
-                out = steps.run(f"prune {metric} {n}", argv, f"prune-{metric}-{n}.log")
-                res["pruning"][f"{metric}_remove_{n}"] = {**json.loads(out), "metric": metric}
-    record.write_text(json.dumps({**steps.previous, **steps.steps}, indent=1))
-
-    res["steps"] = {k: {f: v[f] for f in v if f != "stdout"} for k, v in steps.steps.items()}
-    res["timing_s"] = {k: v["wall_s"] for k, v in steps.steps.items()}
-    code = "import json; from layergraft.checkpoint.provenance import versions; print(json.dumps(versions()))"
-    res["versions"] = _probe(lg, code)
-    res["machine"] = f"{os.cpu_count()} CPU cores, no GPU"
-    docs.mkdir(parents=True, exist_ok=True)
-    (docs / "results.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
-    for name in ("heatmaps.png", "heatmaps_attn.png", "heatmaps_mlp.png", "pareto.png", "diff.png"):
-        if (sweep_dir / name).is_file():
-            shutil.copyfile(sweep_dir / name, docs / name)
-    for task in BUDGETS:
-        for png in (work / "compare" / task).glob("*.png"):
-            shutil.copyfile(png, docs / f"{task}_{png.name}")
-    print(f"wrote {docs / 'results.json'} and the plots")
+    try:
+        res, steps = run_study(args, work, also)
+    except LayergraftError as e:  # a user's mistake (a bad path, a model that does not open)
+        raise SystemExit(f"pipeline.py: {str(e).replace('--out ', '--work ')}") from None
+    write_docs(docs, work, docs_results(args, res, steps, previous))
+    print(f"wrote {docs / 'results.json'} and the plots", flush=True)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
