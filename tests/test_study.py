@@ -240,6 +240,10 @@ def test_a_rerun_reuses_every_step_and_a_changed_setting_reruns_only_what_it_tou
     log = _log(job)
     assert log["check"] == log["crc"] == "reused" and log["sweep"] == "ran"
     assert (job / "sweep" / "out" / "intervals.jsonl").read_text() == rows
+    # another CRC prompt subset (the same file name, other content): CRC and the sweep rerun
+    _slr(job, "--n", "3", "--rule", "paper", "--crc-prompts", "8")
+    log = _log(job)
+    assert log["check"] == "reused" and log["crc"] == log["sweep"] == "ran", log
 
 
 def test_without_validation_the_written_hybrid_carries_a_caveat(tmp_path):

@@ -126,7 +126,9 @@ class SlrStudy:
         return {**self.digests, **{k: weights_digest(v) for k, v in self.also.items()}}
 
     def crc_settings(self, prompts: str) -> dict[str, Any]:
-        return {"prompts": prompts, "tokenizer": self.tokenizer, "v_end": "strict",
+        # the count names the subset's content: its file has one path for every count
+        return {"prompts": prompts, "crc_prompts": self.cfg.crc_prompts,
+                "tokenizer": self.tokenizer, "v_end": "strict",
                 "placement": jsonable(self.placement)}  # fmt: skip
 
     def sweep_config(self, prompts: str) -> Any:
@@ -139,7 +141,8 @@ class SlrStudy:
         })  # fmt: skip
 
     def sweep_settings(self, cfg: Any) -> dict[str, Any]:
-        return {"sweep": cfg.as_json(), "tokenizer": self.tokenizer,
+        return {"sweep": cfg.as_json(), "crc_prompts": self.cfg.crc_prompts,
+                "tokenizer": self.tokenizer,
                 "placement": jsonable(self.placement)}  # fmt: skip
 
     def sweep(self, prompts: str) -> dict[str, Any]:
