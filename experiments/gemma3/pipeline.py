@@ -251,16 +251,6 @@ def experiment_steps(args: argparse.Namespace, placement: dict[str, Any]) -> Cal
     return extra
 
 
-def forget_on_new_prompts(root: Path, crc_prompts: int | None) -> None:
-    """Start the study's crc and sweep steps over when ``--crc-prompts`` changed since the job's
-    last results. A workaround: the study keys both on the prompt file's path, which is the same
-    for every subset size, so it would reuse them (and mix them with this run's closers CRC)."""
-    last = root / "results.json"
-    if last.is_file() and json.loads(last.read_text())["settings"]["crc_prompts"] != crc_prompts:
-        for step in ("crc", "sweep"):
-            shutil.rmtree(root / step, ignore_errors=True)
-
-
 def run_study(args: argparse.Namespace, work: Path, also: dict[str, str]) -> tuple[dict, dict]:
     """The study with the experiment's steps appended, in ``work``; its results and each
     step's peak RSS record."""
@@ -268,8 +258,9 @@ def run_study(args: argparse.Namespace, work: Path, also: dict[str, str]) -> tup
     from layergraft.models.placement import check_placement
     from layergraft.slr.hybrid.pair import check_compatible
     from layergraft.slr.sweep.config import parse_alphas, parse_sweep_parts
+    from layergraft.study.inputs import check_also, open_job_dir
     from layergraft.study.settings import BUDGETS, StudySettings
-    from layergraft.study.slr import SlrStudy, check_also, open_job_dir
+    from layergraft.study.slr import SlrStudy
 
     budgets = dict.fromkeys(BUDGETS, args.max_new_tokens) if args.max_new_tokens else dict(BUDGETS)
     cfg = StudySettings(
@@ -284,7 +275,6 @@ def run_study(args: argparse.Namespace, work: Path, also: dict[str, str]) -> tup
     check_placement(args.device, "auto", None, models=[base_ck, post_ck])
     root = open_job_dir(work, [base_ck, post_ck, *also.values()], force=False)
     root.mkdir(parents=True, exist_ok=True)
-    forget_on_new_prompts(root, cfg.crc_prompts)
     say = (lambda s: None) if args.quiet else (lambda s: print(s, flush=True))
     study = SlrStudy(args.base, args.post, root, cfg, placement=placement, also=also,
                      roles=tuple(PICKS), progress=not args.quiet, say=say)  # fmt: skip
