@@ -16,9 +16,11 @@ def _f(x: Any) -> str:
     return "–" if x is None else f"{x:.3f}"
 
 
-def picks_rows(sw: dict[str, Any]) -> list[list[str]]:
+def picks_rows(sw: dict[str, Any], who: dict[str, str] | None = None) -> list[list[str]]:
     """One row per reference and per rule's pick (best over every family), with V, V_end,
-    H_norm and whether it meets each rule."""
+    H_norm and whether it meets each rule. ``who`` names a rule's row otherwise than
+    "<rule> rule's pick" (the report: the paper rule's pick is a restored interval, its best
+    over every family is something else)."""
     post = sw["references"]["post"]
     rules = sw.get("rules") or {}
     thresholds = {
@@ -45,10 +47,13 @@ def picks_rows(sw: dict[str, Any]) -> list[list[str]]:
     chosen = (sw.get("validation") or {}).get("chosen")
     for lab, names in seen.items():
         row = next(b for n, b in sw["best"].items() if b and b["label"] == lab)
-        who = " and ".join(f"{n} rule" for n in names) + "'s pick"
+        if who and any(n in who for n in names):
+            says = " and ".join(who.get(n, f"{n} rule's pick") for n in names)
+        else:
+            says = " and ".join(f"{n} rule" for n in names) + "'s pick"
         if chosen and chosen["label"] == lab:
-            who += ", validated"
-        rows.append([f"`{lab}` ({who})", row["family"], _f(row["V"]), _f(row.get("V_end")),
+            says += ", validated"
+        rows.append([f"`{lab}` ({says})", row["family"], _f(row["V"]), _f(row.get("V_end")),
                      _f(row["H_norm"])] + [meets(row, n) for n in rules])  # fmt: skip
     if chosen and chosen["label"] not in seen:
         rows.append([f"`{chosen['label']}` (validated)", chosen.get("family", "–"), _f(chosen["V"]),
@@ -112,8 +117,13 @@ def selection_blocks(sw: dict[str, Any]) -> list[Block]:
         + ". V_end is the probability that the reply is a valid character and then ends: the "
         "first answer token alone cannot see a hybrid that no longer stops."
     )
+    # the paper rule's pick is the interval the SLR paper's rule selects; the same thresholds
+    # over every family may pick another hybrid, which must not take that name
+    paper = ((sw.get("selections") or {}).get("paper") or {}).get("interval")
+    best = (sw.get("best") or {}).get("paper") or {}
+    who = {"paper": "paper rule over every family"} if best.get("label", paper) != paper else None
     blocks: list[Block] = [("h3", "Which hybrid to trust"), ("p", text),
-                           ("table", picks_header(sw), picks_rows(sw))]  # fmt: skip
+                           ("table", picks_header(sw), picks_rows(sw, who))]  # fmt: skip
     val = sw.get("validation")
     if val:
         blocks.append((

@@ -152,7 +152,24 @@ def plot_pareto(results: dict[str, Any], path: Path) -> Path:
                                edgecolor="k", label=f"{name} model", zorder=5))  # fmt: skip
     thr = results["selection"]["validity_threshold"]
     refs.append(ax.axvline(thr, color="k", ls=":", lw=1, label=f"V threshold {thr:.3f}"))
-    for name, best in (results.get("best") or {}).items():
+    paper_iv = ((results.get("selections") or {}).get("paper") or {}).get("interval")
+    paper_row = next((r for r in rows if r["interval"] == paper_iv), None)
+    best_of = dict(results.get("best") or {})
+    if paper_row and (best_of.get("paper") or {}).get("label", paper_iv) != paper_iv:
+        # the paper rule's pick is a restored interval (the SLR paper's rule); the same
+        # thresholds over every family pick something else, drawn dashed under its own name
+        picks.append(ax.scatter(
+            [paper_row["V"]], [paper_row[dkey]], s=240, facecolor="none",
+            edgecolor=RULE_COLOURS["paper"], lw=2.5, zorder=6,
+            label=f"paper rule's pick: {paper_iv}",
+        ))  # fmt: skip
+        other = best_of.pop("paper")
+        picks.append(ax.scatter(
+            [other["V"]], [other[dkey]], s=240, facecolor="none", linestyle="--",
+            edgecolor=RULE_COLOURS["paper"], lw=1.5, zorder=6,
+            label=f"paper rule over every family: {other['label']}",
+        ))  # fmt: skip
+    for name, best in best_of.items():
         if best:
             picks.append(ax.scatter(
                 [best["V"]], [best[dkey]], s=240, facecolor="none",
