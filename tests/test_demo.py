@@ -51,13 +51,35 @@ def test_quick_demo_writes_a_complete_report(demo, capsys):
     assert "--force" in capsys.readouterr().err
 
 
+def test_report_opens_with_the_summary_of_what_was_written(demo):
+    """The demo is the slr job on the toy pair: its results say what was selected and
+    written (``selection``) and the report opens with that summary; results without a
+    ``selection`` (older demo runs) render as before, without one."""
+    from layergraft.report.demo import build_blocks
+
+    _, out = demo
+    res = json.loads((out / "results.json").read_text())
+    md = (out / "report.md").read_text()
+    heads = [b[1] for b in build_blocks(res) if b[0] in ("h1", "h2")]
+    assert heads[1:3] == ["Summary", "1. The models"]
+    w = res["selection"]["written"]
+    assert f"**Written hybrid: `{w['label']}`**" in md and "`hybrid/`" in md
+    assert md.index("## Summary") < md.index("## 1. The models")
+    del res["selection"]
+    heads = [b[1] for b in build_blocks(res) if b[0] in ("h1", "h2")]
+    assert "Summary" not in heads and heads[1] == "1. The models"
+
+
 _PROBE = """
 <script>
 window.__errors = [];
 window.addEventListener('error', e => window.__errors.push(String(e.message || e.target.src)), true);
 window.addEventListener('load', () => {
   const imgs = Array.from(document.images).map(i => i.naturalWidth);
-  document.title = 'PROBE' + JSON.stringify({imgs, errors: window.__errors});
+  const shown = Array.from(document.images).map(i => i.clientWidth / i.naturalWidth);
+  const tables = Array.from(document.querySelectorAll('table'))
+    .map(t => t.getBoundingClientRect().width - t.parentElement.clientWidth);
+  document.title = 'PROBE' + JSON.stringify({imgs, shown, tables, errors: window.__errors});
 });
 </script>
 """
@@ -74,7 +96,7 @@ def test_html_report_renders_in_headless_chromium(demo, tmp_path):
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000"]  # fmt: skip
     dom = subprocess.run(
-        ["chromium", *flags, "--dump-dom", probe.as_uri()],
+        ["chromium", *flags, "--window-size=1000,3000", "--dump-dom", probe.as_uri()],
         capture_output=True,
         text=True,
         timeout=120,
@@ -83,6 +105,10 @@ def test_html_report_renders_in_headless_chromium(demo, tmp_path):
     state = json.loads(title.replace("&quot;", '"'))
     assert state["errors"] == []
     assert len(state["imgs"]) >= 3 and all(w > 0 for w in state["imgs"])
+    # read at page width (issue 33): in a 1000 px window no table is wider than the page, and
+    # no plot is shrunk much below its natural size (its text stays readable)
+    assert state["tables"] and max(state["tables"]) <= 1, state["tables"]
+    assert min(state["shown"]) >= 0.85, state["shown"]
     shot = out / "screenshot.png"
     subprocess.run(["chromium", *flags, "--window-size=1100,2400", f"--screenshot={shot}", (out / "report.html").as_uri()],
                    capture_output=True, timeout=120, check=True)  # fmt: skip

@@ -1,23 +1,25 @@
-"""Render the demo's ``results.json`` as ``report.md`` and a self-contained ``report.html``.
+"""Render a job's ``results.json`` (the demo, ``layergraft slr``) as ``report.md`` and a
+self-contained ``report.html``.
 
 Why blocks: the two reports must say the same thing. Both are rendered from one list of
-blocks (heading, paragraph, table, image) built from the results dict, so no number is typed
-twice and the HTML (images embedded as base64) can be mailed or opened anywhere.
+blocks (heading, paragraph, list, table, image; :mod:`layergraft.report.blocks`) built from
+the results dict, so no number is typed twice and the HTML (images embedded as base64) can be
+mailed or opened anywhere. When the results say what the job selected and wrote
+(``selection``), the report opens with that summary (:mod:`layergraft.report.summary`).
 """
 
 from __future__ import annotations
 
-import base64
-import html
-import re
 import shutil
 from pathlib import Path
 from typing import Any
 
+from layergraft.report.blocks import MAX_COLUMNS, Block, to_html, to_markdown
 from layergraft.report.compare import fmt_ci, table_metrics
 from layergraft.report.selection import selection_blocks
+from layergraft.report.summary import summary_blocks
 
-Block = tuple[Any, ...]
+__all__ = ["MAX_COLUMNS", "build_blocks", "runs_tables", "to_html", "to_markdown", "write_reports"]
 
 
 def _f(x: Any, nd: int = 3) -> str:
@@ -38,7 +40,8 @@ def _sweep_blocks(res: dict[str, Any]) -> list[Block]:
     for name, s in (sw.get("selections") or {}).items():
         row = next((r for r in sw["intervals"] if r["interval"] == s["interval"]), None)
         if row:
-            rows.append([f"SLR {row['interval']} ({name} rule)", _f(row["V"]), _f(row["H"]),
+            says = "paper rule's pick" if name == "paper" else f"{name} rule, intervals only"
+            rows.append([f"SLR {row['interval']} ({says})", _f(row["V"]), _f(row["H"]),
                          _f(row["H_norm"]), _f(row.get("V_end"))])  # fmt: skip
     if soup:
         rows.append([f"soup α={soup['alpha']:g} (selected)", _f(soup["V"]), _f(soup["H"]),
@@ -52,7 +55,7 @@ def _sweep_blocks(res: dict[str, Any]) -> list[Block]:
         f"entropy over them (H_norm = H / log|S|). The post model puts V = {post['V']:.3f} on valid characters "
         f"with H_norm = {post['H_norm']:.3f} (collapsed); the base model, which never saw the chat format, has "
         f"V = {base['V']:.3f} and H_norm = {base['H_norm']:.3f}. The active rule ({sw['rule']['text']}; "
-        f"V ≥ {thr:.3f}) picks the most diverse interval: "
+        f"V ≥ {thr:.3f}) picks, among the restored intervals alone, the most diverse: "
     )
     if sel:
         text += f"**{sel['interval']}** with V = {sel['V']:.3f}, H_norm = {sel['H_norm']:.3f} "
@@ -141,10 +144,6 @@ def _parts_blocks(sw: dict[str, Any]) -> list[Block]:
     return blocks
 
 
-#: the widest table the page takes (~900 px of text): wider ones are split or transposed
-MAX_COLUMNS = 8
-
-
 def runs_tables(cr: dict[str, Any], max_runs: int = MAX_COLUMNS - 1) -> list[Block]:
     """A task's comparison as tables with the runs as columns and the metrics as rows (quality
     first, then diversity: :func:`table_metrics`), at most ``max_runs`` runs a table, so that
@@ -196,6 +195,8 @@ def _compare_blocks(res: dict[str, Any]) -> list[Block]:
 
 
 def _prune_blocks(res: dict[str, Any]) -> list[Block]:
+    if not res.get("pruning"):
+        return []
     blocks: list[Block] = [("h2", "5. Pruning the toy base model with each recovery method")]
     for pr in (res.get("pruning") or {}).values():
         dense = next(r for r in pr["rows"] if r["method"] == "dense")
@@ -216,14 +217,23 @@ def _prune_blocks(res: dict[str, Any]) -> list[Block]:
 def build_blocks(res: dict[str, Any]) -> list[Block]:
     ins = res["inspect"]
     b, p = ins["base"], ins["post"]
+    job = res.get("job", "demo")
+    quick = " (quick mode: fewer prompts and samples)" if res.get("quick") else ""
+    if job == "demo":
+        intro = (
+            "Everything below was measured in this run, on the toy base/post-trained pair that ships "
+            f"with layergraft, on CPU{quick}. All numbers are in results.json."
+        )
+    else:
+        models = res.get("models") or {}
+        intro = (
+            f"Everything below was measured in this run{quick}: base `{models.get('base')}`, post "
+            f"`{models.get('post')}`. All numbers are in results.json."
+        )
     blocks: list[Block] = [
-        ("h1", "layergraft demo report"),
-        (
-            "p",
-            "Everything below was measured in this run, on the toy base/post-trained pair that ships with "
-            f"layergraft, on CPU{' (quick mode: fewer prompts and samples)' if res['quick'] else ''}. All numbers "
-            "are in results.json.",
-        ),
+        ("h1", f"layergraft {job} report"),
+        ("p", intro),
+        *summary_blocks(res),  # the first screen, when the job says what it selected and wrote
         ("h2", "1. The models"),
         (
             "table",
@@ -250,14 +260,18 @@ def build_blocks(res: dict[str, Any]) -> list[Block]:
             [label, f"`{w['hybrid']}`", w["what"], f"same model as {w['same_as']}" if "same_as" in w else w["dir"]]
             for label, w in r["picks"].items()
         ]  # fmt: skip
-        blocks.append((
-            "p",
+        text = (
             "Each pick was written with the command a user would run (`layergraft restore` for "
-            "base layers, `layergraft soup` for blends). The "
-            f"{r['checked']} pick was reloaded with plain `AutoModelForCausalLM.from_pretrained`; its "
-            "logits differ from the in-memory hybrid the sweep scored by at most "
-            f"{r['reload_max_abs_logit_diff']:.2e}. The comparison below generates from each.",
-        ))  # fmt: skip
+            "base layers, `layergraft soup` for blends)."
+        )
+        if r.get("checked") and r.get("reload_max_abs_logit_diff") is not None:
+            which = "written hybrid" if r["checked"] == "written" else f"{r['checked']} pick"
+            text += (
+                f" The {which} was reloaded with plain "
+                "`AutoModelForCausalLM.from_pretrained`; its logits differ from the in-memory "
+                f"hybrid the sweep scored by at most {r['reload_max_abs_logit_diff']:.2e}."
+            )
+        blocks.append(("p", text + " The comparison below generates from each."))
         blocks.append(("table", ["label", "hybrid", "what", "written to"], rows))
     else:
         blocks.append(("p", r.get("note", "nothing selected")))
@@ -269,139 +283,29 @@ def build_blocks(res: dict[str, Any]) -> list[Block]:
     return blocks
 
 
-def _md_cell(x: Any) -> str:
-    return str(x).replace("|", "\\|").replace("\n", " ")
-
-
-def to_markdown(blocks: list[Block]) -> str:
-    out: list[str] = []
-    for b in blocks:
-        kind = b[0]
-        if kind in ("h1", "h2", "h3"):
-            out += ["#" * int(kind[1]) + " " + b[1], ""]
-        elif kind == "p":
-            out += [b[1], ""]
-        elif kind == "ul":
-            out += [f"- {item}" for item in b[1]] + [""]
-        elif kind == "table":
-            out.append("| " + " | ".join(map(_md_cell, b[1])) + " |")
-            out.append("|" + "---|" * len(b[1]))
-            out += ["| " + " | ".join(map(_md_cell, row)) + " |" for row in b[2]]
-            out.append("")
-        elif kind == "img":
-            out += [f"![{b[2]}]({b[1]})", ""]
-    return "\n".join(out)
-
-
-def _inline_md(text: str) -> str:
-    """Escape, then the two inline forms the report uses: **bold** and `code`."""
-    s = html.escape(str(text))
-    s = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", s)
-    return re.sub(r"`(.+?)`", r"<code>\1</code>", s)
-
-
-_NUMBER = re.compile(r"^[-+]?[\d.,]+(e[-+]?\d+)?(%|×)?$")
-_WITH_CI = re.compile(r"^([-\d.,]+) (\[[-\d.,]+, [-\d.,]+\])$")
-NUM = " class='num'"
-_DASH = frozenset({"–", "-", ""})
-
-
-def _is_number(x: Any) -> bool:
-    t = str(x)
-    return bool(_NUMBER.match(t) or _WITH_CI.match(t))
-
-
-def _numeric(cells: list[Any]) -> bool:
-    """Mostly numbers (blanks not counted): the column's header and blanks align right."""
-    texts = [c for c in cells if str(c) not in _DASH]
-    return bool(texts) and 2 * sum(map(_is_number, texts)) > len(texts)
-
-
-def _words(s: str, *, keep_hyphens: bool = True) -> str:
-    """HTML text that may break after an underscore (finished_<wbr>rate) and, with
-    ``keep_hyphens``, never at a hyphen inside a word (min-p)."""
-    if keep_hyphens:
-        s = re.sub(r"(?<=\w)-(?=\w)", "\u2011", s)
-    return re.sub(r"_(?=\w)", "_<wbr>", s)
-
-
-def _html_cell(x: Any, num_column: bool) -> str:
-    """A table cell: numbers right-aligned in tabular figures, a mean's 95% interval on a
-    second, smaller line, inline Markdown (`code`, **bold**) rendered, long words breakable."""
-    text = str(x)
-    ci = _WITH_CI.match(text)
-    if ci:
-        return f"<td{NUM}>{ci[1]}<br><span class='ci'>{ci[2]}</span></td>"
-    if _NUMBER.match(text) or (num_column and text in _DASH):
-        return f"<td{NUM}>{html.escape(text)}</td>"
-    return f"<td>{_words(_inline_md(text))}</td>"
-
-
-def _html_table(head: list[Any], rows: list[list[Any]]) -> str:
-    cols = [i > 0 and _numeric([r[i] for r in rows]) for i in range(len(head))]
-    heads = [
-        f"<th{NUM if n else ''}>{_words(html.escape(str(h)), keep_hyphens=False)}</th>"
-        for h, n in zip(head, cols, strict=True)
-    ]
-    lines = ["<div class='table'><table>", "<tr>" + "".join(heads) + "</tr>"]
-    lines += [
-        "<tr>" + "".join(_html_cell(c, n) for c, n in zip(row, cols, strict=True)) + "</tr>"
-        for row in rows
-    ]
-    lines.append("</table></div>")
-    return "\n".join(lines)
-
-
-_CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;font-size:16px;color:#222;
-  max-width:960px;margin:2em auto;padding:0 1.2em;line-height:1.5}
-h1{font-size:1.8em}h2{font-size:1.4em;margin-top:1.8em;border-bottom:1px solid #ddd}h3{font-size:1.15em}
-.table{max-width:100%;overflow-x:auto;margin:1em 0}
-table{border-collapse:collapse;table-layout:auto;max-width:100%;font-size:14px}
-td,th{border:1px solid #ccc;padding:4px 7px;text-align:left;vertical-align:top;overflow-wrap:break-word}
-th{background:#f6f6f6;font-weight:600}
-td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
-td.num{overflow-wrap:normal;white-space:nowrap}
-.ci{color:#666;font-size:12px}
-figure{margin:1.2em 0}img{max-width:100%;height:auto;border:1px solid #eee}
-figcaption{color:#555;font-size:90%}
-code{background:#f2f2f2;padding:0 3px;border-radius:3px;font-size:90%;overflow-wrap:normal;white-space:nowrap}
-li{margin:.25em 0}
-"""
-
-
-def to_html(blocks: list[Block], root: Path) -> str:
-    title = next((b[1] for b in blocks if b[0] == "h1"), "layergraft report")
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'>"
-        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
-        f"<title>{html.escape(title)}</title>",
-        f"<style>{_CSS}</style></head><body>",
-    ]
-    for b in blocks:
-        kind = b[0]
-        if kind in ("h1", "h2", "h3"):
-            parts.append(f"<{kind}>{_inline_md(b[1])}</{kind}>")
-        elif kind == "p":
-            parts.append(f"<p>{_inline_md(b[1])}</p>")
-        elif kind == "ul":
-            parts.append("<ul>" + "".join(f"<li>{_inline_md(i)}</li>" for i in b[1]) + "</ul>")
-        elif kind == "table":
-            parts.append(_html_table(b[1], b[2]))
-        elif kind == "img":
-            data = base64.b64encode((root / b[1]).read_bytes()).decode()
-            parts.append(
-                f"<figure><img alt='{html.escape(b[2])}' src='data:image/png;base64,{data}'><figcaption>{html.escape(b[2])}</figcaption></figure>"
-            )
-    parts.append("</body></html>")
-    return "\n".join(parts)
+def _locate(root: Path, rel: str) -> str | None:
+    """Where a plot named in the blocks lies under ``root``: as named, or in the step's
+    ``out/`` folder (a ``layergraft slr`` job writes the sweep into ``sweep/out/``, the
+    demo's older runs into ``sweep/``); None when it is in neither."""
+    head, _, tail = rel.partition("/")
+    for cand in (rel, f"{head}/out/{tail}"):
+        if tail and (root / cand).is_file():
+            return cand
+    return None
 
 
 def write_reports(root: Path, res: dict[str, Any]) -> None:
-    blocks = build_blocks(res)
-    blocks = [b for b in blocks if b[0] != "img" or (root / b[1]).is_file()]
+    blocks = []
+    for b in build_blocks(res):
+        if b[0] == "img":
+            found = _locate(root, b[1])
+            if found is None:
+                continue
+            b = ("img", found, *b[2:])
+        blocks.append(b)
     (root / "report.md").write_text(to_markdown(blocks))
     (root / "report.html").write_text(to_html(blocks, root))
     for name in ("heatmaps.png", "pareto.png"):
-        if (root / "sweep" / name).is_file():
-            shutil.copyfile(root / "sweep" / name, root / name)
+        found = _locate(root, f"sweep/{name}")
+        if found:
+            shutil.copyfile(root / found, root / name)
