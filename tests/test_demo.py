@@ -45,10 +45,23 @@ def test_quick_demo_writes_a_complete_report(demo, capsys):
         assert f"{next(x['ppl'] for x in r['rows'] if x['method'] == 'ghost'):.2f}" in md
     # nothing half-written beside the output
     assert sorted(p.name for p in root.iterdir()) == ["demo"]
-    # a second run refuses to overwrite without --force, with one line and exit 2
+    # a second run is the same job: every step reused, the same results (timing aside)
+    before = {k: v for k, v in res.items() if k != "timing_s"}
+    assert main(["demo", "--quick", "--out", str(out), "--quiet"]) == 0
+    log = json.loads((out / "job.log.json").read_text())
+    assert {v["status"] for v in log.values()} == {"reused"}
+    again = json.loads((out / "results.json").read_text())
+    assert {k: v for k, v in again.items() if k != "timing_s"} == before
+    # a directory of the user's is never taken for a job: one line, exit 2, left as it was
+    mine = root / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
     capsys.readouterr()
-    assert main(["demo", "--quick", "--out", str(out), "--quiet"]) == 2
-    assert "--force" in capsys.readouterr().err
+    assert main(["demo", "--quick", "--out", str(mine), "--quiet"]) == 2
+    assert "not a layergraft job" in capsys.readouterr().err
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    mine.joinpath("notes.txt").unlink()
+    mine.rmdir()
 
 
 def test_report_opens_with_the_summary_of_what_was_written(demo):
