@@ -1,13 +1,15 @@
-"""Keep the numbers of the README (and of docs/gemma3/README.md) equal to measured runs.
+"""Keep the published numbers (README and the documentation site) equal to measured runs.
 
 Each page holds tables between markers ``<!-- SOURCE:NAME -->`` and ``<!-- /SOURCE:NAME -->``.
 This script renders each table from the committed results of a measured run —
 ``docs/demo/results.json`` (a full ``layergraft demo``) for ``demo:``, ``docs/gemma3/results.json``
 (``experiments/gemma3/pipeline.py``) for ``gemma3:``, ``docs/prune/results.json``
-(``benchmarks/residual_selection.py``) for ``prune:`` — and either rewrites the pages or, with
-``--check``, fails if any table differs, so no published number can drift from a run.
+(``benchmarks/residual_selection.py``) for ``prune:``, several of them for ``headline:`` — and
+either rewrites the pages or, with ``--check``, fails if any table differs, so no published
+number can drift from a run. The pages are README.md and every page of the site under docs/
+(docs/cli.md excepted: tools/gen_cli_reference.py writes it).
 
-    python tools/render_results.py --from demo-out   # copy a fresh run's results + plots, rewrite README
+    python tools/render_results.py --from demo-out   # copy a fresh run's results + plots, rewrite the pages
     python tools/render_results.py --check           # used by the test suite
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import sys
@@ -27,8 +30,13 @@ GEMMA = ROOT / "docs" / "gemma3"  # experiments/gemma3/pipeline.py writes it
 PRUNE = ROOT / "docs" / "prune"  # benchmarks/residual_selection.py writes it
 NATURAL = ROOT / "docs" / "gemma3-natural"  # the natural-collapse pair (issue 23)
 VEND = ROOT / "docs" / "v_end"  # experiments/v_end/measure.py writes it
-#: the pages whose marked tables are rendered (the experiment's report holds its timing tables)
-PAGES = (README, GEMMA / "README.md", NATURAL / "README.md", PRUNE / "README.md")
+DOCS = ROOT / "docs"
+
+
+def pages() -> list[Path]:
+    """The pages whose marked tables are rendered: the README and every page of the site
+    (docs/cli.md is the CLI's --help, written by tools/gen_cli_reference.py)."""
+    return [README] + [p for p in sorted(DOCS.rglob("*.md")) if p != DOCS / "cli.md"]
 
 
 def _f(x: float, nd: int = 3) -> str:
@@ -477,6 +485,83 @@ def table_pairs(pairs: dict) -> str:
     return "\n".join(out)
 
 
+def _top_reply(rows: list[dict], method: str) -> tuple[int, int, str]:
+    """How often a pruned model's most frequent generation-check reply came, of how many."""
+    r = next(r for r in rows if r["method"] == method)
+    texts = [x["text"].strip() for x in r["replies"]]
+    top = max(set(texts), key=lambda t: (texts.count(t), t))
+    return texts.count(top), len(texts), top
+
+
+def table_headline(src: dict, link) -> str:
+    """The README's and the home page's summary: one row per pair, what was done, what it gave
+    (the effect where there is one, and plainly where there is none), and the page with the
+    full tables. ``link(page)`` is the page's address relative to the page being rendered."""
+    demo, planted, natural, prune = src["demo"], src["planted"], src["natural"], src["prune"]
+    out = ["| pair | what was done | result | details |", "|---|---|---|---|"]
+
+    cmp = demo["compare"]
+    mean = {t: {k: v["mean"] for k, v in cmp[t]["runs"].items()} for t in cmp}
+    fmt, paper = demo["restore"]["picks"]["format"], demo["restore"]["picks"]["paper"]
+    out.append(
+        f"| toy pair (bundled, 8 layers) | SLR, the validated pick `{fmt['hybrid']}` "
+        f"| creative Vendi {_f(mean['creative']['post']['vendi'], 2)} → "
+        f"{_f(mean['creative']['format']['vendi'], 2)}, reasoning format kept "
+        f"({_f(mean['reasoning']['post']['format_validity'])} → "
+        f"{_f(mean['reasoning']['format']['format_validity'])}); the SLR paper's rule picks "
+        f"`{paper['hybrid']}`, which breaks that format (→ "
+        f"{_f(mean['reasoning']['paper']['format_validity'])}); no gain in QA distinct valid "
+        f"answers ({_f(mean['qa']['post']['distinct_valid_answers'], 2)} → "
+        f"{_f(mean['qa']['format']['distinct_valid_answers'], 2)}) "
+        f"| [toy pair]({link('demo/README.md')}) |"
+    )
+
+    def fin(res: dict, run: str) -> str:
+        return " / ".join(
+            _f(res["compare"][t]["runs"][run]["mean"]["finished_rate"], 2) for t in TASKS
+        )
+
+    def qa(res: dict, run: str) -> str:
+        return _f(res["compare"]["qa"]["runs"][run]["mean"]["distinct_valid_answers"], 2)
+
+    val, sp = planted["picks"]["validated"], planted["picks"]["slr_paper"]
+    out.append(
+        f"| Gemma-3-270M, collapse planted by SFT | SLR, the validated pick `{val['label']}` "
+        f"| QA distinct valid answers {qa(planted, 'post')} → {qa(planted, 'validated')}; replies "
+        f"finished (creative / QA / reasoning) {fin(planted, 'validated')} against the post "
+        f"model's {fin(planted, 'post')}; the SLR paper's rule picks `{sp['label']}`, which "
+        f"finishes {fin(planted, 'slr_paper')} | [planted pair]({link('gemma3/README.md')}) |"
+    )
+    nval = natural["sweep"]["validation"]
+    passed = sum(1 for c in nval["candidates"] if c.get("passes"))
+    out.append(
+        f"| Gemma-3-270M, broad SFT then DPO | SLR | **no effect**: {passed} of "
+        f"{len(nval['candidates'])} candidates kept the chat format, so no hybrid is written; "
+        f"this post model answers the CRC proxy in sentences (V = "
+        f"{_f(natural['sweep']['references']['post']['V'])}), so the proxy cannot rank layers "
+        f"| [natural pair]({link('gemma3-natural/README.md')}) |"
+    )
+    sm = next(r for r in prune["smollm2"]["rows"] if r["label"] == "angular" and r["n"] == 4)
+    k, n, top = _top_reply(prune["smollm2"]["gen_check"]["rows"], "ghost")
+    out.append(
+        f"| SmolLM2-135M-Instruct (30 layers) | pruning 4 layers (`{sm['removed']}`), ghost "
+        f"repair | perplexity {sm['ppl_dense']:.2f} → {sm['ppl_ghost']:.2f} ({sm['ppl_none']:.2f} "
+        f"without repair), but the pruned model answers {k} of {n} questions with “{top}” "
+        f"| [pruning]({link('prune/README.md')}) |"
+    )
+    g4 = planted["pruning"]["angular_remove_4"]
+    ppl = {r["method"]: r["ppl"] for r in g4["rows"]}
+    out.append(
+        f"| Gemma-3-270M base (18 layers) | pruning the last 4 layers (`{g4['removed']}`), ghost "
+        f"repair | perplexity {ppl['dense']:.2f} → {ppl['ghost']:.2f} ({ppl['none']:.2f} without "
+        f"repair) | [planted pair]({link('gemma3/README.md')}) |"
+    )
+    return "\n".join(out)
+
+
+table_headline.page_relative = True  # takes a link function
+
+
 def _load(path: Path | dict[str, Path]) -> dict:
     """A source's results: one file, or one per name for a table that reads several runs."""
     if isinstance(path, dict):
@@ -532,6 +617,15 @@ SOURCES = {
     "natural_stages": (NATURAL / "measure.json", {"stages": table_stages}),
     "pairs": (PAIRS, {"picks": table_pairs}),
     "v_end": (VEND / "results.json", {"models": table_v_end}),
+    "headline": (
+        {
+            "demo": DEMO / "results.json",
+            "planted": GEMMA / "results.json",
+            "natural": NATURAL / "results.json",
+            "prune": PRUNE / "results.json",
+        },
+        {"results": table_headline},
+    ),
     "prune": (  # benchmarks/residual_selection.py writes it (issue 21)
         PRUNE / "results.json",
         {
@@ -545,8 +639,19 @@ SOURCES = {
 }
 
 
-def render(readme: str) -> str:
-    """Rewrite every marked table of a page from its results file (a missing file is an error)."""
+def _linker(page: Path | None):
+    """Addresses of site pages (``demo/README.md``) relative to ``page``."""
+    here = (page or README).parent
+
+    def link(target: str) -> str:
+        return Path(os.path.relpath(DOCS / target, here)).as_posix()
+
+    return link
+
+
+def render(readme: str, page: Path | None = None) -> str:
+    """Rewrite every marked table of a page from its results file (a missing file is an error);
+    ``page`` (default the README) is where the page lives, for the links some tables hold."""
     for prefix, (path, tables) in SOURCES.items():
         if f"<!-- {prefix}:" not in readme:
             continue
@@ -560,6 +665,8 @@ def render(readme: str) -> str:
             pat = re.compile(rf"(<!-- {prefix}:{name} -->)(.*?)(<!-- /{prefix}:{name} -->)", re.S)
             if not pat.search(readme):
                 continue  # a page shows the tables it wants
+            if getattr(fn, "page_relative", False):
+                fn = (lambda f, lk: lambda r: f(r, lk))(fn, _linker(page))
             readme = pat.sub(
                 lambda m, fn=fn, res=res: m.group(1) + "\n" + fn(res) + "\n" + m.group(3), readme
             )
@@ -583,24 +690,22 @@ def main() -> int:
             shutil.copyfile(args.src / name, DEMO / name)
         shutil.copyfile(args.src / "sweep" / "diff.png", DEMO / "diff.png")
     stale = []
-    for page in (p for p in PAGES if p.is_file()):
+    for page in pages():
         text = page.read_text()
-        new = render(text)
+        new = render(text, page)
         if new != text:
             stale.append(page.relative_to(ROOT))
             if not args.check:
                 page.write_text(new)
     if args.check and stale:
         print(
-            f"tables in {', '.join(map(str, stale))} differ from docs/*/results.json: "
+            f"tables in {', '.join(map(str, stale))} differ from their results files: "
             "run python tools/render_results.py",
             file=sys.stderr,
         )
         return 1
     if not args.check:
-        print(
-            f"rendered from docs/*/results.json: {', '.join(map(str, stale)) or 'nothing changed'}"
-        )
+        print(f"rendered from the results files: {', '.join(map(str, stale)) or 'nothing changed'}")
     return 0
 
 
