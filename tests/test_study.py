@@ -248,7 +248,8 @@ def test_a_rerun_reuses_every_step_and_a_changed_setting_reruns_only_what_it_tou
 
 def test_without_validation_the_written_hybrid_carries_a_caveat(tmp_path):
     out = tmp_path / "noval"
-    _slr(out, "--validate", "0", "--tasks", "qa", "--limit", "1", "--n", "1")
+    r = _slr(out, "--validate", "0", "--tasks", "qa", "--limit", "1", "--n", "1", "--quiet")
+    assert "%|" not in r.stderr, r.stderr[-2000:]  # --quiet: no bar, transformers' included
     sel = json.loads((out / "results.json").read_text())["selection"]
     assert sel["written"]["pick"] in ("format", "paper")
     assert any("not validated" in c for c in sel["caveats"])

@@ -58,6 +58,18 @@ def _one_line_warning(
     return f"{category.__name__}: {message}"
 
 
+def _quiet_library_bars() -> None:
+    """``--quiet`` silences transformers' own bars too ("Loading weights" while a hybrid is
+    loaded for validation). Both libraries read this switch when they are imported; where they
+    already are (a caller's process), their own switch is turned off instead."""
+    if "huggingface_hub" in sys.modules or "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    else:
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # Warnings go through logging from the first moment, parsing included: a warning raised
     # while parsing (a renamed option) is then a whole line like every other one. Printed
@@ -79,6 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     prog = f"layergraft {args.command}"
     if getattr(args, "threads", None) is not None:  # every command of the placement group
         apply_threads(args.threads)
+    if getattr(args, "quiet", False):
+        _quiet_library_bars()
     try:
         return args.func(args)
     except LayergraftError as e:
