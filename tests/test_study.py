@@ -22,7 +22,7 @@ import torch
 
 from layergraft.study.job import Job, Step
 from layergraft.toy import toy_paths
-from tiny import ONE_THREAD_ENV
+from tiny import ONE_THREAD_ENV, hand_built_hybrid
 
 BASE, POST = (str(p) for p in toy_paths())
 SMALL = ["--quick", "--parts", "all", "--alphas", "1", "--n", "2", "--limit", "3", "--threads", "1"]
@@ -141,27 +141,7 @@ def first(job):
 
 
 def _reference_hybrid(row: dict) -> torch.nn.Module:
-    """The hybrid built by hand from the two checkpoints' tensors: parameters of layers
-    [start, end) (only the part's, if any) blended as (1 - alpha) * post + alpha * base."""
-    from transformers import AutoModelForCausalLM
-
-    post = AutoModelForCausalLM.from_pretrained(POST, dtype=torch.float32).eval()
-    base = AutoModelForCausalLM.from_pretrained(BASE, dtype=torch.float32).eval()
-    alpha, parts = row.get("alpha", 1.0), row.get("parts", "all")
-    marks = {"attn": ".self_attn.", "mlp": ".mlp.", "norms": "norm"}
-    b = dict(base.named_parameters())
-    with torch.no_grad():
-        for name, p in post.named_parameters():
-            if ".layers." not in name:
-                in_scope = "start" not in row  # a whole-model soup blends everything
-            else:
-                i = int(name.split(".layers.")[1].split(".")[0])
-                in_scope = "start" not in row or row["start"] <= i < row["end"]
-                if parts != "all":
-                    in_scope = in_scope and marks[parts] in name.split(".layers.")[1]
-            if in_scope:
-                p.copy_((1 - alpha) * p + alpha * b[name])
-    return post
+    return hand_built_hybrid(row, BASE, POST)
 
 
 def test_the_written_hybrid_is_what_the_sweep_scored(job):

@@ -230,3 +230,31 @@ class LoudThread(threading.Thread):
             raise AssertionError(f"helper thread {self.name} still running after {timeout} s")
         if self.error is not None:
             raise AssertionError(f"helper thread {self.name} failed") from self.error
+
+
+def hand_built_hybrid(row: dict[str, Any], base: Any, post: Any) -> Any:
+    """A hybrid built by hand from two checkpoints' parameters, as an independent reference
+    for what restore/soup/sweep write: parameters of decoder layers [start, end) (only the
+    row's part: ``attn`` = self_attn, ``mlp`` = mlp, ``norms`` = layer norms) become
+    (1 - alpha) * post + alpha * base; a row without ``start`` (a whole-model soup) blends
+    every parameter."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    hybrid = AutoModelForCausalLM.from_pretrained(post, dtype=torch.float32).eval()
+    donor = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
+    alpha, parts = row.get("alpha", 1.0), row.get("parts", "all")
+    marks = {"attn": ".self_attn.", "mlp": ".mlp.", "norms": "norm"}
+    b = dict(donor.named_parameters())
+    with torch.no_grad():
+        for name, p in hybrid.named_parameters():
+            if ".layers." not in name:
+                in_scope = "start" not in row
+            else:
+                i = int(name.split(".layers.")[1].split(".")[0])
+                in_scope = "start" not in row or row["start"] <= i < row["end"]
+                if parts != "all":
+                    in_scope = in_scope and marks[parts] in name.split(".layers.")[1]
+            if in_scope:
+                p.copy_((1 - alpha) * p + alpha * b[name])
+    return hybrid
