@@ -3,19 +3,19 @@ residual (issue 21), on one model, with the perplexity after ghost repair and af
 
 For every ``--n`` and every selection, what ``compare_recovery`` does (methods ghost and none) on
 the same dense model in memory, whose perplexity is measured once; the same calibration and held-out text
-as the README's pruning tables. Rows: ``angular``, ``bi`` and ``residual`` with the dense fit (as
+as the pruning tables of docs/prune/README.md. Rows: ``angular``, ``bi`` and ``residual`` with the dense fit (as
 ``prune`` fits by default), ``residual-greedy`` with the sequential fit it scores for, and the
 same two with ``--normalise token`` (``residual-token``, ``residual-token-greedy``). The
 residual column is the ghost operators' residual on the calibration samples, pooled over gaps
 (``Σ r_g·‖Δ_g‖² / Σ ‖Δ_g‖²``).
 
 ``--gen-check N`` adds one more comparison at the first ``--n`` with angular selection (the
-README's SmolLM2 row): dense, ghost, replaceme and none, each with N greedy chat replies to
+SmolLM2 generation check of docs/prune/README.md): dense, ghost, replaceme and none, each with N greedy chat replies to
 the bundled QA prompts (finished_rate, valid_rate).
 
 The results go under ``--key`` into ``--out`` (other keys of that file are kept), saved after
 every row; a row already there is not computed again (``--redo`` recomputes). From that file
-``tools/render_results.py`` renders the README tables.
+``tools/render_results.py`` renders the tables of docs/prune/README.md.
 
     python benchmarks/residual_selection.py --key smollm2 --n 4 8 --calib-tokens 4096 --seqlen 256 \\
         --ppl-tokens 4096 --ppl-seqlen 512 --gen-check 26 --out docs/prune/results.json
