@@ -503,8 +503,12 @@ def table_headline(src: dict, link) -> str:
     cmp = demo["compare"]
     mean = {t: {k: v["mean"] for k, v in cmp[t]["runs"].items()} for t in cmp}
     fmt, paper = demo["restore"]["picks"]["format"], demo["restore"]["picks"]["paper"]
+    validated = demo["restore"]["picks"].get("validated") or {}
+    which = "the format rule's pick" + (
+        ", validated by generation" if validated.get("same_as") == "format" else ""
+    )
     out.append(
-        f"| toy pair (bundled, 8 layers) | SLR, the validated pick `{fmt['hybrid']}` "
+        f"| toy pair (bundled, 8 layers) | SLR, `{fmt['hybrid']}` ({which}) "
         f"| creative Vendi {_f(mean['creative']['post']['vendi'], 2)} → "
         f"{_f(mean['creative']['format']['vendi'], 2)}, reasoning format kept "
         f"({_f(mean['reasoning']['post']['format_validity'])} → "
@@ -526,7 +530,7 @@ def table_headline(src: dict, link) -> str:
 
     val, sp = planted["picks"]["validated"], planted["picks"]["slr_paper"]
     out.append(
-        f"| Gemma-3-270M, collapse planted by SFT | SLR, the validated pick `{val['label']}` "
+        f"| Gemma-3-270M, collapse planted by SFT | SLR, `{val['label']}` (validated by generation) "
         f"| QA distinct valid answers {qa(planted, 'post')} → {qa(planted, 'validated')}; replies "
         f"finished (creative / QA / reasoning) {fin(planted, 'validated')} against the post "
         f"model's {fin(planted, 'post')}; the SLR paper's rule picks `{sp['label']}`, which "
