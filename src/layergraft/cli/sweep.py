@@ -119,7 +119,11 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         if not res.get("restored_to"):
             return 1  # the warning said why; the sweep's results are written
         chosen, _ = chosen_hybrid(res)
-        which = "validated pick" if res.get("validation") else f"{res['rule']['name']} rule's pick"
+        rule = (res.get("rule") or {}).get("name")
+        which = (
+            "validated pick" if res.get("validation")
+            else f"{rule} rule's pick" if rule else "lowest perplexity"
+        )  # fmt: skip
         print(
             f"written hybrid: {chosen.get('label', chosen.get('interval'))} ({which}) -> {res['restored_to']}"
         )

@@ -331,11 +331,15 @@ def _restore_best(
     candidate.write(best, inputs["base"], inputs["post"], target, force=force, progress=progress)
     if results.get("validation") is None:  # say it where the pick is read: results and console
         results.setdefault("caveats", []).append(
-            f"the hybrid written to {target} is the {results.get('rule', {}).get('name', 'active')} "
-            "rule's pick and was not validated by generation: add --validate K to check that it "
-            "keeps the chat format"
+            f"the hybrid written to {target} is the {_pick_name(results)} and was not "
+            "validated by generation: add --validate K to check that it keeps the chat format"
         )
     return str(target)
+
+
+def _pick_name(results: dict[str, Any]) -> str:
+    rule = (results.get("rule") or {}).get("name")
+    return f"{rule} rule's pick" if rule else "lowest-perplexity pick"
 
 
 def sweep_ppl(
