@@ -302,6 +302,12 @@ def test_bad_paths_are_refused_and_nothing_is_touched(tmp_path):
     r = _cli("slr", "--base", BASE, "--post", POST, "--out", str(mine), "--quick")
     assert r.returncode == 2 and "not a layergraft job" in r.stderr
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    # a post model without a chat template (a GGUF file here): refused before DIR exists
+    from gguf_util import write_tiny_llama_gguf
+
+    gguf = write_tiny_llama_gguf(tmp_path / "tiny.gguf", layers=2)
+    r = _cli("slr", "--base", str(gguf), "--post", str(gguf), "--out", str(tmp_path / "g"))
+    assert r.returncode == 2 and "chat template" in r.stderr and not (tmp_path / "g").exists()
     # a missing model
     r = _cli("slr", "--base", str(tmp_path / "nope"), "--post", POST, "--out", str(tmp_path / "j"))
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1

@@ -15,7 +15,7 @@ from typing import Any
 
 from layergraft.checkpoint.outputs import check_output
 from layergraft.errors import InputError, OutputError
-from layergraft.models.load import open_loadable
+from layergraft.models.load import load_tokenizer, open_loadable
 from layergraft.slr.proxy.crc_prompts import load_crc_prompts
 from layergraft.study.job import empty
 from layergraft.study.selection import ROLE_LABELS
@@ -60,6 +60,19 @@ def open_job_dir(out: PathLike, inputs: list[Any], force: bool) -> Path:
         if force:
             empty(target)
     return target
+
+
+def check_chat_tokenizer(tokenizer: PathLike | None, post: PathLike) -> None:
+    """The job reads replies in the chat format (CRC, validation, the tasks): the tokenizer it
+    uses (``--tokenizer``, else the post model's) must have a chat template. Said before the
+    job directory is touched, not in the CRC step."""
+    tok = load_tokenizer(str(tokenizer or post))
+    if getattr(tok, "chat_template", None) is None:
+        flag = f"--tokenizer {tokenizer}" if tokenizer else f"the post model's tokenizer ({post})"
+        raise InputError(
+            f"{flag} has no chat template, and the job scores and generates chat replies; give "
+            "--tokenizer T with one (e.g. the instruct model's)"
+        )
 
 
 def check_also(also: dict[str, PathLike]) -> dict[str, PathLike]:

@@ -49,6 +49,7 @@ from layergraft.slr.sweep.run import make_config, sweep
 from layergraft.study.inputs import (
     JOB_FILE,
     check_also,
+    check_chat_tokenizer,
     jsonable,
     model_spec,
     open_job_dir,
@@ -384,6 +385,7 @@ def slr(
     base_ck, post_ck = open_loadable(base), open_loadable(post)
     check_compatible(base_ck, post_ck)
     also = check_also(also or {})
+    check_chat_tokenizer(tokenizer, post)
     check_placement(device, dtype, device_map, models=[base_ck, post_ck])
     root = open_job_dir(out, [base_ck, post_ck, tokenizer, *also.values()], force)
     root.mkdir(exist_ok=True)
