@@ -18,10 +18,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     )  # fmt: skip
     from layergraft.study.selection import console_lines
 
-    print()
-    for line in console_lines(res["selection"], args.out):
-        print(line)
-    print(f"report: {args.out}/report.html (and report.md, results.json)")
+    print("\n" + "\n".join(console_lines(res["selection"], args.out)))
     return 0
 
 

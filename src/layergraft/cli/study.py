@@ -105,10 +105,7 @@ def _cmd_slr(args: argparse.Namespace) -> int:
         force=args.force, progress=not args.quiet, executor=executor, gen_executor=gen_executor,
         say=(lambda s: None) if args.quiet else print, **placement,
     )  # fmt: skip
-    print()
-    for line in console_lines(res["selection"], args.out):
-        print(line)
-    print(f"report: {args.out}/report.html (and report.md, results.json)")
+    print("\n" + "\n".join(console_lines(res["selection"], args.out)))
     return 0
 
 

@@ -181,7 +181,8 @@ def compared_roles(
 
 
 def console_lines(sel: dict[str, Any], where: str) -> list[str]:
-    """What the CLI prints: the same words as results.json and the report."""
+    """What the CLI prints at the end of a job: the same words as results.json and the
+    report, then where the report is."""
 
     def one(p: dict[str, Any] | None) -> str:
         if p is None:
@@ -199,4 +200,5 @@ def console_lines(sel: dict[str, Any], where: str) -> list[str]:
         else "written hybrid:     none"
     )  # fmt: skip
     lines += [f"caveat: {c}" for c in sel["caveats"]]
+    lines.append(f"report: {where}/report.html (and report.md, results.json)")
     return lines
