@@ -59,7 +59,7 @@ test-slow: $(STAMP)
 
 # The documentation site (mkdocs.yml, pages in docs/): every link and page must resolve.
 docs: $(DOCS_STAMP)
-	$(VENV)/bin/mkdocs build --strict --site-dir $(SITE)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir $(SITE)
 
 # Mutation testing of the core math (mutmut, in a scratch copy under build/mutmut; incremental).
 # Not part of CI: a full run takes about half an hour on 2 cores. Survivors: tests/MUTANTS.md.
