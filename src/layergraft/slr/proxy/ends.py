@@ -57,12 +57,32 @@ def _as_ids(value: Any) -> list[int]:
     return [int(v) for v in value if isinstance(v, int)]
 
 
+def _checkpoint_dir(model: Any) -> Path | None:
+    """The directory a loaded model was read from, when it is one on this machine."""
+    for name in (
+        getattr(model, "name_or_path", None),
+        getattr(getattr(model, "config", None), "_name_or_path", None),
+    ):
+        if isinstance(name, (str, Path)) and str(name) and (Path(name) / "config.json").is_file():
+            return Path(name)
+    return None
+
+
 def generation_eos(source: Any) -> list[int]:
-    """``eos_token_id`` of a generation config: a loaded model's, or the
-    ``generation_config.json`` (else ``config.json``) of a checkpoint directory."""
+    """``eos_token_id`` of a generation config: the ``generation_config.json`` (else
+    ``config.json``) of a checkpoint directory, or of the directory a loaded model was read
+    from; only a model built in memory is asked directly.
+
+    Why the files even for a loaded model: transformers fills in a family's default
+    (``eos_token_id=2`` for Llama) when the files have none, so a model whose eos was removed
+    would report ``</s>`` when loaded and nothing when read from its path: ``crc`` (a loaded
+    model) and ``sweep`` (a path) would disagree about the same checkpoint (issue 34)."""
     if source is None:
         return []
     if hasattr(source, "generation_config") or hasattr(source, "config"):
+        d = _checkpoint_dir(source)
+        if d is not None:
+            return generation_eos(d)
         gc = getattr(source, "generation_config", None)
         ids = _as_ids(getattr(gc, "eos_token_id", None)) if gc is not None else []
         return ids or _as_ids(getattr(getattr(source, "config", None), "eos_token_id", None))
