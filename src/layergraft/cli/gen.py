@@ -11,6 +11,7 @@ from layergraft.cli.options import (
     add_placement_args,
     add_quiet_arg,
     add_ray_args,
+    finite_float,
     placement_kwargs,
     positive_int,
     print_json,
@@ -21,9 +22,24 @@ from layergraft.errors import InputError
 
 def _add_decoding(s: argparse.ArgumentParser) -> None:
     g = s.add_argument_group("decoding (defaults: the SLR paper's)")
-    g.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default 1.0)")
-    g.add_argument("--top-p", type=float, default=1.0, help="nucleus mass (default 1.0 = off)")
-    g.add_argument("--min-p", type=float, default=0.1, help="min-p threshold (default 0.1)")
+    g.add_argument(
+        "--temperature",
+        type=finite_float(min=0, example="0.7"),
+        default=1.0,
+        help="0 = greedy (default 1.0)",
+    )
+    g.add_argument(
+        "--top-p",
+        type=finite_float(min=0, max=1, inclusive=(False, True), example="0.9"),
+        default=1.0,
+        help="nucleus mass, in (0, 1] (default 1.0 = off)",
+    )
+    g.add_argument(
+        "--min-p",
+        type=finite_float(min=0, max=1, inclusive=(True, False), example="0.1"),
+        default=0.1,
+        help="min-p threshold, in [0, 1) (default 0.1)",
+    )
     g.add_argument(
         "--max-new-tokens", type=positive_int, default=256, metavar="N", help="default 256"
     )

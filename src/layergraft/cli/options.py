@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import warnings
 from collections.abc import Sequence
@@ -223,6 +224,48 @@ def positive_int(text: str) -> int:
     return value
 
 
+def finite_float(
+    min: float | None = None,
+    max: float | None = None,
+    *,
+    inclusive: tuple[bool, bool] = (True, True),
+    example: str = "0.5",
+) -> Any:
+    """argparse type of every real-number flag: a finite number within the bounds, else one
+    line naming the flag (exit 2, before anything loads).
+
+    Why one factory: NaN compares false with every bound, so ``v < 0`` lets it through, and
+    NaN or infinity then reaches a solver (a ``torch.linalg.lstsq`` traceback after the
+    calibration) or a rule that silently selects nothing. ``inclusive``: whether ``min`` and
+    ``max`` themselves are allowed."""
+    lo_in, hi_in = inclusive
+    lo = "" if min is None else f"{'>=' if lo_in else '>'} {min:g}"
+    hi = "" if max is None else f"{'<=' if hi_in else '<'} {max:g}"
+    if min is not None and max is not None:
+        where = f"in {'[' if lo_in else '('}{min:g}, {max:g}{']' if hi_in else ')'}"
+    else:
+        where = lo or hi or "finite"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a number; give one {where}, e.g. {example}"
+            ) from None
+        low = min is not None and (value < min or (value == min and not lo_in))
+        high = max is not None and (value > max or (value == max and not hi_in))
+        if not math.isfinite(value) or low or high:
+            what = "is not a finite number" if not math.isfinite(value) else "is out of range"
+            raise argparse.ArgumentTypeError(
+                f"{text} {what}; give a number {where}, e.g. {example}"
+            )
+        return value
+
+    parse.__name__ = "finite_float"  # argparse names the type in some messages
+    return parse
+
+
 def add_quiet_arg(s: argparse.ArgumentParser) -> None:
     s.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -343,7 +386,7 @@ def add_ray_args(s: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--gpus-per-worker",
-        type=float,
+        type=finite_float(min=0, example="1"),
         metavar="G",
         help="with --ray: GPUs of each worker (default 1 where the cluster has GPUs, else 0; "
         "more than 1 with --device-map auto spreads one worker's models over its GPUs)",

@@ -23,6 +23,7 @@ if Cholesky fails); never an explicit inverse. ``λ = damp · trace(XᵀX) / d``
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -132,10 +133,11 @@ def normalised_residual(gram: Any, rhs: Any, sol: Any, delta_sq: float) -> float
 
 
 def check_damp(damp: float | None) -> float:
-    """``damp`` as given (None: :data:`DEFAULT_DAMP`), refusing a negative one."""
+    """``damp`` as given (None: :data:`DEFAULT_DAMP`), refusing a negative or non-finite one
+    (NaN compares false with 0, and would reach ``torch.linalg.lstsq``)."""
     d = DEFAULT_DAMP if damp is None else float(damp)
-    if d < 0:
-        raise InputError(f"--damp must be >= 0 (got {d})")
+    if not math.isfinite(d) or d < 0:
+        raise InputError(f"--damp must be a finite number >= 0 (got {d}); give e.g. 1e-4")
     return d
 
 
