@@ -14,6 +14,7 @@ from layergraft.cli.options import (
     add_ppl_args,
     add_quiet_arg,
     add_ray_args,
+    finite_float,
     placement_kwargs,
     positive_int,
     ray_kwargs,
@@ -40,6 +41,38 @@ def _parse_starts(text: str | None) -> list[int] | None:
         ) from e
 
 
+def _default(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+def _refuse_unused(args: argparse.Namespace) -> None:
+    """Flags the chosen mode ignores, refused in one line naming the mode (as ``--workers``
+    without ``--ray``): such a flag has no default here (None = not given), so a value the
+    user typed is told apart from the default. The combinations that change the rows are
+    refused again by :meth:`~layergraft.slr.sweep.config.SweepConfig.check` for API callers."""
+    if args.alphas is not None and args.method == "soup":
+        raise LayergraftError(
+            "--alphas blends the layers of intervals, and --method soup scores whole-model soups "
+            "only; remove --alphas or use --method both"
+        )
+    if args.validate_samples is not None and args.validate is None:
+        raise LayergraftError(
+            "--validate-samples applies to --validate K, which is not given; add --validate K "
+            "or remove --validate-samples"
+        )
+    if args.end_ratio is not None:
+        mode = (
+            "--proxy ppl" if args.proxy == "ppl"
+            else "--rule paper" if args.rule == "paper"
+            else "--v-end off" if args.v_end == "off" else None
+        )  # fmt: skip
+        if mode:
+            raise LayergraftError(
+                f"--end-ratio applies to --rule format, and {mode} does not read V_end; "
+                "remove --end-ratio or use --rule format"
+            )
+
+
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from layergraft.report.sweep import sweep_table
     from layergraft.slr.sweep.distributed import RayExecutor
@@ -55,14 +88,15 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         )
     if args.proxy == "crc" and args.data is not None:
         raise LayergraftError("--data is the text of --proxy ppl; remove it or pass --proxy ppl")
+    _refuse_unused(args)
     settings = {
         "proxy": args.proxy, "prompts": args.prompts, "data": args.data,
         "seqlen": args.ppl_seqlen, "max_tokens": args.ppl_tokens, "min_len": args.min_len,
         "max_len": args.max_len, "starts": _parse_starts(args.starts), "method": args.method,
-        "parts": args.parts, "alphas": args.alphas, "rule": args.rule, "v_end": args.v_end,
-        "validity_ratio": 0.9 if args.validity_ratio is None else args.validity_ratio,
-        "end_ratio": args.end_ratio, "validate": args.validate,
-        "validate_samples": args.validate_samples, "prefix_reuse": not args.no_prefix_reuse,
+        "parts": args.parts, "alphas": _default(args.alphas, "1"), "rule": args.rule,
+        "v_end": args.v_end, "validity_ratio": _default(args.validity_ratio, 0.9),
+        "end_ratio": _default(args.end_ratio, 0.9), "validate": args.validate,
+        "validate_samples": _default(args.validate_samples, 4), "prefix_reuse": not args.no_prefix_reuse,
         "batch_size": args.batch_size, "packing": args.packing, "search": args.search,
     }  # fmt: skip
     cfg = make_config(settings)  # every setting checked before anything is loaded or written
@@ -201,7 +235,6 @@ def register(sub: Any) -> None:
     w.add_argument("--starts", help="only intervals starting at these layers, e.g. 0,2,4")
     w.add_argument(
         "--alphas",
-        default="1",
         metavar="A,...",
         help="interval soups: blend the layers of every interval at these base weights, e.g. "
         "0.25,0.5,0.75,1 (1 = restore them: SLR; default 1)",
@@ -221,13 +254,12 @@ def register(sub: Any) -> None:
     )
     w.add_argument(
         "--validity-ratio",
-        type=float,
+        type=finite_float(min=0, example="0.9"),
         help="--proxy crc: keep intervals with V >= ratio x V_post (default 0.9)",
     )
     w.add_argument(
         "--end-ratio",
-        type=float,
-        default=0.9,
+        type=finite_float(min=0, example="0.9"),
         help="--rule format: keep intervals with V_end >= ratio x V_end_post (default 0.9)",
     )
     w.add_argument(
@@ -241,9 +273,8 @@ def register(sub: Any) -> None:
     w.add_argument(
         "--validate-samples",
         type=positive_int,
-        default=4,
         metavar="N",
-        help="replies per prompt of the validation set (default 4)",
+        help="with --validate: replies per prompt of the validation set (default 4)",
     )
     w.add_argument(
         "--search",

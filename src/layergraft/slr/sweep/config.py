@@ -11,6 +11,7 @@ sweep may change — ``results.json`` always records the ones it used.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -134,14 +135,30 @@ class SweepConfig:
             raise InputError("--validate-samples must be at least 1")
         for name in ("validity_ratio", "end_ratio"):
             v = getattr(self, name)
-            if v < 0:
-                raise InputError(f"--{name.replace('_', '-')} {v:g} is negative; give a ratio >= 0")
+            # NaN compares false with 0 (and then selects nothing): finite first
+            if not math.isfinite(v) or v < 0:
+                what = "is negative" if math.isfinite(v) else "is not a finite number"
+                raise InputError(
+                    f"--{name.replace('_', '-')} {v:g} {what}; give a ratio >= 0, e.g. 0.9"
+                )
         if self.min_len < 1 or (self.max_len is not None and self.max_len < self.min_len):
             raise RangeError(
                 f"interval lengths {self.min_len}..{self.max_len} are empty; need 1 <= --min-len <= --max-len"
             )
         parse_sweep_parts(self.parts)
         parse_alphas(self.alphas)
+        if self.alphas != (1.0,) and self.method == "soup":
+            raise InputError(
+                "--alphas blends the layers of intervals, and --method soup scores whole-model "
+                "soups only; remove --alphas or use --method both"
+            )
+        if self.alphas != (1.0,) and self.proxy == "ppl":
+            # the PPL sweep selects among restored intervals (alpha 1): interval soups would be
+            # scored and never chosen, or, with no alpha 1, nothing chosen at all
+            raise InputError(
+                "--alphas applies to --proxy crc; --proxy ppl selects the lowest-perplexity "
+                "restored interval (alpha 1): remove --alphas, or sweep the soups with --proxy crc"
+            )
         if self.proxy == "ppl":
             if self.data is None:
                 raise InputError("--proxy ppl needs --data FILE (text, or JSONL with a text field)")
