@@ -148,8 +148,11 @@ def test_old_option_names_still_work_and_say_the_new_one(tiny, capsys):
     parser = build_parser()
     assert parser.parse_args(["scores", "M", "--max-tokens", "5"]).calib_tokens == 5
     for command in ("prune", "compare-recovery", "scores"):  # one name, one default
-        a = parser.parse_args([command, "M", *(["--remove", "1:2"] if command != "scores" else [])])
-        assert (a.calib_tokens, a.seqlen, a.metric) == (8192, 512, "angular")
+        a = parser.parse_args([command, "M", *(["--auto", "1"] if command != "scores" else [])])
+        assert (a.calib_tokens, a.seqlen) == (8192, 512)
+        # prune's --metric is None until the command runs: given with --remove it is refused
+        # (it chooses nothing there), with --auto it defaults to angular as scores' does
+        assert a.metric == ("angular" if command == "scores" else None)
     for command in ("ppl", "compare-recovery"):
         a = parser.parse_args([command, "M", *(["--remove", "1:2"] if command != "ppl" else [])])
         assert (a.ppl_seqlen, a.ppl_tokens) == (2048, None)

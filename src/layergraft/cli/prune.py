@@ -14,6 +14,7 @@ from layergraft.cli.options import (
     add_ppl_args,
     add_quiet_arg,
     add_renamed,
+    finite_float,
     placement_kwargs,
     positive_int,
     print_json,
@@ -30,7 +31,7 @@ def _add_removal_args(s: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--auto",
-        type=int,
+        type=positive_int,
         metavar="N",
         help="remove N layers chosen by --metric (bi: N lowest layers; angular/cosine/residual: "
         "best block of N; residual-greedy: N layers one at a time, each scored on the model pruned so far)",
@@ -38,14 +39,13 @@ def _add_removal_args(s: argparse.ArgumentParser) -> None:
     s.add_argument(
         "--metric",
         choices=("angular", "bi", "cosine", "residual", "residual-greedy"),
-        default="angular",
         help="how --auto chooses (default angular: the best block, Gromov et al.; residual: the "
-        "block whose ghost fit leaves the smallest normalised residual, same --damp)",
+        "block whose ghost fit leaves the smallest normalised residual, same --damp); only with --auto",
     )
     _add_residual_args(s)
     s.add_argument(
         "--damp",
-        type=float,
+        type=finite_float(min=0, example="1e-4"),
         help="ridge damping, relative to trace(XᵀX)/d (default 1e-4)",
     )
     s.add_argument("--bias", action="store_true", help="fit a bias with the ghost operator")
@@ -60,7 +60,6 @@ def _add_residual_args(s: argparse.ArgumentParser) -> None:
     s.add_argument(
         "--normalise",
         choices=("delta", "token"),
-        default="delta",
         help="residual metrics: divide the repair's error by the block's change ‖Δ‖² (delta, "
         "default) or each token's error by that token's stream after the block and average (token: "
         "twice the memory; one token with a massive activation cannot outweigh the rest)",
@@ -86,6 +85,46 @@ def _add_gen_check(s: argparse.ArgumentParser) -> None:
     )
 
 
+RESIDUAL_ONLY = ("--damp", "--normalise", "--max-boundaries")
+
+
+def _given(args: argparse.Namespace, flags: tuple[str, ...]) -> list[str]:
+    return [f for f in flags if getattr(args, f[2:].replace("-", "_"), None) is not None]
+
+
+def _refuse_unused_scores(args: argparse.Namespace) -> None:
+    """``scores``: the ghost fit's flags do nothing unless ``--metric residual``; refused in
+    one line naming the mode (as ``--workers`` without ``--ray``), then the defaults filled."""
+    given = _given(args, RESIDUAL_ONLY)
+    if given and args.metric != "residual":
+        raise LayergraftError(
+            f"{given[0]} applies to --metric residual, and --metric {args.metric} does not use it; "
+            f"remove {given[0]} or add --metric residual"
+        )
+    args.normalise = args.normalise or "delta"
+
+
+def _refuse_unused_removal(args: argparse.Namespace) -> None:
+    """``prune``/``compare-recovery``: ``--metric`` chooses the layers of ``--auto`` (nothing to
+    choose with ``--remove``), and ``--normalise``/``--max-boundaries`` shape only the residual
+    metrics' choice; a flag the chosen mode ignores is refused in one line naming the mode,
+    then the defaults are filled."""
+    if args.remove is not None and args.metric is not None:
+        raise LayergraftError(
+            f"--metric {args.metric} chooses the layers of --auto N, and --remove {args.remove} "
+            "names them itself; remove --metric (or replace --remove with --auto N)"
+        )
+    metric = args.metric or "angular"
+    given = _given(args, RESIDUAL_ONLY[1:])
+    if given and (args.auto is None or metric not in ("residual", "residual-greedy")):
+        mode = f"--remove {args.remove}" if args.auto is None else f"--metric {metric}"
+        raise LayergraftError(
+            f"{given[0]} applies to --auto N with --metric residual or residual-greedy, and {mode} "
+            f"does not use it; remove {given[0]} or choose the layers with --auto N --metric residual"
+        )
+    args.metric, args.normalise = metric, args.normalise or "delta"
+
+
 def _removal_kwargs(args: argparse.Namespace, calib: Any) -> dict[str, Any]:
     """What ``prune`` and ``compare-recovery`` take alike: the removal, calibration, fit and
     placement options."""
@@ -102,6 +141,8 @@ def _data(args: argparse.Namespace, name: str, default: Any) -> Any:
 def _cmd_scores(args: argparse.Namespace) -> int:
     from layergraft.prune.scores import scores
     from layergraft.text import DEFAULT_CALIB
+
+    _refuse_unused_scores(args)
 
     res = scores(
         args.model,
@@ -141,6 +182,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     from layergraft.prune.pipeline import prune
     from layergraft.text import DEFAULT_CALIB, DEFAULT_HELDOUT
 
+    _refuse_unused_removal(args)
     calib = _data(args, "calib", DEFAULT_CALIB)
     if args.compare:
         given = [f for f, v in (("--recover", args.recover), ("--out", args.out),
@@ -291,7 +333,9 @@ def register(sub: Any) -> None:
     s.add_argument("model", help="model directory, .gguf file or hub id")
     add_calib_args(s, "--data")
     add_renamed(s, "--max-tokens", "--calib-tokens", "calib_tokens", int)
-    s.add_argument("--block", type=int, default=1, metavar="N", help="block size (default 1)")
+    s.add_argument(
+        "--block", type=positive_int, default=1, metavar="N", help="block size (default 1)"
+    )
     s.add_argument(
         "--metric",
         choices=("angular", "bi", "cosine", "residual"),
@@ -305,7 +349,9 @@ def register(sub: Any) -> None:
         "as Gromov et al.; all for bi, cosine and residual)",
     )
     s.add_argument(
-        "--damp", type=float, help="residual: the ghost fit's ridge damping (default 1e-4)"
+        "--damp",
+        type=finite_float(min=0, example="1e-4"),
+        help="residual: the ghost fit's ridge damping (default 1e-4)",
     )
     _add_residual_args(s)
     s.add_argument("--plot", metavar="PNG", help="write a plot of the scores")
@@ -336,7 +382,11 @@ def register(sub: Any) -> None:
     )
     add_ppl_args(p, "--heldout", "bundled held-out text; with --compare")
     p.add_argument("--tasks", help="lm-eval tasks for --compare (comma-separated)")
-    p.add_argument("--limit", type=float, help="lm-eval items per task for --compare")
+    p.add_argument(
+        "--limit",
+        type=finite_float(min=0, inclusive=(False, True), example="100"),
+        help="lm-eval items per task for --compare",
+    )
     _add_gen_check(p)
     add_json_arg(p)
     add_output_args(p)
@@ -356,7 +406,11 @@ def register(sub: Any) -> None:
     add_calib_args(c)
     add_ppl_args(c, "--heldout", "bundled held-out text")
     c.add_argument("--tasks", help="lm-eval tasks (comma-separated)")
-    c.add_argument("--limit", type=float, help="lm-eval items per task")
+    c.add_argument(
+        "--limit",
+        type=finite_float(min=0, inclusive=(False, True), example="100"),
+        help="lm-eval items per task",
+    )
     _add_gen_check(c)
     add_json_arg(c)
     add_quiet_arg(c)
@@ -391,7 +445,11 @@ def register(sub: Any) -> None:
     e.add_argument(
         "--tasks", required=True, help="comma-separated task names, e.g. layergraft_cloze"
     )
-    e.add_argument("--limit", type=float, help="items per task (int) or fraction")
+    e.add_argument(
+        "--limit",
+        type=finite_float(min=0, inclusive=(False, True), example="100"),
+        help="items per task (int) or fraction",
+    )
     e.add_argument("--num-fewshot", type=int)
     e.add_argument("--batch-size", type=positive_int, default=8)
     add_json_arg(e)

@@ -86,7 +86,7 @@ def compare_recovery(
     check_norm(normalise)
     held = read_text(data, "evaluation")
     # as in prune: no fit on NaN/Inf weights (a ghosted model is accepted: it is evaluated)
-    inp = open_input(model, calib=calib, accept_ghosted=True)
+    inp = open_input(model, calib=calib, remove=remove, auto=auto, accept_ghosted=True)
     refuse_ghosted_selection(inp, metric, auto)
     if gen_check is not None:
         has = inp.ck.has_chat_template if inp.ck is not None else bool(getattr(inp.spec[1], "chat_template", None))  # type: ignore[index]  # fmt: skip

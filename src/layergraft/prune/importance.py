@@ -87,6 +87,13 @@ class Scores:
         }
 
 
+def check_block_size(block: int, n: int, flag: str = "--block") -> None:
+    """A block of ``block`` layers (``--block``, ``--auto``) must leave at least one of the
+    ``n`` layers: checked from config.json before any model loads, and again on the model."""
+    if not 1 <= int(block) < n:
+        raise InputError(f"{flag} {block} must be between 1 and {n - 1} for this {n}-layer model")
+
+
 def _token_rows(t: Any, mask: Any, tokens: str) -> Any:
     """``[n, d]`` float64 rows of ``t`` at the real tokens (or each row's last real token)."""
     import torch
@@ -153,8 +160,7 @@ def block_scores(
     n = len(adapter.layers(model))
     if metric not in METRICS:
         raise InputError(f"unknown --metric {metric!r}; choose one of {', '.join(METRICS)}")
-    if not 1 <= block < n:
-        raise InputError(f"--block {block} must be between 1 and {n - 1} for this {n}-layer model")
+    check_block_size(block, n)
     tokens = tokens or DEFAULT_TOKENS[metric]
     if metric == "bi":
         cos, _, count = boundary_similarity(

@@ -16,14 +16,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from layergraft.arch import ModelAdapter, adapter_for_model
+from layergraft.arch.spec import spec_for
+from layergraft.checkpoint.outputs import check_output
 from layergraft.checkpoint.reader import Checkpoint, open_checkpoint
 from layergraft.errors import InputError
 from layergraft.models.batching import fit_context
 from layergraft.models.ghost import ATTR
-from layergraft.models.load import load_model, load_tokenizer, open_loadable
+from layergraft.models.load import load_model, load_tokenizer, require_transformers_family
 from layergraft.prune.cut import merge_adjacent, parse_removal
 from layergraft.prune.greedy import greedy_residual
-from layergraft.prune.importance import METRICS, auto_removal, block_scores
+from layergraft.prune.importance import METRICS, auto_removal, block_scores, check_block_size
 from layergraft.prune.recover import DEFAULT_DAMP
 from layergraft.prune.residual import residual_scores
 from layergraft.ranges import Range
@@ -83,8 +85,7 @@ def resolve_gaps(
         return parse_removal(remove, n), None
     if metric not in AUTO_METRICS:
         raise InputError(f"unknown --metric {metric!r}; choose one of {', '.join(AUTO_METRICS)}")
-    if not 1 <= int(auto) < n:
-        raise InputError(f"--auto {auto} must be between 1 and {n - 1} for this {n}-layer model")
+    check_block_size(auto, n, "--auto")
     how: dict[str, Any] = {"auto": int(auto), "metric": metric}
     if metric in RESIDUAL_METRICS:
         damp = DEFAULT_DAMP if damp is None else damp
@@ -142,30 +143,69 @@ class PruneInput:
         return [self.ck.path] if self.ck is not None else []
 
 
+#: an output a command will write: (path, kind "file" or "dir", flag, force)
+Output = tuple[PathLike, str, str, bool]
+
+
+def config_layer_count(ck: Checkpoint) -> int | None:
+    """The decoder layer count from config.json alone, for a family layergraft knows (no
+    transformers import, no weights read); None where only the loaded model can say (an
+    unknown family, found by discovery; a ghosted output)."""
+    if "layergraft_ghost" in ck.config:
+        return None
+    if spec_for(ck.config.get("model_type"), ck.config.get("architectures")) is None:
+        return None
+    return ck.adapter.num_layers
+
+
+def check_layer_args(n: int, remove: Any = None, auto: int | None = None, block: int | None = None) -> None:  # fmt: skip
+    """``--remove``, ``--auto`` and ``--block`` against a model of ``n`` layers."""
+    if remove is not None:
+        parse_removal(remove, n)
+    if auto is not None:
+        check_block_size(auto, n, "--auto")
+    if block is not None:
+        check_block_size(block, n)
+
+
 def open_input(
     model: ModelLike,
     *,
     calib: PathLike,
     remove: Any = None,
+    auto: int | None = None,
+    block: int | None = None,
+    outputs: Sequence[Output] = (),
     allow_pickle: bool = False,
     accept_ghosted: bool = False,
     check_finite: bool = True,
 ) -> PruneInput:
-    """Validate everything that costs milliseconds: the model path (ghosted outputs only
-    where ``accept_ghosted``: they can be evaluated, not pruned again), ``remove`` against the
-    layer count, the calibration text; then, with ``check_finite``, refuse NaN/Inf weights
-    before they poison calibration statistics (this reads every weight once: loading cannot
-    check it, offloaded layers hold no values)."""
+    """Validate everything that costs milliseconds, before any model loads: the model path,
+    ``remove``/``auto``/``block`` against the layer count in config.json, every path in
+    ``outputs`` (:func:`~layergraft.checkpoint.outputs.check_output`: not an input, writable),
+    the calibration text; then that transformers can build the model (ghosted outputs only
+    where ``accept_ghosted``: they can be evaluated, not pruned again; this imports
+    transformers, seconds); then, with ``check_finite``, refuse NaN/Inf weights before they
+    poison calibration statistics (this reads every weight once: loading cannot check it,
+    offloaded layers hold no values). An unknown family's layer count is known only once
+    its adapter is found: its layer arguments are checked then, still before loading."""
     if isinstance(model, tuple):
+        for path, kind, flag, force in outputs:
+            check_output(path, kind=kind, flag=flag, force=force)
         read_text(calib, "calibration")
         return PruneInput(model, None, getattr(model[0].config, "_name_or_path", "<in memory>"))
-    if accept_ghosted:
-        ck = open_checkpoint(model, validate_arch=False, allow_pickle=allow_pickle)
-    else:
-        ck = open_loadable(model, allow_pickle=allow_pickle)
-        if remove is not None:
-            parse_removal(remove, ck.adapter.num_layers)
+    ck = open_checkpoint(model, validate_arch=False, allow_pickle=allow_pickle)
+    n = config_layer_count(ck)
+    if n is not None:
+        check_layer_args(n, remove, auto, block)
+    for path, kind, flag, force in outputs:
+        check_output(path, inputs=[ck], kind=kind, flag=flag, force=force)
     read_text(calib, "calibration")
+    if not accept_ghosted:
+        require_transformers_family(ck)
+        _ = ck.adapter
+        if n is None:
+            check_layer_args(ck.adapter.num_layers, remove, auto, block)
     if check_finite:
         ck.check_finite()
     return PruneInput(model, ck, str(model))

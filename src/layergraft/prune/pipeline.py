@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from layergraft.checkpoint.atomic import check_output_target
 from layergraft.checkpoint.model_dir import write_model_dir
 from layergraft.errors import InputError
 from layergraft.prune import recover as R
@@ -82,12 +81,13 @@ def prune(
         raise InputError(f"unknown --recover {recover!r}; choose one of {', '.join(R.METHODS)}")
     damp = check_damp(damp)
     check_norm(normalise)
+    # everything config.json, the paths and the arguments can tell, before any model loads
     inp = open_input(
-        model, calib=calib, remove=remove, allow_pickle=allow_pickle, check_finite=False
-    )
+        model, calib=calib, remove=remove, auto=auto, allow_pickle=allow_pickle,
+        outputs=[(out, "dir", "output", force)], check_finite=False,
+    )  # fmt: skip
     ck = inp.ck
     assert ck is not None
-    check_output_target(out, force=force, inputs=inp.paths)
     # NaN/Inf weights would poison the calibration statistics (or crash the solve) long
     # before the writer's own scan could name them: refuse them here, by tensor and file
     ck.check_finite()

@@ -47,7 +47,11 @@ def scores(
         raise InputError(f"unknown --metric {metric!r}; choose one of {', '.join(SCORE_METRICS)}")
     damp = check_damp(damp)
     check_norm(normalise)
-    inp = open_input(model, calib=data, accept_ghosted=True, check_finite=False)
+    # --block against config.json's layer count and --plot's path, before any model loads
+    outputs = [(plot, "file", "--plot", False)] if plot is not None else []
+    inp = open_input(
+        model, calib=data, block=block, outputs=outputs, accept_ghosted=True, check_finite=False
+    )
     refuse_ghosted_selection(inp, metric)
     job = load_job(
         inp, calib=data, calib_tokens=n_tokens, seqlen=seqlen, batch_size=batch_size,
