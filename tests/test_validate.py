@@ -2,7 +2,7 @@
 
 The gate is recomputed here from the candidates' generation metrics; the choice must be the
 most diverse candidate that passes it; a validation killed between candidates resumes to the
-very same results, and a changed validation setting is refused before anything changes.
+very same results, and a malformed validation journal is refused before anything changes.
 """
 
 from __future__ import annotations
@@ -66,19 +66,22 @@ def test_a_killed_validation_resumes_to_the_same_results(validated, tmp_path):
     assert (out / "validation.jsonl").read_bytes() == b"".join(lines)
 
 
-def test_a_changed_validation_setting_is_refused_before_anything_changes(
+def test_a_malformed_validation_journal_is_refused_before_anything_changes(
     validated, tmp_path, capsys
 ):
+    """(Another generation setting no longer refuses: it validates again, see
+    test_resume_selection.py.) A line that is not a candidate's generations is refused."""
     root, prompts, _ = validated
     out = tmp_path / "cut"
     out.mkdir()
     for name in ("intervals.jsonl", "validation.jsonl"):
         (out / name).write_bytes((root / "full" / name).read_bytes())
+    with open(out / "validation.jsonl", "ab") as f:
+        f.write(b'{"kind": "unit", "rows": [{"records": []}]}\n')
     before = (out / "validation.jsonl").read_bytes()
     with torch_threads(1):
         assert main([*_argv(out, prompts, "--resume"), "--validate-samples", "2"]) == 2
     err = capsys.readouterr().err
-    assert "records another validation: generation.n (1 there, 2 now)" in err
-    assert "remove that file to validate again" in err and err.count("\n") == 1
+    assert "line 5: a row is not a candidate's generations" in err and err.count("\n") == 1
     assert (out / "validation.jsonl").read_bytes() == before
     assert sorted(p.name for p in out.iterdir()) == ["intervals.jsonl", "validation.jsonl"]

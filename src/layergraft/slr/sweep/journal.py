@@ -171,19 +171,33 @@ def done_keys(contents: Contents) -> set[str]:
     return {row_key(r) for r in contents.rows}
 
 
+def setting_differences(
+    contents: Contents, config: dict[str, Any], keys: Sequence[str] | None = None
+) -> list[str]:
+    """How the row settings a journal records differ from ``config``'s, one phrase each
+    (``"generation.n (1 there, 2 now)"``), the user's own settings first; ``keys`` limits
+    the comparison to those top-level keys (``selection`` is never compared)."""
+    old = {k: v for k, v in contents.header.get("config", {}).items() if k != "selection"}
+    new = {k: v for k, v in config.items() if k != "selection"}
+    if keys is not None:
+        old = {k: v for k, v in old.items() if k in keys}
+        new = {k: v for k, v in new.items() if k in keys}
+    if "inputs" in new:
+        new["inputs"] = _as_recorded_then(old.get("inputs"), new.get("inputs"))
+    # the user's own settings first: "rows.max_len" says more than a fingerprint does
+    first = {"rows": old.pop("rows", None)}, {"rows": new.pop("rows", None)}
+    return _differences(*first) + _differences(old, new)
+
+
 def check_settings(
     contents: Contents,
     config: dict[str, Any],
     what: str = "sweep",
     fix: str = "resume with the same inputs and settings, or start a new --out",
+    keys: Sequence[str] | None = None,
 ) -> None:
     """Refuse a journal whose recorded row settings differ from ``config``'s (one line)."""
-    old = {k: v for k, v in contents.header.get("config", {}).items() if k != "selection"}
-    new = {k: v for k, v in config.items() if k != "selection"}
-    new["inputs"] = _as_recorded_then(old.get("inputs"), new.get("inputs"))
-    # the user's own settings first: "rows.max_len" says more than a fingerprint does
-    first = {"rows": old.pop("rows", None)}, {"rows": new.pop("rows", None)}
-    diff = _differences(*first) + _differences(old, new)
+    diff = setting_differences(contents, config, keys)
     if diff:
         raise InputError(f"--resume: {contents.path} records another {what}: {diff[0]}; {fix}")
 
@@ -201,6 +215,8 @@ class Journal:
     name = JOURNAL
     what = "sweep"
     fix = "resume with the same inputs and settings, or start a new --out"
+    #: the config keys that decide the rows (None: all but ``selection``)
+    checked: tuple[str, ...] | None = None
 
     def __init__(self, path: Path, config: dict[str, Any], rows: list[dict[str, Any]]) -> None:
         self.path, self.config, self.rows = path, config, rows
@@ -226,7 +242,7 @@ class Journal:
                 f"--resume: {path} does not exist; run the sweep without --resume to start it"
             )
         contents = read_journal(path, cls.problem, cls.key, cls.what)
-        check_settings(contents, json.loads(json.dumps(config)), cls.what, cls.fix)
+        check_settings(contents, json.loads(json.dumps(config)), cls.what, cls.fix, cls.checked)
         return contents
 
     @classmethod

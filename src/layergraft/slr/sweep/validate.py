@@ -17,6 +17,14 @@ passes; with none, the verdict says so and ``sweep --restore-best`` writes nothi
 Journaled like the sweep: ``OUT/validation.jsonl`` gets one line per candidate as it finishes
 (same contract as the sweep journal), so a killed validation resumes with the candidates
 still missing, and units run on the sweep's executor (one process, or Ray).
+
+What ``sweep --resume`` reuses: a candidate's generations depend on the hybrid, the prompts
+and the generation settings (``--validate-samples``, tokens, seed), not on which rule or
+``--validate K`` chose it. So a resume with another rule, ratio or K keeps every journaled
+candidate and generates only the ones it has not seen (rows of candidates no longer chosen
+stay in the journal, unused); a resume with other generation settings or prompts validates
+every candidate again from scratch (a warning names the setting), since old replies would
+not be the replies the new settings give.
 """
 
 from __future__ import annotations
@@ -33,8 +41,8 @@ from layergraft.gen.score import make_embedder, score_records
 from layergraft.gen.tasks import load_task
 from layergraft.slr.hybrid.candidate import describe
 from layergraft.slr.sweep.engines import Unit
-from layergraft.slr.sweep.journal import Journal
-from layergraft.slr.sweep.worker import SweepWorker
+from layergraft.slr.sweep.journal import Journal, read_journal, setting_differences
+from layergraft.slr.sweep.worker import SweepWorker, validation_row
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +62,8 @@ class ValidationJournal(Journal):
     name = "validation.jsonl"
     what = "validation"
     fix = "resume with the same --validate settings, or remove that file to validate again"
+    #: what decides a candidate's generations; the rule and K only choose the candidates
+    checked = ("prompts", "generation")
 
     @staticmethod
     def problem(row: Any) -> str | None:
@@ -146,13 +156,13 @@ def validate_candidates(
             json.dumps([p.to_json() for p in prompts], sort_keys=True).encode()
         ).hexdigest(),
         "generation": gen,
-        "candidates": labels,
-        "sweep": results.get("settings"),
+        # recorded, never compared (module doc: another rule or K reuses what it can)
+        "selection": {"candidates": labels, "sweep": results.get("settings")},
     }
     journal: ValidationJournal | None = None
     rows: list[dict[str, Any]] = []
     if out is not None:
-        resume = (Path(out) / ValidationJournal.name).is_file()
+        resume = _reusable(Path(out) / ValidationJournal.name, config, units)
         journal = ValidationJournal.open(out, config, resume=resume, force=False)
         rows = journal.rows
     done = {r["label"] for r in rows}
@@ -225,6 +235,32 @@ def validate_candidates(
         "notes": notes,
         "embedder": getattr(embedder, "name", None),
     }
+
+
+def _reusable(path: Path, config: dict[str, Any], units: list[Unit]) -> bool:
+    """Whether the validation journal at ``path`` can be continued: it exists, records the
+    same prompts and generation settings, and each of its candidates is the hybrid the same
+    label names now. Otherwise (with a warning when a journal was there) validation starts
+    over. A malformed journal is refused by :func:`read_journal` (one line naming it)."""
+    if not path.is_file() or b"\n" not in path.read_bytes():  # none, or killed in its header
+        return False
+    J = ValidationJournal
+    contents = read_journal(path, J.problem, J.key, J.what)
+    why = setting_differences(contents, json.loads(json.dumps(config)), J.checked)
+    if not why:
+        want = {u.name: validation_row(u) for u in units}
+        why = [
+            f"candidate {r['label']} (another hybrid there)"
+            for r in contents.rows
+            if r["label"] in want and r.get("hybrid", want[r["label"]]) != want[r["label"]]
+        ]
+    if why:
+        log.warning(
+            "%s records other validation settings: %s; validating every candidate again",
+            path, why[0],
+        )  # fmt: skip
+        return False
+    return True
 
 
 def _with_validation(spec: Any, gen: dict[str, Any]) -> Any:
