@@ -109,7 +109,10 @@ def test_cells_match_torch_and_untouched_cells_are_exact(pair: tuple[Path, Path]
     rel, cos = _expected(base, post, every)
     assert res["model"]["rel_change"] == pytest.approx(rel, rel=1e-12)
     assert res["model"]["cosine"] == pytest.approx(cos, rel=1e-12)
-    assert res["ranking"][-1] == 0 and set(res["ranking"]) == set(range(N))
+    changed = {i for i, _ in moved_cells}
+    assert set(res["ranking"]) == changed and 0 not in res["ranking"]  # unchanged: unranked
+    assert res["unchanged_layers"] == sorted(set(range(N)) - changed)
+    assert res["identical"] is False
     assert res["skipped"] == [] and res["plot"] is None
     assert res["inputs"]["base"]["files"] and "0-based" in res["convention"]["layers"]
     json.dumps(res, allow_nan=False)  # JSON-ready, no NaN/Inf

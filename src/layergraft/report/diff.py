@@ -54,7 +54,10 @@ def _most_changed(results: dict[str, Any]) -> str:
     """The ranking's top five among the layers that changed at all: ranking layers whose
     weights are identical (a model against itself) would present ties of zeros as findings."""
     by_layer = {row["layer"]: row["all"] for row in results["layers"]}
+    # results saved before unchanged layers left the ranking may still hold them
     changed = [i for i in results["ranking"] if by_layer[i]["abs_change"] > 0]
+    if results.get("identical"):
+        return "most changed layers: none (post and base are identical)"
     if not changed:
         return "most changed layers: none (every decoder layer of post equals base)"
     top = ", ".join(str(i) for i in changed[:5])

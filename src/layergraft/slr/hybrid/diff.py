@@ -48,6 +48,8 @@ CONVENTION = {
     "cosine": "<W_post, W_base> / (||W_post||_F ||W_base||_F) of the same concatenation "
     "(1.0 when unchanged; null when one side is all zeros)",
     "accumulation": "float64, tensor by tensor",
+    "identical": "true when every compared (floating-point) tensor of post equals base",
+    "ranking": "the layers whose weights changed at all, largest rel_change first",
 }
 
 
@@ -143,8 +145,9 @@ def diff(
 
     ``layers[i]`` holds ``attn``, ``mlp``, ``norms`` and ``all`` cells (each ``rel_change``,
     ``cosine``, ``numel``, ``tensors``, ``abs_change``); ``outside`` the embeddings, final norm
-    and (untied) head; ``model`` the whole checkpoint; ``ranking`` the layers by ``all``
-    change, largest first. ``plot`` writes the layers x parts heatmap there (PNG).
+    and (untied) head; ``model`` the whole checkpoint; ``identical`` whether every compared
+    tensor is equal; ``ranking`` the layers that changed, by ``all`` change, largest first
+    (``unchanged_layers`` the others). ``plot`` writes the layers x parts heatmap there (PNG).
     Non-floating tensors (integer buffers) are listed in ``skipped``, not compared.
     """
     b = as_checkpoint(base, allow_pickle)
@@ -205,7 +208,10 @@ def diff(
         "layers": rows,
         "outside": {k: outside[k].row() for k in sorted(outside)},
         "model": whole.row(),
+        # a model against itself (or a copy): nothing to rank, and the reader is told so
+        "identical": whole.dd == 0.0,
         "ranking": _ranking(rows),
+        "unchanged_layers": [r["layer"] for r in rows if r["all"]["abs_change"] == 0.0],
         "skipped": skipped,
         "version": __version__,
     }
@@ -214,13 +220,15 @@ def diff(
 
 
 def _ranking(rows: list[dict[str, Any]]) -> list[int]:
-    """Layer indices by overall relative change, largest first (ties: lower index first)."""
+    """The layers that changed at all, by overall relative change, largest first (ties:
+    lower index first). Unchanged layers are not ranked (``unchanged_layers`` lists them):
+    ties of zeros in a ranking would read as findings."""
 
     def key(r: dict[str, Any]) -> tuple[float, int]:
         rel = r["all"]["rel_change"]
         return (-(math.inf if rel is None else rel), r["layer"])
 
-    return [r["layer"] for r in sorted(rows, key=key)]
+    return [r["layer"] for r in sorted(rows, key=key) if r["all"]["abs_change"] > 0]
 
 
 def _ranks(xs: list[float]) -> list[float]:
