@@ -134,6 +134,15 @@ def restore(
             export_mergekit, embed_from=embed_from, head_from=head_from, restored=restored
         )
         check_output(export_mergekit, inputs=[b, p], flag="--export-mergekit")
+    if b.path.resolve() == p.path.resolve():
+        # a warning, not a refusal: the output is right (a model's layers restored into
+        # itself are the model), and a pipeline may use the pair as a control; but a user who
+        # typed one path twice would otherwise get a plain copy without a word (issue 34)
+        log.warning(
+            "--base and --post are the same checkpoint (%s): the output is a copy of it, "
+            "whatever the layers; give the base (pre-trained) model to --base",
+            p.path,
+        )
     if embed_from != "post" or head_from != "post":
         log.warning(
             "embeddings from %s, lm_head/final norm from %s (recorded in layergraft.json)",
