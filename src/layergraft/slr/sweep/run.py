@@ -51,6 +51,7 @@ from layergraft.slr.sweep.journal import Journal, done_keys, inspect_journal, ro
 from layergraft.slr.sweep.plan import dry_run_plan
 from layergraft.slr.sweep.validate import validate_candidates
 from layergraft.slr.sweep.worker import WorkerSpec
+from layergraft.text import read_text
 from layergraft.version import __version__
 
 log = logging.getLogger(__name__)
@@ -184,6 +185,8 @@ def sweep(
     if restore_best is not None:  # fail before hours of scoring
         check_output(restore_best, inputs=readable, kind="dir", flag="--restore-best", force=force)
     if cfg.proxy == "ppl":  # rows longer than the model's context would not be text it can read
+        if score_model is None and cfg.data is not None:  # a missing --data before that warning
+            read_text(str(cfg.data), "perplexity")
         cfg = dataclasses.replace(cfg, seqlen=fit_context(cfg.seqlen, context, "--ppl-seqlen"))
     ends = EndMarkers(())
     if cfg.uses_v_end and score_model is None:
