@@ -64,14 +64,37 @@ def _short(v: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+def _contrast(a: str, b: str, room: int = 24) -> tuple[str, str]:
+    """Two different strings cut so that the cut parts still differ: up to a few characters
+    past the first difference, with a leading "..." when that is far in (two sha256 digests
+    cut to the same 57-character prefix would show the reader no difference at all)."""
+    i = next((j for j, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+    lo = max(0, i - room // 2)
+
+    def cut(s: str) -> str:
+        part = s[lo : i + room // 2]
+        return ("..." if lo else "") + part + ("..." if i + room // 2 < len(s) else "")
+
+    return repr(cut(a)), repr(cut(b))
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Each differing leaf of two JSON values, named by its path (``inputs.post.content[1]``)."""
     out = []
-    for k in sorted(set(old) | set(new)):
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _differences(a, b, f"{prefix}{k}.")
-        elif a != b:
-            out.append(f"{prefix}{k} ({_short(a)} there, {_short(b)} now)")
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k in sorted(set(old) | set(new)):
+            out += _differences(old.get(k), new.get(k), f"{prefix}.{k}" if prefix else str(k))
+        return out
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        for j, (a, b) in enumerate(zip(old, new, strict=True)):
+            out += _differences(a, b, f"{prefix}[{j}]")
+        return out
+    if old != new:
+        if isinstance(old, str) and isinstance(new, str) and max(len(old), len(new)) > 60:
+            a, b = _contrast(old, new)
+        else:
+            a, b = _short(old), _short(new)
+        out.append(f"{prefix} ({a} there, {b} now)")
     return out
 
 
