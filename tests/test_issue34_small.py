@@ -95,3 +95,20 @@ def test_a_refused_resume_shows_where_two_digests_differ():
     assert m, msg
     shown = [s.replace("...", "") for s in m.groups()]
     assert shown[0] != shown[1] and shown[0] in a and shown[1] in b
+
+
+def test_the_validation_gate_passes_a_rate_exactly_at_the_threshold():
+    """``rate >= 0.9 x post`` at nonzero rates that land exactly on the threshold (9 of 10
+    replies finished against the post model's 10 of 10; 9 of 20 valid against 10 of 20), so
+    ``<`` against ``<=`` is decided here, not by a post model's valid_rate of 0."""
+    from layergraft.slr.sweep.validate import GATE_RATIO, _passes
+
+    assert GATE_RATIO == 0.9
+    post = {"finished_rate": 10 / 10, "valid_rate": 10 / 20}
+    assert 0.9 * post["finished_rate"] == 9 / 10 and 0.9 * post["valid_rate"] == 9 / 20
+    assert _passes({"finished_rate": 9 / 10, "valid_rate": 9 / 20}, post, GATE_RATIO) == (True, [])
+    ok, why = _passes({"finished_rate": 9 / 10, "valid_rate": 8 / 20}, post, GATE_RATIO)
+    assert not ok and why == ["valid_rate 0.400 < 0.450"]
+    ok, why = _passes({"finished_rate": 8 / 10, "valid_rate": 9 / 20}, post, GATE_RATIO)
+    assert not ok and why == ["finished_rate 0.800 < 0.900"]
+    assert _passes({"finished_rate": 1.0, "valid_rate": 11 / 20}, post, GATE_RATIO)[0]
