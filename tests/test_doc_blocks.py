@@ -9,7 +9,8 @@ Markers, on the line right before a fence (HTML comments, invisible on the rende
 
 ``<!-- doc-test: skip: REASON -->``  not run, with the reason (installs from the network, needs a
                                      cluster or hours of training); keep these few
-``<!-- doc-test: slow -->``          run only with ``--slow`` (the full demo, a full sweep)
+``<!-- doc-test: slow -->``          run only with ``--slow`` (the full demo, a full sweep, a job
+                                     another page already runs)
 ``<!-- doc-test: repo -->``          run from the repository root (the maintainers' checks)
 
 The pages show real models; so that their blocks run here, offline on a CPU, the text of every
