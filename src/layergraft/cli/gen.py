@@ -1,4 +1,6 @@
-"""Generation and metrics commands: ``generate``, ``diversity``, ``compare``."""
+"""Generation and evaluation commands: ``generate``, ``diversity``, ``compare``, ``ppl``,
+``lm-eval`` (the last two measure any model, pruned or not: they lived with the pruning
+commands until those outgrew one module)."""
 
 from __future__ import annotations
 
@@ -9,8 +11,10 @@ from layergraft.cli.options import (
     add_command,
     add_json_arg,
     add_placement_args,
+    add_ppl_args,
     add_quiet_arg,
     add_ray_args,
+    add_renamed,
     finite_float,
     placement_kwargs,
     positive_int,
@@ -219,6 +223,50 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ppl(args: argparse.Namespace) -> int:
+    from layergraft.evaluate.perplexity import ppl
+    from layergraft.text import DEFAULT_HELDOUT
+
+    res = ppl(
+        args.model,
+        DEFAULT_HELDOUT if args.data is None else args.data,
+        seqlen=args.ppl_seqlen,
+        stride=args.stride,
+        max_tokens=args.ppl_tokens,
+        **placement_kwargs(args),
+    )
+    if args.json:
+        print_json(res)
+        return 0
+    print(
+        f"PPL {res['ppl']:.4f} ({res['tokens_scored']} tokens scored in {res['windows']} windows)"
+    )
+    print(f"definition: {res['definition']}")
+    return 0
+
+
+def _cmd_lm_eval(args: argparse.Namespace) -> int:
+    from layergraft.evaluate.harness import lm_eval
+
+    res = lm_eval(
+        args.model,
+        args.tasks,
+        limit=args.limit,
+        num_fewshot=args.num_fewshot,
+        batch_size=args.batch_size,
+        **placement_kwargs(args),
+    )
+    if args.json:
+        print_json(res)
+        return 0
+    print(f"{'task':<24} {'metric':<10} {'value':>8}")
+    for task, metrics in res["results"].items():
+        for k, v in metrics.items():
+            if isinstance(v, (int, float)):
+                print(f"{task:<24} {k:<10} {v:8.4f}")
+    return 0
+
+
 def register(sub: Any) -> None:
     """Add this area's subcommands to ``sub`` (an argparse subparsers object)."""
     s = add_command(
@@ -280,3 +328,41 @@ def register(sub: Any) -> None:
     _add_scoring(c)
     add_placement_args(c)
     add_ray_args(c)
+
+    q = add_command(
+        sub,
+        "ppl",
+        _cmd_ppl,
+        "token-level perplexity over fixed-length chunks (the pruning papers' definition)",
+    )
+    q.add_argument("model", help="model directory (ghosted outputs too), .gguf file or hub id")
+    add_ppl_args(q, "--data", "bundled held-out text")
+    q.add_argument(
+        "--stride",
+        type=int,
+        help="sliding windows every STRIDE tokens (default: non-overlapping chunks)",
+    )
+    add_renamed(q, "--seqlen", "--ppl-seqlen", "ppl_seqlen", int)
+    add_renamed(q, "--max-tokens", "--ppl-tokens", "ppl_tokens", int)
+    add_json_arg(q)
+    add_placement_args(q)
+
+    e = add_command(
+        sub,
+        "lm-eval",
+        _cmd_lm_eval,
+        "run lm-evaluation-harness on the model in memory (bundled offline tasks included)",
+    )
+    e.add_argument("model", help="model directory (ghosted outputs too), .gguf file or hub id")
+    e.add_argument(
+        "--tasks", required=True, help="comma-separated task names, e.g. layergraft_cloze"
+    )
+    e.add_argument(
+        "--limit",
+        type=finite_float(min=0, inclusive=(False, True), example="100"),
+        help="items per task (int) or fraction",
+    )
+    e.add_argument("--num-fewshot", type=int)
+    e.add_argument("--batch-size", type=positive_int, default=8)
+    add_json_arg(e)
+    add_placement_args(e)

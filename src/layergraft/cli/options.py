@@ -231,28 +231,24 @@ def finite_float(
     inclusive: tuple[bool, bool] = (True, True),
     example: str = "0.5",
 ) -> Any:
-    """argparse type of every real-number flag: a finite number within the bounds, else one
-    line naming the flag (exit 2, before anything loads).
-
-    Why one factory: NaN compares false with every bound, so ``v < 0`` lets it through, and
-    NaN or infinity then reaches a solver (a ``torch.linalg.lstsq`` traceback after the
-    calibration) or a rule that silently selects nothing. ``inclusive``: whether ``min`` and
-    ``max`` themselves are allowed."""
+    """argparse type of every real-number flag: a finite number within the bounds (``inclusive``:
+    whether ``min`` and ``max`` themselves are allowed), else one line naming the flag, exit 2.
+    Why one factory: NaN compares false with every bound, so ``v < 0`` lets it through to a
+    solver (a ``torch.linalg.lstsq`` traceback after the calibration) or a rule that selects
+    nothing."""
     lo_in, hi_in = inclusive
-    lo = "" if min is None else f"{'>=' if lo_in else '>'} {min:g}"
-    hi = "" if max is None else f"{'<=' if hi_in else '<'} {max:g}"
     if min is not None and max is not None:
         where = f"in {'[' if lo_in else '('}{min:g}, {max:g}{']' if hi_in else ')'}"
+    elif min is not None or max is not None:
+        where = f"{'>' if min is not None else '<'}{'=' if (lo_in if min is not None else hi_in) else ''} {min if min is not None else max:g}"  # fmt: skip
     else:
-        where = lo or hi or "finite"
+        where = "finite"
 
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{text!r} is not a number; give one {where}, e.g. {example}"
-            ) from None
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number; give one {where}, e.g. {example}") from None  # fmt: skip
         low = min is not None and (value < min or (value == min and not lo_in))
         high = max is not None and (value > max or (value == max and not hi_in))
         if not math.isfinite(value) or low or high:

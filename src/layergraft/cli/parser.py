@@ -12,7 +12,10 @@ from __future__ import annotations
 import argparse
 import difflib
 import re
+from collections.abc import Sequence
 from typing import Any, NoReturn
+
+from layergraft.errors import LayergraftError
 
 
 class Parser(argparse.ArgumentParser):
@@ -57,6 +60,25 @@ class Parser(argparse.ArgumentParser):
         if m and commands and m.group(1) in _names(commands[0]):
             return f"no command given; choose one of {', '.join(commands[0].choices)}"
         return message
+
+
+def given(args: argparse.Namespace, flags: Sequence[str]) -> list[str]:
+    """The ``flags`` the user typed: a flag a mode may ignore has no default (None), the
+    command fills it after :func:`refuse_unused`."""
+    return [f for f in flags if getattr(args, f.lstrip("-").replace("-", "_"), None) is not None]
+
+
+def refuse_unused(
+    args: argparse.Namespace, flags: Sequence[str], *, mode: str | None, applies: str, fix: str
+) -> None:
+    """Refuse, in one line naming the mode, a flag of ``flags`` that the chosen ``mode`` (None:
+    a mode that uses them) ignores: a setting that silently does nothing misleads more than an
+    error (``--workers`` without ``--ray`` is refused the same way)."""
+    typed = given(args, flags)
+    if typed and mode is not None:
+        raise LayergraftError(
+            f"{typed[0]} applies to {applies}, and {mode} does not use it; remove {typed[0]} or {fix}"
+        )
 
 
 def _names(action: argparse.Action) -> set[str]:

@@ -1,4 +1,5 @@
-"""Pruning commands: ``scores``, ``prune``, ``compare-recovery``, ``ppl``, ``lm-eval``."""
+"""Pruning commands: ``scores``, ``prune``, ``compare-recovery`` (``ppl`` and ``lm-eval``
+measure any model: :mod:`layergraft.cli.gen`)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from layergraft.cli.options import (
     positive_int,
     print_json,
 )
+from layergraft.cli.parser import refuse_unused
 from layergraft.errors import LayergraftError
 
 
@@ -88,40 +90,26 @@ def _add_gen_check(s: argparse.ArgumentParser) -> None:
 RESIDUAL_ONLY = ("--damp", "--normalise", "--max-boundaries")
 
 
-def _given(args: argparse.Namespace, flags: tuple[str, ...]) -> list[str]:
-    return [f for f in flags if getattr(args, f[2:].replace("-", "_"), None) is not None]
-
-
 def _refuse_unused_scores(args: argparse.Namespace) -> None:
-    """``scores``: the ghost fit's flags do nothing unless ``--metric residual``; refused in
-    one line naming the mode (as ``--workers`` without ``--ray``), then the defaults filled."""
-    given = _given(args, RESIDUAL_ONLY)
-    if given and args.metric != "residual":
-        raise LayergraftError(
-            f"{given[0]} applies to --metric residual, and --metric {args.metric} does not use it; "
-            f"remove {given[0]} or add --metric residual"
-        )
+    """``scores``: the ghost fit's flags act only with ``--metric residual``."""
+    mode = None if args.metric == "residual" else f"--metric {args.metric}"
+    refuse_unused(args, RESIDUAL_ONLY, mode=mode, applies="--metric residual", fix="add --metric residual")  # fmt: skip
     args.normalise = args.normalise or "delta"
 
 
 def _refuse_unused_removal(args: argparse.Namespace) -> None:
     """``prune``/``compare-recovery``: ``--metric`` chooses the layers of ``--auto`` (nothing to
-    choose with ``--remove``), and ``--normalise``/``--max-boundaries`` shape only the residual
-    metrics' choice; a flag the chosen mode ignores is refused in one line naming the mode,
-    then the defaults are filled."""
+    choose with ``--remove``); ``--normalise``/``--max-boundaries`` shape only a residual choice."""
     if args.remove is not None and args.metric is not None:
         raise LayergraftError(
             f"--metric {args.metric} chooses the layers of --auto N, and --remove {args.remove} "
             "names them itself; remove --metric (or replace --remove with --auto N)"
         )
     metric = args.metric or "angular"
-    given = _given(args, RESIDUAL_ONLY[1:])
-    if given and (args.auto is None or metric not in ("residual", "residual-greedy")):
-        mode = f"--remove {args.remove}" if args.auto is None else f"--metric {metric}"
-        raise LayergraftError(
-            f"{given[0]} applies to --auto N with --metric residual or residual-greedy, and {mode} "
-            f"does not use it; remove {given[0]} or choose the layers with --auto N --metric residual"
-        )
+    mode = (f"--remove {args.remove}" if args.auto is None
+            else None if metric in ("residual", "residual-greedy") else f"--metric {metric}")  # fmt: skip
+    refuse_unused(args, RESIDUAL_ONLY[1:], mode=mode, fix="choose the layers with --auto N --metric residual",
+                  applies="--auto N with --metric residual or residual-greedy")  # fmt: skip
     args.metric, args.normalise = metric, args.normalise or "delta"
 
 
@@ -275,50 +263,6 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return _cmd_prune(args)
 
 
-def _cmd_ppl(args: argparse.Namespace) -> int:
-    from layergraft.evaluate.perplexity import ppl
-    from layergraft.text import DEFAULT_HELDOUT
-
-    res = ppl(
-        args.model,
-        _data(args, "data", DEFAULT_HELDOUT),
-        seqlen=args.ppl_seqlen,
-        stride=args.stride,
-        max_tokens=args.ppl_tokens,
-        **placement_kwargs(args),
-    )
-    if args.json:
-        print_json(res)
-        return 0
-    print(
-        f"PPL {res['ppl']:.4f} ({res['tokens_scored']} tokens scored in {res['windows']} windows)"
-    )
-    print(f"definition: {res['definition']}")
-    return 0
-
-
-def _cmd_lm_eval(args: argparse.Namespace) -> int:
-    from layergraft.evaluate.harness import lm_eval
-
-    res = lm_eval(
-        args.model,
-        args.tasks,
-        limit=args.limit,
-        num_fewshot=args.num_fewshot,
-        batch_size=args.batch_size,
-        **placement_kwargs(args),
-    )
-    if args.json:
-        print_json(res)
-        return 0
-    print(f"{'task':<24} {'metric':<10} {'value':>8}")
-    for task, metrics in res["results"].items():
-        for k, v in metrics.items():
-            if isinstance(v, (int, float)):
-                print(f"{task:<24} {k:<10} {v:8.4f}")
-    return 0
-
-
 def register(sub: Any) -> None:
     """Add this area's subcommands to ``sub`` (an argparse subparsers object)."""
     s = add_command(
@@ -416,41 +360,3 @@ def register(sub: Any) -> None:
     add_quiet_arg(c)
     add_placement_args(c)
     c.set_defaults(out=None, recover=None, force=False)
-
-    q = add_command(
-        sub,
-        "ppl",
-        _cmd_ppl,
-        "token-level perplexity over fixed-length chunks (the pruning papers' definition)",
-    )
-    q.add_argument("model", help="model directory (ghosted outputs too), .gguf file or hub id")
-    add_ppl_args(q, "--data", "bundled held-out text")
-    q.add_argument(
-        "--stride",
-        type=int,
-        help="sliding windows every STRIDE tokens (default: non-overlapping chunks)",
-    )
-    add_renamed(q, "--seqlen", "--ppl-seqlen", "ppl_seqlen", int)
-    add_renamed(q, "--max-tokens", "--ppl-tokens", "ppl_tokens", int)
-    add_json_arg(q)
-    add_placement_args(q)
-
-    e = add_command(
-        sub,
-        "lm-eval",
-        _cmd_lm_eval,
-        "run lm-evaluation-harness on the model in memory (bundled offline tasks included)",
-    )
-    e.add_argument("model", help="model directory (ghosted outputs too), .gguf file or hub id")
-    e.add_argument(
-        "--tasks", required=True, help="comma-separated task names, e.g. layergraft_cloze"
-    )
-    e.add_argument(
-        "--limit",
-        type=finite_float(min=0, inclusive=(False, True), example="100"),
-        help="items per task (int) or fraction",
-    )
-    e.add_argument("--num-fewshot", type=int)
-    e.add_argument("--batch-size", type=positive_int, default=8)
-    add_json_arg(e)
-    add_placement_args(e)

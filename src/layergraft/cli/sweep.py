@@ -19,6 +19,7 @@ from layergraft.cli.options import (
     positive_int,
     ray_kwargs,
 )
+from layergraft.cli.parser import refuse_unused
 from layergraft.errors import LayergraftError
 from layergraft.slr.sweep.config import (
     METHODS,
@@ -60,17 +61,12 @@ def _refuse_unused(args: argparse.Namespace) -> None:
             "--validate-samples applies to --validate K, which is not given; add --validate K "
             "or remove --validate-samples"
         )
-    if args.end_ratio is not None:
-        mode = (
-            "--proxy ppl" if args.proxy == "ppl"
-            else "--rule paper" if args.rule == "paper"
-            else "--v-end off" if args.v_end == "off" else None
-        )  # fmt: skip
-        if mode:
-            raise LayergraftError(
-                f"--end-ratio applies to --rule format, and {mode} does not read V_end; "
-                "remove --end-ratio or use --rule format"
-            )
+    mode = (
+        "--proxy ppl" if args.proxy == "ppl"
+        else "--rule paper" if args.rule == "paper"
+        else "--v-end off" if args.v_end == "off" else None
+    )  # fmt: skip
+    refuse_unused(args, ["--end-ratio"], mode=mode, applies="--rule format (it reads V_end)", fix="use --rule format")  # fmt: skip
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
