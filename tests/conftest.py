@@ -22,6 +22,13 @@ from hypothesis import settings
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One torch thread unless the caller exported a count: `--threads auto` (every command's
+# default) reads the machine's load at that moment, so in-process commands would compute with
+# a count that changes from run to run, and results compared byte for byte with a one-thread
+# subprocess (resume after a kill) differed by float rounding now and then. auto keeps an
+# exported OMP_NUM_THREADS; subprocesses inherit it. The suite's models are tiny, so one
+# thread costs it little.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 # remote code (ghosted outputs loaded with trust_remote_code) is copied into a modules cache:
 # one per test session, not ~/.cache shared with the user and with other sessions running now
 _MODULES = tempfile.mkdtemp(prefix="layergraft-test-hf-modules-")
