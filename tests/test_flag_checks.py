@@ -182,6 +182,12 @@ EARLY = {
         ["inside the input"],
     ),  # fmt: skip
     "compare-recovery-auto-too-large": (["compare-recovery", BASE, "--auto", "8"], ["--auto 8"]),
+    "prune-seqlen-zero": ([*PRUNE, "--remove", "1:2", "--seqlen", "0"], ["--seqlen"]),
+    "prune-calib-tokens-zero": (
+        [*PRUNE, "--remove", "1:2", "--calib-tokens", "0"],
+        ["--calib-tokens"],
+    ),  # fmt: skip
+    "ppl-tokens-zero": (["ppl", BASE, "--ppl-tokens", "0"], ["--ppl-tokens"]),
 }
 
 

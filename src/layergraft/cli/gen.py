@@ -342,8 +342,8 @@ def register(sub: Any) -> None:
         type=int,
         help="sliding windows every STRIDE tokens (default: non-overlapping chunks)",
     )
-    add_renamed(q, "--seqlen", "--ppl-seqlen", "ppl_seqlen", int)
-    add_renamed(q, "--max-tokens", "--ppl-tokens", "ppl_tokens", int)
+    add_renamed(q, "--seqlen", "--ppl-seqlen", "ppl_seqlen", positive_int)
+    add_renamed(q, "--max-tokens", "--ppl-tokens", "ppl_tokens", positive_int)
     add_json_arg(q)
     add_placement_args(q)
 

@@ -324,14 +324,14 @@ def add_calib_args(
     )
     s.add_argument(
         "--calib-tokens",
-        type=int,
+        type=positive_int,
         default=CALIB_TOKENS,
         metavar="N",
         help=f"calibration tokens to use (default {CALIB_TOKENS})",
     )
     s.add_argument(
         "--seqlen",
-        type=int,
+        type=positive_int,
         default=CALIB_SEQLEN,
         help=f"tokens per calibration row (default {CALIB_SEQLEN}; at most the model's context)",
     )
@@ -347,14 +347,14 @@ def add_ppl_args(s: argparse.ArgumentParser, flag: str | None, default_help: str
         s.add_argument(flag, metavar="FILE", help=f"text for perplexity (default: {default_help})")
     s.add_argument(
         "--ppl-seqlen",
-        type=int,
+        type=positive_int,
         default=PPL_SEQLEN,
         metavar="N",
         help=f"perplexity chunk length (default {PPL_SEQLEN}; at most the model's context)",
     )
     s.add_argument(
         "--ppl-tokens",
-        type=int,
+        type=positive_int,
         metavar="N",
         help="use the first N tokens of the text (default all)",
     )

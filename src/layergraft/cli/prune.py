@@ -276,7 +276,7 @@ def register(sub: Any) -> None:
     )
     s.add_argument("model", help="model directory, .gguf file or hub id")
     add_calib_args(s, "--data")
-    add_renamed(s, "--max-tokens", "--calib-tokens", "calib_tokens", int)
+    add_renamed(s, "--max-tokens", "--calib-tokens", "calib_tokens", positive_int)
     s.add_argument(
         "--block", type=positive_int, default=1, metavar="N", help="block size (default 1)"
     )
