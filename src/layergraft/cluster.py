@@ -9,6 +9,7 @@ pays for it. Shipped to workers are paths, never weights: every node must see th
 from __future__ import annotations
 
 import logging
+import math
 import re
 import socket
 from typing import Any
@@ -31,7 +32,9 @@ def import_ray() -> Any:
 def check_worker_options(workers: int | None, gpus_per_worker: float | None) -> None:
     if workers is not None and workers < 1:
         raise InputError(f"--workers must be at least 1, not {workers}")
-    if gpus_per_worker is not None and gpus_per_worker < 0:
+    if gpus_per_worker is not None and not (
+        math.isfinite(gpus_per_worker) and gpus_per_worker >= 0
+    ):
         raise InputError(f"--gpus-per-worker must be 0 or more, not {gpus_per_worker}")
 
 

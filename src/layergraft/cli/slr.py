@@ -11,6 +11,7 @@ from layergraft.cli.options import (
     add_output_args,
     add_pair_args,
     add_placement_args,
+    finite_float,
     merge_recipe,
     output_kwargs,
     placement_kwargs,
@@ -163,7 +164,10 @@ def register(sub: Any) -> None:
         "write the weight interpolation (1-alpha)*post + alpha*base (baseline)",
     )
     add_pair_args(so)
-    so.add_argument("--alpha", type=float, help="blend weight of the base model, in [0, 1]")
+    so.add_argument(
+        "--alpha", type=finite_float(min=0, max=1, example="0.25"),
+        help="blend weight of the base model, in [0, 1]",
+    )  # fmt: skip
     so.add_argument(
         "--layers",
         metavar="RANGES",
@@ -210,8 +214,11 @@ def register(sub: Any) -> None:
         help="bundled set (letters, digits, all) or a JSONL file of {prompt, valid}",
     )
     c.add_argument("--samples", type=int, default=32, help="samples per prompt (sample estimator)")
-    c.add_argument("--temperature", type=float, default=1.0)
-    c.add_argument("--min-p", type=float, default=0.1)
+    c.add_argument("--temperature", type=finite_float(min=0, example="1.0"), default=1.0)
+    c.add_argument(
+        "--min-p", type=finite_float(min=0, max=1, inclusive=(True, False), example="0.1"),
+        default=0.1,
+    )  # fmt: skip
     c.add_argument("--seed", type=int, default=0)
     c.add_argument(
         "--v-end",

@@ -11,6 +11,7 @@ row's own ``torch.Generator``, seeded from ``(seed, prompt id, sample index)``
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -32,8 +33,10 @@ class SamplingSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise InputError(f"temperature must be >= 0 (0 = greedy), not {self.temperature}")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise InputError(
+                f"temperature must be a finite number >= 0 (0 = greedy), not {self.temperature}"
+            )
         if not 0 < self.top_p <= 1:
             raise InputError(f"top-p must be in (0, 1], not {self.top_p}")
         if not 0 <= self.min_p < 1:
