@@ -623,7 +623,7 @@ def _(e):
 @case("soup-alpha-out-of-range")
 def _(e):
     argv = ["soup", "--base", str(e.m["base"]), "--post", str(e.m["post"]), "--alpha", "1.5", "--out", str(e.out), "--quiet"]  # fmt: skip
-    return Case(argv, r"--alpha 1\.5 is outside \[0, 1\]", r"give a value between 0", inputs=[e.m["base"], e.m["post"]], out=e.out)  # fmt: skip
+    return Case(argv, r"--alpha: 1\.5 is out of range", r"give a number in \[0, 1\]", inputs=[e.m["base"], e.m["post"]], out=e.out)  # fmt: skip
 
 
 # -- calibration data for prune
