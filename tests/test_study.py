@@ -312,3 +312,24 @@ def test_bad_paths_are_refused_and_nothing_is_touched(tmp_path):
     r = _cli("slr", "--base", str(tmp_path / "nope"), "--post", POST, "--out", str(tmp_path / "j"))
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "j").exists()
+
+
+def test_the_python_api_sets_the_thread_count_like_the_cli(tmp_path):
+    """slr() applies its ``threads`` as --threads does (torch's default of one thread per core
+    collapsed on a busy machine); None leaves torch's setting alone."""
+    from layergraft.errors import LayergraftError
+    from layergraft.study.slr import slr
+
+    before = torch.get_num_threads()
+    try:
+        for want in (2, 1):
+            with pytest.raises(LayergraftError):  # refused after the count is applied
+                slr(BASE, POST, tmp_path / "j", quick=True, threads=want, n=0)
+            assert torch.get_num_threads() == want
+        torch.set_num_threads(2)
+        with pytest.raises(LayergraftError):
+            slr(BASE, POST, tmp_path / "j", quick=True, threads=None, n=0)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert not (tmp_path / "j").exists()

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from layergraft.models.placement import check_placement
+from layergraft.models.threads import apply_threads
 from layergraft.prune.compare import compare_recovery
 from layergraft.study.inputs import open_job_dir
 from layergraft.study.job import Step
@@ -76,9 +77,13 @@ def run_demo(
     device: str | None = None,
     dtype: Any = "auto",
     device_map: Any = None,
+    threads: int | str | None = "auto",
 ) -> dict[str, Any]:
     """Run (or continue) the demo job in ``out``: results.json, report.md, report.html,
-    plots, the written hybrid (``out/hybrid``) and the generations."""
+    plots, the written hybrid (``out/hybrid``) and the generations. ``threads``: as
+    :func:`layergraft.study.slr.slr`'s."""
+    if threads is not None:
+        apply_threads(threads)
 
     base, post = toy_paths()
     check_placement(device, dtype, device_map, models=[base, post])

@@ -13,7 +13,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from layergraft.toy import toy_paths
 
     res = run_demo(
-        args.out, quick=args.quick, force=args.force, progress=not args.quiet,
+        args.out, quick=args.quick, force=args.force, progress=not args.quiet, threads=None,
         **placement_kwargs(args, models=toy_paths()),  # a device map is checked on the toy pair
     )  # fmt: skip
     from layergraft.study.selection import console_lines

@@ -103,7 +103,8 @@ def _cmd_slr(args: argparse.Namespace) -> int:
     res = slr(
         args.base, args.post, args.out, settings=settings, tokenizer=args.tokenizer, also=also,
         force=args.force, progress=not args.quiet, executor=executor, gen_executor=gen_executor,
-        say=(lambda s: None) if args.quiet else print, **placement,
+        say=(lambda s: None) if args.quiet else print, threads=None,  # applied by the CLI
+        **placement,
     )  # fmt: skip
     print("\n" + "\n".join(console_lines(res["selection"], args.out)))
     return 0

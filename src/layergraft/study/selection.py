@@ -202,3 +202,14 @@ def console_lines(sel: dict[str, Any], where: str) -> list[str]:
     lines += [f"caveat: {c}" for c in sel["caveats"]]
     lines.append(f"report: {where}/report.html (and report.md, results.json)")
     return lines
+
+
+def crc_line(crc_res: dict[str, Any]) -> str:
+    """What the job says after the CRC step: is the post model collapsed and in format?"""
+    p, b = crc_res["post"], crc_res["base"]
+
+    def one(m: dict[str, Any]) -> str:
+        end = "" if m.get("V_end") is None else f", V_end {m['V_end']:.3f}"
+        return f"V {m['V']:.3f}, H_norm {m['H_norm']:.3f}{end}"
+
+    return f"    CRC post: {one(p)}; base: {one(b)}"

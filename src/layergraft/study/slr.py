@@ -39,6 +39,7 @@ from layergraft.gen.records import weights_digest
 from layergraft.gen.sampling import SamplingSettings
 from layergraft.models.load import load_model, open_loadable
 from layergraft.models.placement import check_placement
+from layergraft.models.threads import apply_threads
 from layergraft.report.demo import write_reports
 from layergraft.slr.hybrid import candidate
 from layergraft.slr.hybrid.pair import check_compatible
@@ -56,7 +57,7 @@ from layergraft.study.inputs import (
     prompt_subset,
 )
 from layergraft.study.job import Job, Step, empty
-from layergraft.study.selection import ROLE_LABELS, ROLES, compared_roles, selection
+from layergraft.study.selection import ROLE_LABELS, ROLES, compared_roles, crc_line, selection
 from layergraft.study.settings import DEFAULT, QUICK, StudySettings
 
 PathLike = str | os.PathLike[str]
@@ -287,7 +288,7 @@ class SlrStudy:
         inspect = self.check()
         prompts = prompt_subset(c.crc_prompts, self.root / "inputs" / "crc_prompts.jsonl")
         crc_res = self.crc(prompts)
-        self.say(_crc_line(crc_res))
+        self.say(crc_line(crc_res))
         sw = self.sweep(prompts)
         sel = selection(sw)
         roles = compared_roles(sel, sw, self.roles)
@@ -327,16 +328,6 @@ class SlrStudy:
         return results
 
 
-def _crc_line(crc_res: dict[str, Any]) -> str:
-    p, b = crc_res["post"], crc_res["base"]
-
-    def one(m: dict[str, Any]) -> str:
-        end = "" if m.get("V_end") is None else f", V_end {m['V_end']:.3f}"
-        return f"V {m['V']:.3f}, H_norm {m['H_norm']:.3f}{end}"
-
-    return f"    CRC post: {one(p)}; base: {one(b)}"
-
-
 def _rows_key(settings: dict[str, Any]) -> Any:
 
     sw = dict(settings.get("sweep") or {})
@@ -367,6 +358,7 @@ def slr(
     say: Callable[[str], None] = print,
     also: dict[str, PathLike] | None = None,
     roles: tuple[str, ...] = ROLES,
+    threads: int | str | None = "auto",
     **changes: Any,
 ) -> dict[str, Any]:
     """Run (or continue) the SLR study of ``base``/``post`` in ``out`` (module doc).
@@ -378,8 +370,13 @@ def slr(
     ``out/hybrid`` (see ``results["selection"]["written"]``). ``also``: more models, by
     name, measured on CRC and compared beside base and post (e.g. an SFT-only stage);
     ``roles``: which hybrids are compared (:func:`~layergraft.study.selection.compared_roles`).
+    ``threads``: torch's CPU threads for the job, as ``--threads`` (``auto``: the cores other
+    processes leave free, :mod:`layergraft.models.threads`; torch's own default of one thread
+    per core ran a toy job 7x slower on a busy machine); None leaves torch's setting alone.
     """
 
+    if threads is not None:
+        apply_threads(threads)
     cfg = (settings or (QUICK if quick else DEFAULT)).replace(**changes)
     # everything that needs only the arguments, the paths and the configs, before any work
     base_ck, post_ck = open_loadable(base), open_loadable(post)
