@@ -493,6 +493,46 @@ def _top_reply(rows: list[dict], method: str) -> tuple[int, int, str]:
     return texts.count(top), len(texts), top
 
 
+def _demo_headline(demo: dict, link) -> str:
+    """The toy pair's row, from the job's own words (``selection``): the written hybrid against
+    the post model, the paper rule's pick beside it; each effect said as measured."""
+    cmp, sel = demo["compare"], demo["selection"]
+    mean = {t: {k: v["mean"] for k, v in cmp[t]["runs"].items()} for t in cmp}
+    w, paper = sel["written"], sel["picks"]["paper"]
+    run_w, run_p = sel["compared"].get("written"), sel["compared"].get("paper")
+    if w is None:
+        return (f"| toy pair (bundled, 8 layers) | SLR | no hybrid kept the chat format, none "
+                f"written | [toy pair]({link('demo/README.md')}) |")  # fmt: skip
+
+    def arrow(task: str, key: str, run: str, nd: int = 3) -> str:
+        return f"{_f(mean[task]['post'][key], nd)} → {_f(mean[task][run][key], nd)}"
+
+    post_fmt = mean["reasoning"]["post"]["format_validity"]
+    kept = mean["reasoning"][run_w]["format_validity"] >= 0.9 * post_fmt
+    cells = [
+        f"creative Vendi {arrow('creative', 'vendi', run_w, 2)}",
+        f"reasoning format {'kept' if kept else 'lost'} ({arrow('reasoning', 'format_validity', run_w)})",
+    ]
+    if paper and run_p and paper["label"] != w["label"]:
+        broke = mean["reasoning"][run_p]["format_validity"] < 0.9 * post_fmt
+        cells.append(
+            f"the SLR paper's rule picks `{paper['label']}`"
+            + (", which breaks that format" if broke else "")
+            + f" (→ {_f(mean['reasoning'][run_p]['format_validity'])})"
+        )
+    qa_post = mean["qa"]["post"]["distinct_valid_answers"]
+    qa_w = mean["qa"][run_w]["distinct_valid_answers"]
+    change = "no gain in" if qa_w == qa_post else "fewer" if qa_w < qa_post else "more"
+    cells.append(
+        f"{change} QA distinct valid answers ({arrow('qa', 'distinct_valid_answers', run_w, 2)})"
+    )
+    return (
+        f"| toy pair (bundled, 8 layers) | SLR, the {w['pick']} pick `{w['label']}` | "
+        + "; ".join(cells)
+        + f" | [toy pair]({link('demo/README.md')}) |"
+    )
+
+
 def table_headline(src: dict, link) -> str:
     """The README's and the home page's summary: one row per pair, what was done, what it gave
     (the effect where there is one, and plainly where there is none), and the page with the
@@ -500,25 +540,7 @@ def table_headline(src: dict, link) -> str:
     demo, planted, natural, prune = src["demo"], src["planted"], src["natural"], src["prune"]
     out = ["| pair | what was done | result | details |", "|---|---|---|---|"]
 
-    cmp = demo["compare"]
-    mean = {t: {k: v["mean"] for k, v in cmp[t]["runs"].items()} for t in cmp}
-    fmt, paper = demo["restore"]["picks"]["format"], demo["restore"]["picks"]["paper"]
-    validated = demo["restore"]["picks"].get("validated") or {}
-    which = "the format rule's pick" + (
-        ", validated by generation" if validated.get("same_as") == "format" else ""
-    )
-    out.append(
-        f"| toy pair (bundled, 8 layers) | SLR, `{fmt['hybrid']}` ({which}) "
-        f"| creative Vendi {_f(mean['creative']['post']['vendi'], 2)} → "
-        f"{_f(mean['creative']['format']['vendi'], 2)}, reasoning format kept "
-        f"({_f(mean['reasoning']['post']['format_validity'])} → "
-        f"{_f(mean['reasoning']['format']['format_validity'])}); the SLR paper's rule picks "
-        f"`{paper['hybrid']}`, which breaks that format (→ "
-        f"{_f(mean['reasoning']['paper']['format_validity'])}); no gain in QA distinct valid "
-        f"answers ({_f(mean['qa']['post']['distinct_valid_answers'], 2)} → "
-        f"{_f(mean['qa']['format']['distinct_valid_answers'], 2)}) "
-        f"| [toy pair]({link('demo/README.md')}) |"
-    )
+    out.append(_demo_headline(demo, link))
 
     def fin(res: dict, run: str) -> str:
         return " / ".join(
@@ -692,7 +714,9 @@ def main() -> int:
         shutil.copyfile(args.src / "results.json", DEMO / "results.json")
         for name in ("heatmaps.png", "pareto.png"):
             shutil.copyfile(args.src / name, DEMO / name)
-        shutil.copyfile(args.src / "sweep" / "diff.png", DEMO / "diff.png")
+        # the demo job writes its sweep into sweep/out/ (earlier demos: sweep/)
+        diff = next(p for p in (args.src / "sweep" / "out", args.src / "sweep") if (p / "diff.png").is_file())
+        shutil.copyfile(diff / "diff.png", DEMO / "diff.png")
     stale = []
     for page in pages():
         text = page.read_text()
