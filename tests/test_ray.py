@@ -234,3 +234,21 @@ def test_compare_on_ray_gives_the_same_generations(cluster, tmp_path):
     with pytest.raises(InputError, match="give post=PATH"):
         compare({"post": (object(), build_tokenizer())}, "qa", tmp_path / "mem", executor=ex,
                 **kw)  # fmt: skip
+
+
+@needs_ray
+def test_the_slr_job_on_ray_gives_the_local_results(cluster, tmp_path):
+    """`layergraft slr --ray`: the sweep's units and the comparison's generations run on the
+    workers, and the job's results are those of a local run (paths of the job aside)."""
+    small = ["--base", BASE, "--post", POST, "--quick", "--parts", "all", "--alphas", "1",
+             "--n", "2", "--limit", "2", "--validate", "1", "--quiet"]  # fmt: skip
+    assert main(["slr", "--out", str(tmp_path / "local"), *small]) == 0
+    assert main(["slr", "--out", str(tmp_path / "ray"), *small, "--ray", "--workers", "2"]) == 0
+
+    def results(name: str) -> dict:
+        out = tmp_path / name
+        res = json.loads((out / "results.json").read_text().replace(str(out), "DIR"))
+        res.pop("timing_s")
+        return res
+
+    assert results("ray") == results("local")
