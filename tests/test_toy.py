@@ -151,13 +151,13 @@ def test_pruning_selection_and_scale_equal_the_published_numbers() -> None:
     from layergraft.ranges import format_ranges
     from layergraft.text import DEFAULT_CALIB
 
-    settings = PUBLISHED["settings"]
+    settings = PUBLISHED["prune_settings"]
     base = str(toy_paths()[0])
     with torch_threads(1):
         inp = open_input(base, calib=DEFAULT_CALIB)
         job = load_job(inp, calib=DEFAULT_CALIB, calib_tokens=settings["calib_tokens"], seqlen=512,
                        batch_size=4, device=None, dtype="auto", device_map=None)  # fmt: skip
-        gaps = {n: job.gaps(None, n, "angular") for n in settings["prune_blocks"]}
+        gaps = {n: job.gaps(None, n, "angular") for n in settings["blocks"]}
         stats = collect_stats(job.model, job.adapter, job.batches, [g[0] for g in gaps.values()])
     for (n, g), st in zip(gaps.items(), stats, strict=True):
         pub = PUBLISHED["pruning"][f"remove_{n}"]

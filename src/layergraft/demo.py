@@ -63,7 +63,7 @@ def _pruning(cfg: PruneDemo, progress: bool, placement: dict[str, Any]) -> Any:
             }
 
         step = Step("pruning", asdict(cfg), {"base": study.digests["base"]}, run)
-        return {"pruning": study.job.run(step)}
+        return {"pruning": study.job.run(step), "prune_settings": asdict(cfg)}
 
     return extra
 
