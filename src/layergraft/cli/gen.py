@@ -21,7 +21,7 @@ from layergraft.cli.options import (
     print_json,
     ray_kwargs,
 )
-from layergraft.errors import InputError
+from layergraft.cli.parser import named_paths
 
 
 def _add_decoding(s: argparse.ArgumentParser) -> None:
@@ -164,18 +164,6 @@ def _cmd_diversity(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_models(items: list[str]) -> dict[str, str]:
-    models: dict[str, str] = {}
-    for item in items:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise InputError(f"--models item {item!r} is not NAME=PATH; write e.g. post=./post")
-        if name in models:
-            raise InputError(f"--models names {name!r} twice; give each model a distinct name")
-        models[name] = path
-    return models
-
-
 def _cmd_compare(args: argparse.Namespace) -> int:
     from layergraft.gen.compare import compare
     from layergraft.gen.distributed import RayGenerator
@@ -183,7 +171,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from layergraft.report.compare import headline_metrics
 
     ray = ray_kwargs(args)
-    models = _parse_models(args.models)
+    models = named_paths(args.models, "--models", "post=./post")
     res = compare(
         models,
         args.task,

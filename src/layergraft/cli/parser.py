@@ -15,7 +15,7 @@ import re
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from layergraft.errors import LayergraftError
+from layergraft.errors import InputError, LayergraftError
 
 
 class Parser(argparse.ArgumentParser):
@@ -101,3 +101,16 @@ class _Commands(argparse._SubParsersAction):
         extras = vars(namespace).pop(argparse._UNRECOGNIZED_ARGS_ATTR, None)
         if extras:
             self.choices[values[0]].error(f"unrecognized arguments: {' '.join(extras)}")
+
+
+def named_paths(items: list[str], flag: str, example: str) -> dict[str, str]:
+    """``NAME=PATH`` items (``--models``, ``--also``) as a dict, each name once."""
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise InputError(f"{flag} item {item!r} is not NAME=PATH; write e.g. {example}")
+        if name in out:
+            raise InputError(f"{flag} names {name!r} twice; give each model a distinct name")
+        out[name] = path
+    return out

@@ -15,6 +15,7 @@ from layergraft.cli.options import (
     positive_int,
     ray_kwargs,
 )
+from layergraft.cli.parser import named_paths
 from layergraft.errors import LayergraftError
 from layergraft.slr.sweep.config import RULES, SEARCHES
 
@@ -45,7 +46,8 @@ def _changes(args: argparse.Namespace, base: Any) -> dict[str, Any]:
     return {
         "tasks": tuple(t.strip() for t in args.tasks.split(",") if t.strip()) if args.tasks else None,
         "n": args.n, "limit": args.limit, "budgets": budgets, "parts": args.parts,
-        "alphas": args.alphas, "rule": args.rule, "validate": args.validate,
+        "alphas": args.alphas, "rule": args.rule,
+        "validate": None if args.validate == 0 else args.validate,  # 0: off, set below
         "validate_samples": args.validate_samples, "search": args.search,
         "crc_prompts": args.crc_prompts,
     }  # fmt: skip
@@ -71,23 +73,13 @@ def _cmd_slr(args: argparse.Namespace) -> int:
         from layergraft.slr.sweep.config import parse_alphas
 
         changes["alphas"] = parse_alphas(changes["alphas"])
-    validate_off = args.validate == 0
-    if validate_off:
-        changes["validate"] = None
-    settings = preset.replace(**changes)
-    if validate_off:
+    settings = preset.replace(**changes)  # None leaves a field as the preset has it
+    if args.validate == 0:
         import dataclasses
 
         settings = dataclasses.replace(settings, validate=None)
     placement = placement_kwargs(args, models=[args.base, args.post])
-    also = {}
-    for spec in args.also:
-        name, sep, path = spec.partition("=")
-        if not sep or not name or not path:
-            raise LayergraftError(f"--also {spec!r}: give NAME=DIR, e.g. --also sft=work/post-sft")
-        if name in also:
-            raise LayergraftError(f"--also {spec!r}: the name {name!r} is given twice")
-        also[name] = path
+    also = named_paths(args.also, "--also", "sft=work/post-sft")
     if args.dry_run:
         plan = plan_slr(args.base, args.post, args.out, settings, tokenizer=args.tokenizer, also=also,
                         **placement)  # fmt: skip
