@@ -254,13 +254,9 @@ def experiment_steps(args: argparse.Namespace, placement: dict[str, Any]) -> Cal
 def run_study(args: argparse.Namespace, work: Path, also: dict[str, str]) -> tuple[dict, dict]:
     """The study with the experiment's steps appended, in ``work``; its results and each
     step's peak RSS record."""
-    from layergraft.models.load import open_loadable
-    from layergraft.models.placement import check_placement
-    from layergraft.slr.hybrid.pair import check_compatible
     from layergraft.slr.sweep.config import parse_alphas, parse_sweep_parts
-    from layergraft.study.inputs import check_also, open_job_dir
     from layergraft.study.settings import BUDGETS, StudySettings
-    from layergraft.study.slr import SlrStudy
+    from layergraft.study.slr import open_study
 
     budgets = dict.fromkeys(BUDGETS, args.max_new_tokens) if args.max_new_tokens else dict(BUDGETS)
     cfg = StudySettings(
@@ -269,15 +265,11 @@ def run_study(args: argparse.Namespace, work: Path, also: dict[str, str]) -> tup
         validate=args.validate or None, validate_samples=args.validate_samples,
     )  # fmt: skip
     placement = {"device": args.device, "dtype": "auto", "device_map": None}
-    base_ck, post_ck = open_loadable(args.base), open_loadable(args.post)
-    check_compatible(base_ck, post_ck)
-    check_also(also)
-    check_placement(args.device, "auto", None, models=[base_ck, post_ck])
-    root = open_job_dir(work, [base_ck, post_ck, *also.values()], force=False)
-    root.mkdir(parents=True, exist_ok=True)
     say = (lambda s: None) if args.quiet else (lambda s: print(s, flush=True))
-    study = SlrStudy(args.base, args.post, root, cfg, placement=placement, also=also,
-                     roles=tuple(PICKS), progress=not args.quiet, say=say)  # fmt: skip
+    study = open_study(args.base, args.post, work, settings=cfg, also=also, roles=tuple(PICKS),
+                       progress=not args.quiet, say=say, threads=None,  # main() applied --threads
+                       **placement)  # fmt: skip
+    root = study.root
     memory = PeakMemory(root / "peak_rss.json")
     memory.watch(study.job)
     res = study.run(extra=experiment_steps(args, placement), job="slr")

@@ -15,13 +15,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from layergraft.models.placement import check_placement
-from layergraft.models.threads import apply_threads
 from layergraft.prune.compare import compare_recovery
-from layergraft.study.inputs import open_job_dir
 from layergraft.study.job import Step
 from layergraft.study.settings import DEMO, QUICK
-from layergraft.study.slr import SlrStudy
+from layergraft.study.slr import SlrStudy, open_study
 from layergraft.toy import toy_paths
 
 PathLike = str | os.PathLike[str]
@@ -81,17 +78,12 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run (or continue) the demo job in ``out``: results.json, report.md, report.html,
     plots, the written hybrid (``out/hybrid``) and the generations. ``threads``: as
-    :func:`layergraft.study.slr.slr`'s."""
-    if threads is not None:
-        apply_threads(threads)
-
+    :func:`layergraft.study.slr.open_study`'s."""
     base, post = toy_paths()
-    check_placement(device, dtype, device_map, models=[base, post])
-    root = open_job_dir(out, [base, post], force)
-    root.mkdir(exist_ok=True)
-    placement = {"device": device, "dtype": dtype, "device_map": device_map}
-    study = SlrStudy(
-        base, post, root, QUICK if quick else DEMO, placement=placement, progress=progress,
+    study = open_study(
+        base, post, out, settings=QUICK if quick else DEMO, force=force, progress=progress,
+        device=device, dtype=dtype, device_map=device_map, threads=threads,
         say=print if progress else (lambda s: None),
     )  # fmt: skip
+    placement = {"device": device, "dtype": dtype, "device_map": device_map}
     return study.run(extra=_pruning(PruneDemo.make(quick), progress, placement), job="demo")

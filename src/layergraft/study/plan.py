@@ -19,11 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from layergraft.gen.records import weights_digest
 from layergraft.gen.tasks import load_task
-from layergraft.models.load import load_model, load_tokenizer, open_loadable
+from layergraft.models.load import load_model, load_tokenizer
 from layergraft.models.placement import check_placement
-from layergraft.slr.hybrid.pair import check_compatible
 from layergraft.slr.proxy.crc_prompts import load_crc_prompts
 from layergraft.slr.sweep.run import sweep
 from layergraft.slr.sweep.validate import VALIDATION_SET, VALIDATION_TOKENS
@@ -96,7 +94,6 @@ def plan_slr(
     device_map: Any = None,
 ) -> dict[str, Any]:
     """The plan of every step as data (:func:`format_job_plan` prints it). Nothing is written."""
-
     placement = {"device": device, "dtype": dtype, "device_map": device_map}
     also = also or {}
     check_placement(device, dtype, device_map, models=[])
@@ -105,11 +102,7 @@ def plan_slr(
         open_job_dir(out, [base, post, tokenizer], force=False)
     study = SlrStudy(base, post, root, settings, tokenizer=tokenizer, placement=placement,
                      also=also, say=lambda s: None)  # fmt: skip
-
-    post_ck = open_loadable(post)
-    check_compatible(open_loadable(base), post_ck)
-    num_layers = post_ck.adapter.num_layers
-    study.digests = {"base": weights_digest(str(base)), "post": weights_digest(str(post))}
+    num_layers = study.open_pair()
     prompts, scratch = "all", None
     if settings.crc_prompts is not None:  # the subset the job would write, in a scratch file
         scratch = Path(tempfile.mkdtemp(prefix="layergraft-plan-"))

@@ -84,12 +84,8 @@ class SlrStudy:
     ) -> None:
         self.also = {k: model_spec(v) for k, v in (also or {}).items()}
         self.roles = roles
-        self.base, self.post, self.root, self.cfg = (
-            model_spec(base),
-            model_spec(post),
-            root,
-            settings,
-        )
+        self.base, self.post = model_spec(base), model_spec(post)
+        self.root, self.cfg = root, settings
         self.tokenizer = model_spec(tokenizer) if tokenizer is not None else None
         self.placement = placement or {"device": None, "dtype": "auto", "device_map": None}
         self.progress, self.executor, self.gen_executor = progress, executor, gen_executor
@@ -97,13 +93,19 @@ class SlrStudy:
         self.job = Job(root, say=say)
         self.digests: dict[str, str | None] = {}
 
+    def open_pair(self) -> int:
+        """Open both models (configs only), check they are one architecture, and record their
+        weights digests, the inputs of every step; the number of decoder layers."""
+        base_ck, post_ck = open_loadable(self.base), open_loadable(self.post)
+        check_compatible(base_ck, post_ck)
+        self.digests = {"base": weights_digest(self.base), "post": weights_digest(self.post)}
+        return post_ck.adapter.num_layers
+
     # -- steps --------------------------------------------------------------------------
     def check(self) -> dict[str, Any]:
         """Both models open and are one architecture; their weights digests (the inputs of
         every later step: a model trained again at its path reruns them)."""
-        base_ck, post_ck = open_loadable(self.base), open_loadable(self.post)
-        check_compatible(base_ck, post_ck)
-        self.digests = {"base": weights_digest(self.base), "post": weights_digest(self.post)}
+        self.open_pair()
         step = Step(
             "check", {}, {"models": {"base": self.base, "post": self.post}, **self.digests},
             lambda folder: {"base": inspect_model(self.base), "post": inspect_model(self.post)},
@@ -134,7 +136,6 @@ class SlrStudy:
                 "placement": jsonable(self.placement)}  # fmt: skip
 
     def sweep_config(self, prompts: str) -> Any:
-
         c = self.cfg
         return make_config({
             "prompts": prompts, "method": "both", "parts": c.parts, "alphas": c.alphas,
@@ -149,7 +150,6 @@ class SlrStudy:
 
     def sweep(self, prompts: str) -> dict[str, Any]:
         """The sweep with validation; its rows resume from their journal after a kill."""
-
         cfg = self.sweep_config(prompts)
         settings = self.sweep_settings(cfg)
 
@@ -189,7 +189,6 @@ class SlrStudy:
         """Write each hybrid compared (the written one to ``DIR/hybrid``), with the commands a
         user would run, and check the written one: reloaded with plain transformers, its logits
         must equal the in-memory hybrid's the sweep scored."""
-
         todo = {role: r for role, r in roles.items() if "run" in r}
 
         def where(role: str) -> Path:
@@ -239,7 +238,6 @@ class SlrStudy:
     def compare(self, task: str, models: dict[str, str]) -> dict[str, Any]:
         """Generations of every model on ``task``; each model's file resumes after a kill and
         is kept when only other models changed."""
-
         c = self.cfg
         sampling = SamplingSettings(max_new_tokens=c.budgets[task], seed=c.seed)
         settings = {"n": c.n, "limit": c.limit, "sampling": sampling.to_json(),
@@ -257,7 +255,6 @@ class SlrStudy:
 
         def prepare(folder: Path, old: dict[str, Any] | None) -> None:
             """Keep the generations of models whose weights and sampling did not change."""
-
             same = old is not None and old["settings"]["sampling"] == settings["sampling"]
             gens = folder / "gens"
             for p in list(folder.iterdir()):
@@ -282,7 +279,6 @@ class SlrStudy:
     ) -> dict[str, Any]:
         """Every step, then results.json and the reports (``extra``: more results, e.g. the
         demo's pruning, computed after the comparison; ``job`` names the job in them)."""
-
         c = self.cfg
         write_json_atomic(self.root / JOB_FILE, {"job": job, "base": self.base, "post": self.post})
         inspect = self.check()
@@ -329,7 +325,6 @@ class SlrStudy:
 
 
 def _rows_key(settings: dict[str, Any]) -> Any:
-
     sw = dict(settings.get("sweep") or {})
     rest = {k: v for k, v in settings.items() if k != "sweep"}
     return {**rest, "sweep": {k: v for k, v in sw.items() if k not in SELECTION_FIELDS}}
@@ -340,7 +335,7 @@ def _row_id(role: dict[str, Any]) -> Any:
     return {"label": role["label"], "run": role.get("run"), "same_as": role.get("same_as")}
 
 
-def slr(
+def open_study(
     base: PathLike,
     post: PathLike,
     out: PathLike,
@@ -360,21 +355,20 @@ def slr(
     roles: tuple[str, ...] = ROLES,
     threads: int | str | None = "auto",
     **changes: Any,
-) -> dict[str, Any]:
-    """Run (or continue) the SLR study of ``base``/``post`` in ``out`` (module doc).
+) -> SlrStudy:
+    """The SLR study of ``base``/``post`` in the job directory ``out``, every check that needs
+    only the arguments, paths and configs done and the directory opened: :meth:`SlrStudy.run`
+    runs (or continues) it. For callers that append steps (``layergraft demo``, experiments).
 
     ``settings``: a :class:`~layergraft.study.settings.StudySettings` (default
     :data:`~layergraft.study.settings.DEFAULT`, or ``QUICK`` with ``quick``); ``changes``
-    override single fields (``n=16``, ``tasks=("qa",)``). Returns the results dict, also
-    written to ``out/results.json`` beside ``report.html``; the written hybrid is
-    ``out/hybrid`` (see ``results["selection"]["written"]``). ``also``: more models, by
+    override single fields (``n=16``, ``tasks=("qa",)``). ``also``: more models, by
     name, measured on CRC and compared beside base and post (e.g. an SFT-only stage);
     ``roles``: which hybrids are compared (:func:`~layergraft.study.selection.compared_roles`).
     ``threads``: torch's CPU threads for the job, as ``--threads`` (``auto``: the cores other
     processes leave free, :mod:`layergraft.models.threads`; torch's own default of one thread
     per core ran a toy job 7x slower on a busy machine); None leaves torch's setting alone.
     """
-
     if threads is not None:
         apply_threads(threads)
     cfg = (settings or (QUICK if quick else DEFAULT)).replace(**changes)
@@ -391,4 +385,13 @@ def slr(
         gen_executor=gen_executor, say=say, also=also, roles=roles,
         placement={"device": device, "dtype": dtype, "device_map": device_map},
     )  # fmt: skip
-    return study.run()
+    return study
+
+
+def slr(base: PathLike, post: PathLike, out: PathLike, **kwargs: Any) -> dict[str, Any]:
+    """Run (or continue) the SLR study of ``base``/``post`` in ``out`` (module doc); the
+    keyword arguments are :func:`open_study`'s (``quick``, ``settings``, single settings such
+    as ``n=16``, ``tokenizer``, placement, ``threads``, ``also``, ...). Returns the results
+    dict, also written to ``out/results.json`` beside ``report.html``; the written hybrid is
+    ``out/hybrid`` (see ``results["selection"]["written"]``)."""
+    return open_study(base, post, out, **kwargs).run()
