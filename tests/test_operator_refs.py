@@ -256,14 +256,16 @@ def test_reloaded_ghost_directory_is_the_dense_model_cut_plus_h_delta(tmp_path, 
         torch.testing.assert_close(_logits(loaded.eval(), ids), want, rtol=0, atol=tol)
 
 
-# ---- diag: h ⊙ r at the gap, r = sqrt(Σ x_post² / Σ x²) -----------------------------------
+# ---- diag (LinearPatch-D): h ⊙ r at the gap, r = Σ|x_post| / Σ|x| --------------------------
 @pytest.mark.parametrize("fam", ["llama", "gpt2"])
 def test_diag_fit_and_forward_against_numpy(fam):
     model = make_tiny(fam, num_layers=6, seed=12)
     batches = _batches(2)
     acts = _activations(model, fam, batches, [("in", 1), ("in", 3)])
     x, post = acts[("in", 1)], acts[("in", 3)]
-    r = np.sqrt((post**2).sum(0) / (x**2).sum(0))
+    r = np.abs(post).sum(0) / np.abs(x).sum(0)
+    rms = np.sqrt((post**2).sum(0) / (x**2).sum(0))  # the old RMS ratio: a different operator
+    assert np.abs(rms / r - 1).max() > 1e-3
     ref = _cut(model, fam, [(1, 3)])
     p = prune_model(model, adapter_for_model(model), [(1, 3)], "diag", batches)
     np.testing.assert_allclose(p.ops[0].scale.numpy(), r, rtol=1e-9)
@@ -488,7 +490,7 @@ def test_every_fit_records_what_it_fitted_and_names_itself_when_refusing():
         assert (op.method, op.start, op.end, op.kind) == (method, 2, 4, kinds[method])
         assert op.n_tokens == st.n == 3 * 4 * 24
         assert R.fit(method, st, damp=1e-3, bias=True).kind == op.kind
-    assert fits["ghost"].damp == fits["replaceme"].damp == 1e-3
+    assert fits["ghost"].damp == fits["replaceme"].damp == R.Damp(1e-3)
     assert fits["replaceme"].bias is None and fits["diag"].delta is None
     assert isinstance(fits["scale"].scale, float)
     few = collect_gap_stats(

@@ -342,8 +342,8 @@ def test_cli_compare_recovery_table(model_dirs, calib_file, tmp_path, capsys):
     assert main([*args, "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     rows = {r["method"]: r for r in res["rows"]}
-    assert list(rows) == ["dense", "ghost", "replaceme", "diag", "scale", "none"]
-    assert rows["ghost"]["params"] == rows["none"]["params"] + 32 * 32
+    assert list(rows) == ["dense", "ghost", "replaceme", "rotate", "diag", "scale", "none"]
+    assert rows["ghost"]["params"] == rows["rotate"]["params"] == rows["none"]["params"] + 32 * 32
     assert rows["diag"]["params"] == rows["none"]["params"] + 32
     assert rows["replaceme"]["params"] == rows["scale"]["params"] == rows["none"]["params"]
     assert rows["dense"]["params"] > rows["none"]["params"]

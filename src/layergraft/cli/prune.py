@@ -45,16 +45,29 @@ def _add_removal_args(s: argparse.ArgumentParser) -> None:
         "block whose ghost fit leaves the smallest normalised residual, same --damp); only with --auto",
     )
     _add_residual_args(s)
-    s.add_argument(
-        "--damp",
-        type=finite_float(min=0, example="1e-4"),
-        help="ridge damping, relative to trace(XᵀX)/d (default 1e-4)",
-    )
+    _add_damp_args(s, "the ghost and replaceme fits' (and the residual metrics')")
     s.add_argument("--bias", action="store_true", help="fit a bias with the ghost operator")
     s.add_argument(
         "--sequential",
         action="store_true",
         help="refit each gap's operator on the already-pruned model (scattered pruning)",
+    )
+
+
+def _add_damp_args(s: argparse.ArgumentParser, whose: str) -> None:
+    g = s.add_mutually_exclusive_group()
+    g.add_argument(
+        "--damp",
+        type=finite_float(min=0, example="1e-4"),
+        help=f"{whose} ridge, relative: λ = DAMP·trace(XᵀX)/d, the same regularisation at every "
+        "model size (default 1e-4)",
+    )
+    g.add_argument(
+        "--damp-abs",
+        type=finite_float(min=0, example="1e-6"),
+        metavar="LAMBDA",
+        help=f"{whose} ridge as an absolute λ added to XᵀX instead; 1e-6 is the Ghosted Layers "
+        "paper's and official code's",
     )
 
 
@@ -87,7 +100,9 @@ def _add_gen_check(s: argparse.ArgumentParser) -> None:
     )
 
 
-RESIDUAL_ONLY = ("--damp", "--normalise", "--max-boundaries")
+RESIDUAL_ONLY = ("--damp", "--damp-abs", "--normalise", "--max-boundaries")
+#: recovery methods with a ridge (``--damp``/``--damp-abs`` act on their fit)
+DAMPED = ("ghost", "replaceme")
 
 
 def _refuse_unused_scores(args: argparse.Namespace) -> None:
@@ -108,15 +123,23 @@ def _refuse_unused_removal(args: argparse.Namespace) -> None:
     metric = args.metric or "angular"
     mode = (f"--remove {args.remove}" if args.auto is None
             else None if metric in ("residual", "residual-greedy") else f"--metric {metric}")  # fmt: skip
-    refuse_unused(args, RESIDUAL_ONLY[1:], mode=mode, fix="choose the layers with --auto N --metric residual",
+    refuse_unused(args, RESIDUAL_ONLY[2:], mode=mode, fix="choose the layers with --auto N --metric residual",
                   applies="--auto N with --metric residual or residual-greedy")  # fmt: skip
+    recover = getattr(args, "recover", None)
+    if (
+        not getattr(args, "compare", False)
+        and (recover or "ghost") not in DAMPED
+        and mode is not None
+    ):
+        refuse_unused(args, RESIDUAL_ONLY[:2], mode=f"--recover {recover}", fix="use --recover ghost or replaceme",
+                      applies="the ghost and replaceme fits and the residual metrics")  # fmt: skip
     args.metric, args.normalise = metric, args.normalise or "delta"
 
 
 def _removal_kwargs(args: argparse.Namespace, calib: Any) -> dict[str, Any]:
     """What ``prune`` and ``compare-recovery`` take alike: the removal, calibration, fit and
     placement options."""
-    names = ("remove", "auto", "metric", "calib_tokens", "seqlen", "batch_size", "damp", "bias",
+    names = ("remove", "auto", "metric", "calib_tokens", "seqlen", "batch_size", "damp", "damp_abs", "bias",
              "sequential", "max_boundaries", "normalise")  # fmt: skip
     return {**{k: getattr(args, k) for k in names}, "calib": calib, **placement_kwargs(args)}
 
@@ -142,6 +165,7 @@ def _cmd_scores(args: argparse.Namespace) -> int:
         seqlen=args.seqlen,
         batch_size=args.batch_size,
         damp=args.damp,
+        damp_abs=args.damp_abs,
         max_boundaries=args.max_boundaries,
         normalise=args.normalise,
         plot=args.plot,
@@ -292,11 +316,7 @@ def register(sub: Any) -> None:
         help="samples: each row's last token or every real token (default: last for angular, "
         "as Gromov et al.; all for bi, cosine and residual)",
     )
-    s.add_argument(
-        "--damp",
-        type=finite_float(min=0, example="1e-4"),
-        help="residual: the ghost fit's ridge damping (default 1e-4)",
-    )
+    _add_damp_args(s, "residual: the ghost fit's")
     _add_residual_args(s)
     s.add_argument("--plot", metavar="PNG", help="write a plot of the scores")
     add_json_arg(s)
@@ -309,14 +329,14 @@ def register(sub: Any) -> None:
         "remove decoder layers and repair the gap with a closed-form linear operator",
         "Remove decoder layers (0-based, end excluded ranges) and repair the residual stream "
         "at each gap: ghost (default; a d×d map fitted in float64), replaceme (folded into the MLP before the "
-        "gap), diag, scale (folded into weights) or none.",
+        "gap), rotate (LinearPatch-R), diag (LinearPatch-D), scale (folded into weights) or none.",
     )
     p.add_argument("model", help="model directory, .gguf file or hub id")
     _add_removal_args(p)
     p.add_argument(
         "--recover",
-        choices=("ghost", "replaceme", "diag", "scale", "none"),
-        help="recovery operator (default ghost)",
+        choices=("ghost", "replaceme", "rotate", "diag", "scale", "none"),
+        help="recovery operator (default ghost); rotate and diag are LinearPatch-R and -D",
     )
     add_calib_args(p)
     p.add_argument(

@@ -166,6 +166,10 @@ class GapStats:
     With ``weighted``, ``wxtx``, ``wxtd`` and ``wdd`` are ``XᵀX``, ``XᵀΔ`` and ``Σ‖Δ‖²`` with
     each token weighted by ``1 / ‖x_post‖²``: the second moments of every token's error relative
     to its own stream (selection by residual per token, :mod:`layergraft.prune.residual`).
+    ``ax`` and ``ap`` are per-channel sums of ``|x|`` and ``|x_post|`` (LinearPatch-D's mean
+    magnitudes; not functions of the second moments, so accumulated beside them). With a
+    ``rotation`` ``R`` (d×d, LinearPatch-R's Hadamard), ``rax`` and ``rap`` are the same sums in
+    the rotated basis, ``|X R|`` and ``|X_post R|``.
     """
 
     start: int
@@ -183,6 +187,11 @@ class GapStats:
     wxtx: Any = None
     wxtd: Any = None
     wdd: float = 0.0
+    ax: Any = None
+    ap: Any = None
+    rotation: Any = None
+    rax: Any = None
+    rap: Any = None
 
     @property
     def d(self) -> int:
@@ -204,8 +213,14 @@ class GapStats:
         self.sd += D.sum(0)
         self.dd += (D * D).sum(0)
         self.n += X.shape[0]
+        P = D + X
+        self.ax = _add(self.ax, X.abs().sum(0))
+        self.ap = _add(self.ap, P.abs().sum(0))
+        if self.rotation is not None:
+            r = self.rotation.to(X.device)
+            self.rax = _add(self.rax, (X @ r).abs().sum(0))
+            self.rap = _add(self.rap, (P @ r).abs().sum(0))
         if self.weighted:
-            P = D + X
             w = 1.0 / (P * P).sum(1).clamp(min=1e-300)
             Xw = X * w[:, None]
             if self.wxtx is None:
@@ -234,6 +249,10 @@ class GapStats:
         return self.xtx.diagonal() + 2 * self.xtd.diagonal() + self.dd
 
 
+def _add(total: Any, part: Any) -> Any:
+    return part if total is None else total + part
+
+
 def collect_gap_stats(
     model: Any,
     adapter: Any,
@@ -243,6 +262,7 @@ def collect_gap_stats(
     mlp: bool = False,
     tokens: str = "all",
     weighted: bool = False,
+    rotation: Any = None,
     progress: Callable[[int], None] | None = None,
 ) -> list[GapStats]:
     """One streaming pass over ``batches`` that fills a :class:`GapStats` for every gap of the
@@ -250,9 +270,10 @@ def collect_gap_stats(
 
     ``mlp=True`` also taps the MLP output of layer ``s − 1`` (ReplaceMe; needs ``s >= 1``).
     ``tokens="last"`` keeps one sample per row (:func:`sample_mask`; block scores only);
-    ``weighted`` adds the per-token weighted moments (:class:`GapStats`).
+    ``weighted`` adds the per-token weighted moments, ``rotation`` the magnitudes in a rotated
+    basis (:class:`GapStats`).
     """
-    stats = [GapStats(s, e, weighted=weighted) for s, e in gaps]
+    stats = [GapStats(s, e, weighted=weighted, rotation=rotation) for s, e in gaps]
     points: set[Point] = set()
     for s, e in gaps:
         points |= {("in", s), ("in", e)}

@@ -21,6 +21,7 @@ from layergraft.prune import ghost as G
 from layergraft.prune import recover as R
 from layergraft.prune.gencheck import check_gen_check
 from layergraft.prune.gencheck import gen_check as run_gen_check
+from layergraft.prune.hadamard import factor
 from layergraft.prune.job import (
     ModelLike,
     load_job,
@@ -62,6 +63,7 @@ def compare_recovery(
     ppl_seqlen: int = 2048,
     ppl_max_tokens: int | None = None,
     damp: float | None = None,
+    damp_abs: float | None = None,
     bias: bool = False,
     sequential: bool = False,
     max_boundaries: int | None = None,
@@ -82,7 +84,7 @@ def compare_recovery(
     bad = [x for x in methods if x not in R.METHODS]
     if bad:
         raise InputError(f"unknown recovery method {bad[0]!r}; choose from {', '.join(R.METHODS)}")
-    damp = check_damp(damp)
+    damp = check_damp(damp, damp_abs)
     check_norm(normalise)
     held = read_text(data, "evaluation")
     # as in prune: no fit on NaN/Inf weights (a ghosted model is accepted: it is evaluated)
@@ -106,6 +108,9 @@ def compare_recovery(
     if "replaceme" in methods and post_norm:
         log.warning("replaceme skipped: %s normalises the MLP output (no fold)", adapter.family)
         methods.remove("replaceme")
+    if "rotate" in methods and factor(adapter.hidden_size) is None:
+        log.warning("rotate skipped: no Hadamard matrix of order %d", adapter.hidden_size)
+        methods.remove("rotate")
     ids = tokenize(tok, held)[: ppl_max_tokens or None]
 
     def evaluate(m: Any) -> dict[str, Any]:
@@ -122,8 +127,9 @@ def compare_recovery(
     stats = None
     if not sequential and any(x != "none" for x in methods):
         stats = collect_stats(
-            dense, adapter, job.batches, gaps, mlp="replaceme" in methods, progress=progress
-        )
+            dense, adapter, job.batches, gaps, mlp="replaceme" in methods,
+            rotation=R.rotation_for(methods, adapter.hidden_size), progress=progress,
+        )  # fmt: skip
     for method in methods:  # one dense model, pruned and put back per method (no copies)
         with pruned_in_place(
             dense, adapter, gaps, method, job.batches, damp=damp, bias=bias,

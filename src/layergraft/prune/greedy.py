@@ -30,7 +30,7 @@ from typing import Any
 from layergraft.prune.calibrate import GapStats, run_points
 from layergraft.prune.cut import kept_layers, merge_adjacent
 from layergraft.prune.model import prune_model
-from layergraft.prune.recover import DEFAULT_DAMP
+from layergraft.prune.recover import DEFAULT_DAMP, Damp
 from layergraft.prune.residual import (
     check_memory,
     check_norm,
@@ -59,7 +59,7 @@ def candidates(num_layers: int, gaps: Sequence[Range]) -> list[Candidate]:
 
 
 def pruned_copy(
-    dense: Any, adapter: Any, gaps: Sequence[Range], batches: Sequence[Batch], damp: float
+    dense: Any, adapter: Any, gaps: Sequence[Range], batches: Sequence[Batch], damp: Damp | float
 ) -> Any:
     """A copy of ``dense`` with ``gaps`` removed and ghost-repaired by a sequential fit
     (``dense`` itself when there are no gaps)."""
@@ -101,7 +101,7 @@ def score_step(
     batches: Sequence[Batch],
     chosen: Sequence[int],
     *,
-    damp: float = DEFAULT_DAMP,
+    damp: Damp | float = DEFAULT_DAMP,
     max_boundaries: int | None = None,
     norm: str = "delta",
 ) -> list[dict[str, Any]]:
@@ -125,7 +125,7 @@ def greedy_residual(
     batches: Sequence[Batch],
     n_remove: int,
     *,
-    damp: float = DEFAULT_DAMP,
+    damp: Damp | float = DEFAULT_DAMP,
     max_boundaries: int | None = None,
     norm: str = "delta",
 ) -> tuple[list[Range], list[dict[str, Any]]]:

@@ -26,7 +26,7 @@ from layergraft.models.load import load_model, load_tokenizer, require_transform
 from layergraft.prune.cut import merge_adjacent, parse_removal
 from layergraft.prune.greedy import greedy_residual
 from layergraft.prune.importance import METRICS, auto_removal, block_scores, check_block_size
-from layergraft.prune.recover import DEFAULT_DAMP
+from layergraft.prune.recover import Damp, as_damp
 from layergraft.prune.residual import residual_scores
 from layergraft.ranges import Range
 from layergraft.text import Batch, read_text, text_batches
@@ -69,7 +69,7 @@ def resolve_gaps(
     auto: int | None,
     metric: str,
     *,
-    damp: float | None = None,
+    damp: Damp | float | None = None,
     max_boundaries: int | None = None,
     norm: str = "delta",
 ) -> tuple[list[Range], dict[str, Any] | None]:
@@ -88,8 +88,8 @@ def resolve_gaps(
     check_block_size(auto, n, "--auto")
     how: dict[str, Any] = {"auto": int(auto), "metric": metric}
     if metric in RESIDUAL_METRICS:
-        damp = DEFAULT_DAMP if damp is None else damp
-        how |= {"damp": damp, "normalise": norm}
+        damp = as_damp(damp)
+        how |= {**damp.as_json(), "normalise": norm}
         kw = {"damp": damp, "max_boundaries": max_boundaries, "norm": norm}
         if metric == "residual-greedy":
             gaps, how["steps"] = greedy_residual(model, adapter, batches, int(auto), **kw)
@@ -230,7 +230,7 @@ class PruneJob:
         auto: int | None,
         metric: str,
         *,
-        damp: float | None = None,
+        damp: Damp | float | None = None,
         max_boundaries: int | None = None,
         norm: str = "delta",
     ) -> list[Range]:

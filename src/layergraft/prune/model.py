@@ -51,6 +51,7 @@ def collect_stats(
     gaps: Sequence[Range],
     *,
     mlp: bool = False,
+    rotation: Any = None,
     progress: bool = False,
 ) -> list[GapStats]:
     """:func:`~layergraft.prune.calibrate.collect_gap_stats` with a bar counting calibration
@@ -59,10 +60,12 @@ def collect_stats(
 
     total = sum(b.n_tokens for b in batches)
     with tqdm(total=total, desc="calibrate", unit="tok", disable=not progress, leave=False) as bar:
-        return collect_gap_stats(model, adapter, batches, gaps, mlp=mlp, progress=bar.update)
+        return collect_gap_stats(
+            model, adapter, batches, gaps, mlp=mlp, rotation=rotation, progress=bar.update
+        )
 
 
-def _fit_gap(method: str, st: GapStats, damp: float, bias: bool) -> R.Operator:
+def _fit_gap(method: str, st: GapStats, damp: R.Damp | float, bias: bool) -> R.Operator:
     return R.fit(method, st, damp=damp, bias=bias)
 
 
@@ -74,12 +77,13 @@ def _sequential_stats(
     gap: Range,
     offset: int,
     mlp: bool,
+    rotation: Any = None,
 ) -> GapStats:
     """Statistics for ``gap`` with ``X_pre`` from the partly pruned ``work`` model (the
     layers before the gap already cut and recovered) and the target ``X_post`` from the dense
     model: each operator repairs the error the earlier ones left."""
     s, e = gap
-    st = GapStats(s, e)
+    st = GapStats(s, e, rotation=rotation)
     for b in batches:
         post = run_points(dense, adapter, b, [("in", e)])[("in", e)]
         pts = [("in", s - offset)] + ([("mlp", s - offset - 1)] if mlp and s > 0 else [])
@@ -96,7 +100,7 @@ def prune_model(
     method: str,
     batches: Sequence[Batch],
     *,
-    damp: float = R.DEFAULT_DAMP,
+    damp: R.Damp | float = R.DEFAULT_DAMP,
     bias: bool = False,
     sequential: bool = False,
     fold: bool = True,
@@ -138,11 +142,14 @@ def prune_model(
             f"{adapter.family} normalises the MLP output before adding it to the residual, so ReplaceMe "
             "cannot be folded into its down projection; use --recover ghost"
         )
+    rotation = R.rotation_for([method], adapter.hidden_size)
     dense_ops: list[R.Operator] | None = None
     dense = None
     if method != "none" and not sequential:
         if stats is None:
-            stats = collect_stats(model, adapter, batches, gaps, mlp=mlp, progress=progress)
+            stats = collect_stats(
+                model, adapter, batches, gaps, mlp=mlp, rotation=rotation, progress=progress
+            )
         dense_ops = [_fit_gap(method, st, damp, bias) for st in stats]
     elif method != "none" and sequential:
         dense = target if target is not None else copy.deepcopy(model)
@@ -154,7 +161,7 @@ def prune_model(
         elif dense_ops is not None:
             op = dense_ops[g]
         else:
-            st = _sequential_stats(dense, model, adapter, batches, (s, e), offset, mlp)
+            st = _sequential_stats(dense, model, adapter, batches, (s, e), offset, mlp, rotation)
             op = _fit_gap(method, st, damp, bias)
         cut_block(model, adapter, s - offset, e - offset)
         pos = s - offset  # the first kept layer after the gap now sits here

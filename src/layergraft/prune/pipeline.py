@@ -30,7 +30,8 @@ PathLike = str | os.PathLike[str]
 #: what each recovery method does, for the model card
 _HOW = {
     "ghost": "a ghost operator `h -> h + h·Δ (+ b)` fitted in closed form (ridge least squares, float64) on calibration activations repairs the residual stream at each gap",
-    "diag": "a per-channel magnitude ratio (LinearPatch-D) repairs the residual stream at each gap",
+    "diag": "a per-channel ratio of mean magnitudes after and before the gap (LinearPatch-D) repairs the residual stream at each gap",
+    "rotate": "the same ratio in a Hadamard basis, applied as the d×d map `H·D·Hᵀ` (LinearPatch-R), repairs the residual stream at each gap",
     "scale": "one magnitude scalar per gap (Prune&Comp) is folded into the residual-writing weights of the layers after the gap (exact up to the norms' eps)",
     "replaceme": "a least-squares linear map on the MLP output of the layer before each gap (ReplaceMe) is folded into that layer's MLP output projection",
     "none": "no recovery",
@@ -50,6 +51,7 @@ def prune(
     seqlen: int = 512,
     batch_size: int = 4,
     damp: float | None = None,
+    damp_abs: float | None = None,
     bias: bool = False,
     sequential: bool = False,
     max_boundaries: int | None = None,
@@ -73,13 +75,15 @@ def prune(
     the best block of N; ``residual-greedy``: N layers one at a time, each scored on the model
     pruned so far, :mod:`layergraft.prune.greedy`; the residual normalised by ``normalise``,
     :data:`~layergraft.prune.residual.NORMS`). ``recover`` is one of ``ghost`` (default), ``replaceme``, ``diag``, ``scale``,
-    ``none``. The model computes in ``dtype`` on ``device`` (or across ``device_map``);
+    ``none``; ``rotate`` is LinearPatch-R. ``damp`` is the ghost and ReplaceMe fits' relative
+    ridge, ``damp_abs`` an absolute one instead (the paper's ``1e-6``:
+    :class:`~layergraft.prune.recover.Damp`). The model computes in ``dtype`` on ``device`` (or across ``device_map``);
     calibration statistics are float64 on each boundary's device either way. Returns the
     provenance record (also written as ``layergraft.json``).
     """
     if recover not in R.METHODS:
         raise InputError(f"unknown --recover {recover!r}; choose one of {', '.join(R.METHODS)}")
-    damp = check_damp(damp)
+    damp = check_damp(damp, damp_abs)
     check_norm(normalise)
     # everything config.json, the paths and the arguments can tell, before any model loads
     inp = open_input(
@@ -88,6 +92,8 @@ def prune(
     )  # fmt: skip
     ck = inp.ck
     assert ck is not None
+    if recover == "rotate":
+        R.check_rotate(ck.adapter.hidden_size)
     # NaN/Inf weights would poison the calibration statistics (or crash the solve) long
     # before the writer's own scan could name them: refuse them here, by tensor and file
     ck.check_finite()
@@ -123,7 +129,7 @@ def prune(
             "calib": str(calib),
             "calib_tokens": calib_tokens,
             "seqlen": seqlen,
-            "damp": damp,
+            **damp.as_json(),
             "bias": bias,
             "sequential": sequential,
         },

@@ -8,16 +8,24 @@ stream after the gap look like what layer ``e`` was trained on?":
 * ``scale``     — one scalar ``α = sqrt(Σ‖x_post‖² / Σ‖x‖²)`` (Prune&Comp magnitude
   compensation). Folded into weights (where and why: :mod:`layergraft.prune.fold`): a standard
   checkpoint.
-* ``diag``      — a per-channel ratio ``r_c = sqrt(Σ x_post,c² / Σ x_c²)`` (LinearPatch-D).
-  Not foldable (a per-channel scale does not commute with RMSNorm): a ghost module.
+* ``diag``      — LinearPatch-D: a per-channel ratio of mean magnitudes
+  ``r_c = Σ|x_post,c| / Σ|x_c|``, as LinearPatch's ``get_scale_params`` defines it (ratios of
+  mean absolute values, not of RMS: an RMS ratio follows the few massive activations). Not
+  foldable (a per-channel scale does not commute with RMSNorm): a ghost module.
+* ``rotate``    — LinearPatch-R: the same ratio in a Hadamard basis ``H``
+  (:mod:`layergraft.prune.hadamard`), ``D_c = Σ|(x_post H)_c| / Σ|(x H)_c|``, applied as the
+  symmetric d×d map ``H D Hᵀ``. Not foldable either (it is not orthogonal, so it cannot be
+  pushed through the norms into the next layers' weights): a ghost module of the full kind.
 * ``replaceme`` — ReplaceMe: ``T = argmin ‖M T − (Δ + M)‖²`` on the MLP output ``M`` of layer
   ``s − 1``, folded into that layer's MLP output projection: a standard checkpoint.
 * ``ghost``     — the default: ``W = I + M*``, ``M* = argmin ‖X M − Δ‖² + λ‖M‖²`` (+ optional
   bias), a general d×d map on the residual stream; a ghost module.
 
 Solves are float64 Cholesky on the damped Gram (``torch.linalg.lstsq`` of the damped system
-if Cholesky fails); never an explicit inverse. ``λ = damp · trace(XᵀX) / d`` so that one
-``damp`` means the same thing for every model scale.
+if Cholesky fails); never an explicit inverse. The ridge is a :class:`Damp`: by default
+relative, ``λ = damp · trace(XᵀX) / d``, so that one ``damp`` means the same thing for every
+model scale and calibration size; ``Damp(1e-6, absolute=True)`` (``--damp-abs 1e-6``) is the
+Ghosted Layers paper's and official code's ``XᵀX + 1e-6·I``.
 """
 
 from __future__ import annotations
@@ -30,15 +38,51 @@ from typing import Any, Literal
 
 from layergraft.errors import ArchitectureError, InputError
 from layergraft.prune.calibrate import GapStats
+from layergraft.prune.hadamard import basis_name, factor, hadamard
 from layergraft.text import MIN_TOKENS
 
 log = logging.getLogger(__name__)
 
-Method = Literal["none", "scale", "diag", "replaceme", "ghost"]
-METHODS: tuple[str, ...] = ("ghost", "replaceme", "diag", "scale", "none")
+Method = Literal["none", "scale", "diag", "rotate", "replaceme", "ghost"]
+METHODS: tuple[str, ...] = ("ghost", "replaceme", "rotate", "diag", "scale", "none")
 #: methods whose saved model needs a ghost module on load (the others are standard checkpoints)
-NEEDS_GHOST: frozenset[str] = frozenset({"ghost", "diag"})
+NEEDS_GHOST: frozenset[str] = frozenset({"ghost", "rotate", "diag"})
 DEFAULT_DAMP = 1e-4
+#: the Ghosted Layers paper's absolute ridge (``XᵀX + 1e-6·I``)
+PAPER_DAMP_ABS = 1e-6
+
+
+@dataclass(frozen=True)
+class Damp:
+    """The ridge of a closed-form fit: ``λ = value · trace(G) / d`` (relative, the default)
+    or ``λ = value`` (``absolute``, as the Ghosted Layers paper).
+
+    Why relative by default: an absolute ``1e-6`` is negligible against the Gram of a
+    large model (trace in the millions) and decisive for a tiny one, and it changes meaning
+    with the number of calibration tokens; a relative ridge is the same regularisation at
+    every scale. Why the absolute one exists: to reproduce the paper's operator exactly.
+    """
+
+    value: float = DEFAULT_DAMP
+    absolute: bool = False
+
+    def lam(self, gram: Any) -> float:
+        if self.absolute:
+            return float(self.value)
+        return float(self.value) * float(gram.diagonal().sum()) / gram.shape[0]
+
+    def as_json(self) -> dict[str, Any]:
+        return {"damp": self.value, "damp_mode": "absolute" if self.absolute else "relative"}
+
+    def flag(self) -> str:
+        return f"--damp-abs {self.value:g}" if self.absolute else f"--damp {self.value:g}"
+
+
+def as_damp(damp: Damp | float | None) -> Damp:
+    """A :class:`Damp` from what callers pass: a Damp, a relative float, or None (default)."""
+    if isinstance(damp, Damp):
+        return damp
+    return Damp(DEFAULT_DAMP if damp is None else float(damp))
 
 
 class FewTokensWarning(UserWarning):
@@ -63,7 +107,9 @@ class Operator:
     bias: Any = None
     scale: Any = None
     n_tokens: int = 0
-    damp: float = 0.0
+    damp: Damp | None = None
+    #: rotate only: how the Hadamard basis was built (:func:`~layergraft.prune.hadamard.basis_name`)
+    basis: str | None = None
     #: ghost only: ``‖X M* (+ b) − Δ‖² / ‖Δ‖²`` on the calibration samples (the part of the
     #: removed layers' contribution the linear map cannot reproduce) and ``‖Δ‖²`` itself
     residual: float | None = None
@@ -91,9 +137,11 @@ class Operator:
         }
         if self.kind == "scale":
             out["scale"] = float(self.scale)
-        if self.method in ("ghost", "replaceme"):
-            out["damp"] = self.damp
+        if self.method in ("ghost", "replaceme") and self.damp is not None:
+            out.update(self.damp.as_json())
             out["bias"] = self.bias is not None
+        if self.basis is not None:
+            out["basis"] = self.basis
         if self.residual is not None:
             out["residual"] = self.residual
             out["delta_sq"] = self.delta_sq
@@ -132,21 +180,34 @@ def normalised_residual(gram: Any, rhs: Any, sol: Any, delta_sq: float) -> float
     return max(fitted + delta_sq, 0.0) / delta_sq
 
 
-def check_damp(damp: float | None) -> float:
-    """``damp`` as given (None: :data:`DEFAULT_DAMP`), refusing a negative or non-finite one
-    (NaN compares false with 0, and would reach ``torch.linalg.lstsq``)."""
-    d = DEFAULT_DAMP if damp is None else float(damp)
+def check_damp(damp: float | Damp | None, damp_abs: float | None = None) -> Damp:
+    """The ridge from ``--damp`` (relative) or ``--damp-abs`` (absolute), refusing both at
+    once and a negative or non-finite value (NaN compares false with 0, and would reach
+    ``torch.linalg.lstsq``). Neither given: relative :data:`DEFAULT_DAMP`."""
+    if isinstance(damp, Damp):
+        if damp_abs is not None:
+            raise InputError("give the damping once (a Damp, or damp_abs)")
+        damp, damp_abs = (None, damp.value) if damp.absolute else (damp.value, None)
+    if damp is not None and damp_abs is not None:
+        raise InputError(
+            f"--damp {damp} (relative) and --damp-abs {damp_abs} (absolute) both set the ridge; give one"
+        )
+    absolute = damp_abs is not None
+    d = float(damp_abs if absolute else (DEFAULT_DAMP if damp is None else damp))
     if not math.isfinite(d) or d < 0:
-        raise InputError(f"--damp must be a finite number >= 0 (got {d}); give e.g. 1e-4")
-    return d
+        flag = "--damp-abs" if absolute else "--damp"
+        raise InputError(
+            f"{flag} must be a finite number >= 0 (got {d}); give e.g. {'1e-6' if absolute else '1e-4'}"
+        )
+    return Damp(d, absolute)
 
 
-def damping(xtx: Any, damp: float) -> float:
-    """``λ = damp · trace(XᵀX) / d``: relative to the mean channel energy, so it is scale-free."""
-    return float(damp) * float(xtx.diagonal().sum()) / xtx.shape[0]
+def damping(xtx: Any, damp: Damp | float) -> float:
+    """The ridge ``λ`` for Gram ``xtx``: :meth:`Damp.lam` (a float is a relative damp)."""
+    return as_damp(damp).lam(xtx)
 
 
-def check_tokens(stats: GapStats, what: str, damp: float | None = None) -> None:
+def check_tokens(stats: GapStats, what: str, damp: Damp | float | None = None) -> None:
     """Refuse gaps with (almost) no data; warn when tokens < hidden size (rank-deficient Gram).
 
     With ``damp == 0`` (a d×d solve without ridge) fewer tokens than channels is refused
@@ -158,7 +219,7 @@ def check_tokens(stats: GapStats, what: str, damp: float | None = None) -> None:
             f"only {stats.n} calibration tokens reached gap {stats.start}:{stats.end}; "
             f"{what} needs at least {MIN_TOKENS} — raise --calib-tokens or give a longer --calib file"
         )
-    if stats.n < stats.d and damp == 0:
+    if stats.n < stats.d and damp is not None and as_damp(damp).value == 0:
         raise InputError(
             f"only {stats.n} calibration tokens at gap {stats.start}:{stats.end}, fewer than the hidden size {stats.d}, "
             f"and --damp 0: the {what} fit is underdetermined; raise --calib-tokens (give more text) or pass --damp > 0, e.g. 1e-4"
@@ -173,11 +234,12 @@ def check_tokens(stats: GapStats, what: str, damp: float | None = None) -> None:
 
 
 # ---- fits ------------------------------------------------------------------------------------
-def fit_ghost(stats: GapStats, damp: float = DEFAULT_DAMP, bias: bool = False) -> Operator:
+def fit_ghost(stats: GapStats, damp: Damp | float = DEFAULT_DAMP, bias: bool = False) -> Operator:
     """``M* = argmin ‖X M (+ 1 bᵀ) − Δ‖² + λ‖M‖²`` (the bias is not damped), with the fit's
     :func:`normalised_residual` on the calibration samples."""
     import torch
 
+    damp = as_damp(damp)
     check_tokens(stats, "ghost", damp)
     d = stats.d
     lam = damping(stats.xtx, damp)
@@ -204,14 +266,56 @@ def fit_ghost(stats: GapStats, damp: float = DEFAULT_DAMP, bias: bool = False) -
     )  # fmt: skip
 
 
-def fit_diag(stats: GapStats) -> Operator:
-    """Per-channel magnitude ratio ``sqrt(Σ x_post,c² / Σ x_c²)`` (channels with no energy: 1)."""
+def _ratio(post: Any, pre: Any) -> Any:
+    """``post / pre`` per channel; 1 where the channel has no magnitude before the gap."""
     import torch
 
+    return torch.where(pre > 0, post / pre.clamp(min=1e-300), torch.ones_like(pre))
+
+
+def fit_diag(stats: GapStats) -> Operator:
+    """LinearPatch-D: per channel ``Σ|x_post,c| / Σ|x_c|`` (channels with no magnitude: 1).
+
+    LinearPatch's own code averages per-batch ratios of means; with equal batches that is
+    close to this ratio of sums, which does not depend on how the tokens were batched (the
+    Ghosted Layers code divides that average by a fixed 128 batches whatever their number,
+    shrinking every scale when fewer are used: not reproduced)."""
     check_tokens(stats, "diag")
-    pre, post = stats.xx, stats.post_sq.clamp(min=0)
-    r = torch.where(pre > 0, (post / pre.clamp(min=1e-300)).sqrt(), torch.ones_like(pre))
+    r = _ratio(stats.ap, stats.ax)
     return Operator("diag", stats.start, stats.end, "diag", scale=r, n_tokens=stats.n)
+
+
+def fit_rotate(stats: GapStats) -> Operator:
+    """LinearPatch-R: ``W = H D Hᵀ`` with ``D_c = Σ|(x_post H)_c| / Σ|(x H)_c|``, stored as the
+    full operator ``W − I`` (so it loads as every d×d ghost does). Needs the statistics
+    collected with :func:`rotation_for` (``GapStats.rotation``)."""
+    check_tokens(stats, "rotate")
+    if stats.rotation is None or stats.rax is None:
+        raise ValueError("rotate needs statistics collected with the Hadamard rotation")
+    h = stats.rotation.to(stats.rax.device)
+    dvec = _ratio(stats.rap, stats.rax)
+    w = (h * dvec[None, :]) @ h.T
+    w.diagonal().sub_(1.0)
+    return Operator(
+        "rotate", stats.start, stats.end, "full", delta=w, scale=dvec, n_tokens=stats.n,
+        basis=basis_name(stats.d),
+    )  # fmt: skip
+
+
+def check_rotate(d: int) -> None:
+    """Refuse ``rotate`` for a hidden size with no Hadamard matrix here (from the config,
+    before any model loads)."""
+    if factor(d) is None:
+        raise InputError(
+            f"--recover rotate needs a Hadamard matrix of the hidden size {d}, and none can be built "
+            "(orders m·2^k, m = 1, q+1 with a prime q ≡ 3 mod 4, or 2(q+1) with a prime q ≡ 1 mod 4); "
+            "use --recover diag or ghost"
+        )
+
+
+def rotation_for(methods: Any, d: int, device: Any = None) -> Any:
+    """The Hadamard basis to collect statistics in when ``methods`` include ``rotate``."""
+    return hadamard(d, device=device) if "rotate" in set(methods) else None
 
 
 def fit_scale(stats: GapStats) -> Operator:
@@ -223,7 +327,7 @@ def fit_scale(stats: GapStats) -> Operator:
     return Operator("scale", stats.start, stats.end, "scale", scale=alpha, n_tokens=stats.n)
 
 
-def fit_replaceme(stats: GapStats, damp: float = DEFAULT_DAMP) -> Operator:
+def fit_replaceme(stats: GapStats, damp: Damp | float = DEFAULT_DAMP) -> Operator:
     """``T* = argmin ‖M T − (Δ + M)‖² + λ‖T − I‖²`` on the MLP output ``M`` of layer ``s − 1``.
 
     Damping pulls towards the identity (= no change to the layer), not towards zero, so a
@@ -236,6 +340,7 @@ def fit_replaceme(stats: GapStats, damp: float = DEFAULT_DAMP) -> Operator:
             f"replaceme folds into the MLP of the layer before the gap, and gap {stats.start}:{stats.end} "
             "has none; keep layer 0 or use --recover ghost"
         )
+    damp = as_damp(damp)
     check_tokens(stats, "replaceme", damp)
     d = stats.d
     lam = damping(stats.mtm, damp)
@@ -247,13 +352,15 @@ def fit_replaceme(stats: GapStats, damp: float = DEFAULT_DAMP) -> Operator:
 
 
 def fit(
-    method: str, stats: GapStats, *, damp: float = DEFAULT_DAMP, bias: bool = False
+    method: str, stats: GapStats, *, damp: Damp | float = DEFAULT_DAMP, bias: bool = False
 ) -> Operator:
     """Dispatch on ``method`` (one of :data:`METHODS`)."""
     if method == "ghost":
         return fit_ghost(stats, damp, bias)
     if method == "diag":
         return fit_diag(stats)
+    if method == "rotate":
+        return fit_rotate(stats)
     if method == "scale":
         return fit_scale(stats)
     if method == "replaceme":

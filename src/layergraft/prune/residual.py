@@ -30,7 +30,7 @@ from layergraft.errors import InputError
 from layergraft.models.offload import execution_device
 from layergraft.prune.calibrate import TOKENS, GapStats, collect_gap_stats, sample_mask
 from layergraft.prune.importance import Scores
-from layergraft.prune.recover import DEFAULT_DAMP, fit_ghost
+from layergraft.prune.recover import DEFAULT_DAMP, Damp, as_damp, fit_ghost
 from layergraft.text import Batch
 
 #: refuse a pass whose statistics would take more than this share of the available memory
@@ -163,7 +163,7 @@ def chunks(items: Sequence[Any], size: int | None) -> Iterator[list[Any]]:
         yield list(items[i : i + size])
 
 
-def residual_of(st: GapStats, damp: float, norm: str = "delta") -> dict[str, float]:
+def residual_of(st: GapStats, damp: Damp | float, norm: str = "delta") -> dict[str, float]:
     """The residual of the ghost fit on ``st`` as ``score`` (normalised by ``norm``), beside
     ``residual`` (``‖X M* − Δ‖² / ‖Δ‖²``), ``stream_residual`` (the same error over
     ``‖X_{s+n}‖²``) and, from weighted statistics, ``token_residual``: the mean over tokens of
@@ -197,7 +197,7 @@ def residual_scores(
     *,
     block: int = 1,
     tokens: str = "all",
-    damp: float = DEFAULT_DAMP,
+    damp: Damp | float = DEFAULT_DAMP,
     max_boundaries: int | None = None,
     norm: str = "delta",
 ) -> Scores:
@@ -224,7 +224,7 @@ def residual_scores(
             info.append(r)
     passes = -(-len(gaps) // (max_boundaries or len(gaps)))
     summary = {
-        "damp": damp,
+        **as_damp(damp).as_json(),
         "normalise": norm,
         "passes": passes,
         "stats_bytes": min(len(gaps), max_boundaries or len(gaps)) * boundary_bytes(d, norm),

@@ -31,6 +31,7 @@ def scores(
     seqlen: int = 512,
     batch_size: int = 4,
     damp: float | None = None,
+    damp_abs: float | None = None,
     max_boundaries: int | None = None,
     normalise: str = "delta",
     plot: PathLike | None = None,
@@ -41,11 +42,11 @@ def scores(
     """Score every contiguous block of ``block`` layers with ``metric`` on ``data``
     (``tokens``: ``last`` or ``all``; default the metric's own, see
     :mod:`layergraft.prune.importance`; ``residual`` uses every token by default, with the
-    ghost fit's ``damp``, ``max_boundaries`` block statistics per pass, ``normalise``:
+    ghost fit's ``damp`` (relative) or ``damp_abs`` (absolute, :class:`~layergraft.prune.recover.Damp`), ``max_boundaries`` block statistics per pass, ``normalise``:
     :data:`~layergraft.prune.residual.NORMS`)."""
     if metric not in SCORE_METRICS:
         raise InputError(f"unknown --metric {metric!r}; choose one of {', '.join(SCORE_METRICS)}")
-    damp = check_damp(damp)
+    damp = check_damp(damp, damp_abs)
     check_norm(normalise)
     # --block against config.json's layer count and --plot's path, before any model loads
     outputs = [(plot, "file", "--plot", False)] if plot is not None else []

@@ -45,7 +45,7 @@ def pruned_in_place(
     method: str,
     batches: Sequence[Batch],
     *,
-    damp: float,
+    damp: Any,
     bias: bool = False,
     sequential: bool = False,
     stats: Sequence[GapStats] | None = None,
