@@ -116,3 +116,25 @@ if BASE_CONFIG is not None and BASE_MODEL is not None:  # remote-code use only
             self._ghost_hooks = install_ghosts(
                 self, self.layergraft_ghosts, spec["layers_path"], spec["norm_module"]
             )
+
+    def _inherit_key_renames() -> None:
+        """Give the ghost class the family's checkpoint key renames.
+
+        Why: transformers renames legacy tensor names on load by class name or
+        ``model_type`` (GPT-NeoX's ``embed_out`` -> ``lm_head``), and skips remote-code
+        classes unless a mapping is registered for them, so without this a ghosted GPT-NeoX
+        would load with a freshly initialised head. Older transformers have no such
+        registry; they load the names as they are."""
+        try:
+            from transformers import conversion_mapping as cm
+        except ImportError:  # pragma: no cover - transformers < 5
+            return
+        get = getattr(cm, "get_checkpoint_conversion_mapping", None)
+        register = getattr(cm, "register_checkpoint_conversion_mapping", None)
+        if get is None or register is None:  # pragma: no cover
+            return
+        found = get(BASE_MODEL) or get(getattr(_BaseConfig, "model_type", None))
+        if found:
+            register(LayergraftGhostForCausalLM.__name__, found, overwrite=True)
+
+    _inherit_key_renames()
