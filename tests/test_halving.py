@@ -137,15 +137,17 @@ def test_a_candidate_is_dropped_only_when_the_bounds_say_so():
     assert "interval:2:3" in decide(rows, rule="format", keep=3, **kw)["survivors"]
 
 
-def test_too_few_prompts_fall_back_to_exhaustive_with_a_warning(tmp_path, caplog):
-    few = write_few_crc_prompts(tmp_path / "few.jsonl", per_category=3)
-    assert MIN_STAGE1 > 6
+@pytest.mark.parametrize("per_category", [3, 4])
+def test_too_few_prompts_fall_back_to_exhaustive_with_a_warning(tmp_path, caplog, per_category):
+    """6 prompts: fewer than a first stage needs; 8: the first stage takes all of them and a
+    second stage would score none (it used to fail there: "no CRC prompts to score")."""
+    few = write_few_crc_prompts(tmp_path / "few.jsonl", per_category=per_category)
+    assert MIN_STAGE1 == 8
     with torch_threads(1), caplog.at_level(logging.WARNING):
         res = sweep(BASE, POST, None, prompts=few, max_len=2, search="halving", progress=False)
-    assert (
-        res["search"]["kind"] == "exhaustive" and "at least 8 prompts" in res["search"]["fell_back"]
-    )
-    assert "--search halving needs at least 8 prompts" in caplog.text
+    why = f"needs more than 8 prompts, and more than one a category, to bound a quarter of them; with {2 * per_category}"
+    assert res["search"]["kind"] == "exhaustive" and why in res["search"]["fell_back"]
+    assert "--search halving " + why in caplog.text
     assert len(res["intervals"]) == 15
 
 

@@ -217,10 +217,14 @@ def run_halving(
     """Both stages on ``run`` (an :class:`~layergraft.slr.sweep.execute.Execution`): the
     merged rows over all prompts, and what the search did (for results.json)."""
     cats = [p.category for p in proxy.prompts]
-    if len(cats) < MIN_STAGE1:
+    first, rest = stage_prompts(cats, cfg.seed) if len(cats) >= MIN_STAGE1 else ((), ())
+    if not rest:
+        # too few prompts, or so many categories that a quarter of each is all of them:
+        # a second stage would score nothing
         why = (
-            f"--search halving needs at least {MIN_STAGE1} prompts to bound a quarter of them; "
-            f"with {len(cats)} it could drop nothing, so every candidate is scored on all"
+            f"--search halving needs more than {MIN_STAGE1} prompts, and more than one a category, "
+            f"to bound a quarter of them; with {len(cats)} it could drop nothing, so every "
+            "candidate is scored on all"
         )
         log.warning("%s", why)
         run.run(units)
@@ -228,7 +232,6 @@ def run_halving(
             "kind": "exhaustive",
             "fell_back": why,
         }
-    first, rest = stage_prompts(cats, cfg.seed)
     run.stages = {1: first, 2: rest}
     if run.spec is not None:
         run.spec = dataclasses.replace(run.spec, stages=run.stages)
