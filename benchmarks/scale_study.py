@@ -87,6 +87,42 @@ def _ratio(a: float, b: float) -> float:
     return round(a / b, 3) if b else float("nan")
 
 
+#: assumed sustained bfloat16 throughput of one H100 SXM on these GEMMs: 40% of its 989
+#: TFLOP/s dense peak (an assumption, not a measurement: gpu_check.py measures it)
+H100_FLOPS = 0.4 * 989e12
+
+
+def h100_estimate(shape: str, positions_per_prompt: float, prompts: int = 48) -> dict:
+    """What a full sweep at ``shape`` should cost on one H100, counted, not measured: the
+    decoder-layer forwards the plan counts (the sweep's own functions), times the FLOPs of one
+    layer on the batch's positions, over :data:`H100_FLOPS`; plus the head calls. Loading the
+    two models and Python's per-call overhead are not in it."""
+    from scale_pair import config_dict
+
+    from layergraft.slr.sweep.engines import carried_prefix_layers, enumerate_intervals, plan_units
+
+    cfg = config_dict(shape)
+    n, d, f, v = cfg["num_hidden_layers"], cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
+    hd = cfg["head_dim"]
+    q, kv = cfg["num_attention_heads"] * hd, cfg["num_key_value_heads"] * hd
+    per_layer = d * q + 2 * d * kv + q * d + 3 * d * f  # multiply-adds per position
+    units = plan_units(n, enumerate_intervals(n), [])
+    starts = [u for u in units if u.kind == "start"]
+    forwards = sum(u.cost(n, True) - u.start for u in starts) + carried_prefix_layers(starts) + 2 * n
+    intervals = sum(len(u.ends) for u in starts)
+    positions = positions_per_prompt * prompts
+    layer_flops = 2 * per_layer * positions * forwards
+    head_flops = 2 * d * v * prompts * 2 * (intervals + 2)  # answer slot + about as many V_end reads
+    seconds = (layer_flops + head_flops) / H100_FLOPS
+    weights = 2 * (per_layer * n + d * v * (1 if cfg["tie_word_embeddings"] else 2)) * 2  # two models, bf16
+    return {
+        "shape": shape, "intervals": intervals, "prompts": prompts, "positions": round(positions),
+        "layer_forwards": forwards, "tflop": round((layer_flops + head_flops) / 1e12, 1),
+        "assumed_tflops": H100_FLOPS / 1e12, "compute_seconds": round(seconds, 1),
+        "weights_gib": round(weights / 2**30, 1),
+    }  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", default="llama-3.2-1b")
@@ -115,6 +151,8 @@ def main() -> None:
         run = measured("sweep", out=str(out), force=True, **common)
         est = plan["estimated_seconds"]["prefix-reuse"]
         high = plan["estimated_seconds_every_read"]["prefix-reuse"]
+        if search == "halving" and plan.get("halving"):  # survivors unknown: the plan's range
+            est, high = plan["halving"]["estimated_seconds"]
         mem = plan["estimated_peak_memory_gib"] * 1024
         full = measured("sweep", dry_run=True, **{k: v for k, v in common.items() if k != "starts"})
         setup = plan["measured"]["setup_s"]
@@ -129,6 +167,8 @@ def main() -> None:
             "measured_peak_rss_mib": round(run["_peak_rss_mib"]),
             "memory_ratio": _ratio(run["_peak_rss_mib"], mem),
             "layer_forwards": plan["layer_forwards"]["prefix-reuse"],
+            "positions": plan["positions_per_forward"]["computed_positions"],
+            "plan_memory_parts_gib": plan.get("memory_parts_gib"),
             "full": {
                 "intervals": full["intervals"],
                 "layer_forwards": full["layer_forwards"]["prefix-reuse"],
@@ -139,6 +179,7 @@ def main() -> None:
             },
             "plan_measured": plan["measured"],
         }  # fmt: skip
+        row["halving_plan"] = plan.get("halving")
         res["searches"][search] = row
         print(
             f"\nsweep --search {search} --starts {args.starts} ({row['intervals']} intervals, {args.prompts_n} prompts):"
@@ -150,6 +191,14 @@ def main() -> None:
         f = row["full"]
         print(f"  full sweep ({f['intervals']} intervals): plan {f['plan_seconds'][0]:.0f}–{f['plan_seconds'][1]:.0f} s, "
               f"the measured subset extrapolates to {f['extrapolated_seconds']:.0f} s; plan peak {f['plan_peak_mib']} MiB")  # fmt: skip
+
+    ex = res["searches"]["exhaustive"]
+    per_prompt = ex["positions"] / args.prompts_n
+    res["h100_8b_estimate"] = h100_estimate("llama-3.1-8b", per_prompt)
+    h = res["h100_8b_estimate"]
+    print(f"\n8B shape on one H100 (counted, not measured): {h['intervals']} intervals, {h['layer_forwards']} layer forwards "
+          f"of {h['positions']} positions, {h['tflop']} TFLOP at an assumed {h['assumed_tflops']:.0f} TFLOP/s = "
+          f"{h['compute_seconds']} s of compute; {h['weights_gib']} GiB of weights")  # fmt: skip
 
     s, e = (int(x) for x in pair["changed"].split(":"))
     size = pair["bytes_per_model"]

@@ -287,6 +287,26 @@ def test_dry_run_plan_bounds_the_head_by_reading_every_continuation(prompts):
     assert plan["estimated_peak_memory_gib"] == pytest.approx(sum(parts.values()), abs=0.02)
 
 
+def test_dry_run_plans_halving_as_two_stages(tmp_path):
+    """--search halving: every candidate on the seeded stage-1 prompts, then the references up
+    to every candidate on the rest (the measured halving sweep must fall in this range:
+    benchmarks/scale_study.py); too few prompts: the search falls back, and so does the plan."""
+    from layergraft.slr.proxy.crc_prompts import load_crc_prompts
+    from layergraft.slr.sweep.halving import stage_prompts
+
+    plan = sweep(BASE, POST, None, max_len=3, search="halving", dry_run=True, progress=False)[
+        "plan"
+    ]
+    first, rest = stage_prompts([p.category for p in load_crc_prompts("all")], 0)
+    hv = plan["halving"]
+    assert (hv["stage1_prompts"], hv["stage2_prompts"]) == (len(first), len(rest)) == (12, 36)
+    low, high = hv["estimated_seconds"]
+    assert 0 < low < high
+    eight = write_few_crc_prompts(tmp_path / "eight.jsonl", per_category=4)
+    few = sweep(BASE, POST, None, prompts=eight, max_len=3, search="halving", dry_run=True, progress=False)  # fmt: skip
+    assert few["plan"]["halving"] is None
+
+
 def test_batch_size_does_not_change_the_numbers(tmp_path, uninterrupted, prompts):
     res = sweep(BASE, POST, None, prompts=prompts, method="slr", batch_size=5, progress=False)
     ref = json.loads((uninterrupted / "results.json").read_text())

@@ -35,6 +35,7 @@ from layergraft.errors import InputError
 from layergraft.models.load import load_model, load_tokenizer
 from layergraft.models.runner import HEAD_CHUNK
 from layergraft.slr.sweep.engines import Unit, carried_prefix_layers, runner_for
+from layergraft.slr.sweep.halving import MIN_STAGE1, stage_prompts
 
 _GIB = 1024**3
 #: timed runs per measurement (after one warm-up); the median is used
@@ -215,21 +216,63 @@ def dry_run_plan(
     batches = px.batches(tok, next(model.parameters()).device, model)
     preparing = time.perf_counter() - t0
     params = list(model.parameters())
+    shape = {
+        "num_layers": adapter.num_layers,
+        "weights_bytes": 2 * sum(p.numel() * p.element_size() for p in params),
+        "hidden": adapter.hidden_size,
+        "vocab": adapter.vocab_size,
+        "element_bytes": params[0].element_size(),
+    }
     plan = sweep_plan(
-        units,
-        num_layers=adapter.num_layers,
-        batches=batches,
-        timings=[time_batch(model, adapter, px, b) for b in batches],
-        weights_bytes=2 * sum(p.numel() * p.element_size() for p in params),
-        hidden=adapter.hidden_size,
-        vocab=adapter.vocab_size,
-        element_bytes=params[0].element_size(),
-        done=done,
-        setup_s=2 * loading + preparing,
-        host_bytes=host,
-    )
+        units, batches=batches, timings=[time_batch(model, adapter, px, b) for b in batches],
+        done=done, setup_s=2 * loading + preparing, host_bytes=host, **shape,
+    )  # fmt: skip
+    if getattr(cfg, "search", None) == "halving" and getattr(px, "kind", None) == "crc":
+        plan["halving"] = halving_estimate(
+            units, px, cfg.seed, (model, adapter, tok), shape, 2 * loading + preparing
+        )
     plan["settings"] = cfg.as_json()
     return {"dry_run": True, "plan": plan}
+
+
+def halving_estimate(
+    units: Sequence[Unit], px: Any, seed: int, loaded: tuple[Any, Any, Any],
+    shape: dict[str, Any], setup_s: float,
+) -> dict[str, Any] | None:  # fmt: skip
+    """What ``--search halving`` costs (:mod:`.halving`): every unit on the seeded stage-1
+    prompts, then the references and the survivors on the rest. How many survive is known
+    only after stage 1, so the estimate is a range: from the references alone (what remains
+    when nearly every candidate is dropped) to every unit (nothing dropped), each stage's
+    batches prepared and timed as the search will run them. None where the search falls back
+    to exhaustive (too few prompts)."""
+    model, adapter, tok = loaded
+    cats = [p.category for p in px.prompts]
+    first, rest = stage_prompts(cats, seed) if len(cats) >= MIN_STAGE1 else ((), ())
+    if not rest:
+        return None
+    stages = []
+    for pos in (first, rest):
+        t0 = time.perf_counter()
+        sub = px.subset(pos)
+        bs = sub.batches(tok, next(model.parameters()).device, model)
+        setup_s += time.perf_counter() - t0
+        stages.append((bs, [time_batch(model, adapter, sub, b) for b in bs]))
+    refs = [u for u in units if u.kind == "reference"]
+
+    def cost(us: Sequence[Unit], stage: int, key: str) -> float:
+        bs, timings = stages[stage]
+        return sweep_plan(us, batches=bs, timings=timings, **shape)[key]["prefix-reuse"]
+
+    low_key, high_key = "estimated_seconds", "estimated_seconds_every_read"
+    stage1 = (cost(units, 0, low_key), cost(units, 0, high_key))
+    low = setup_s + stage1[0] + cost(refs, 1, low_key)
+    high = setup_s + stage1[1] + cost(units, 1, high_key)
+    return {
+        "stage1_prompts": len(first),
+        "stage2_prompts": len(rest),
+        "estimated_seconds": [round(low, 1), round(high, 1)],
+        "range": "stage 2 for the references only .. for every candidate",
+    }
 
 
 def _span(low: dict[str, float], high: dict[str, float], engine: str) -> str:
@@ -270,6 +313,13 @@ def format_plan(plan: dict[str, Any]) -> str:
         f"({_span(est, top, 'swap')} s with --no-prefix-reuse), peak memory about "
         f"{plan['estimated_peak_memory_gib']:.2f} GiB",
     ]
+    hv = plan.get("halving")
+    if hv:
+        lines.append(
+            f"--search halving: {hv['estimated_seconds'][0]:.0f}–{hv['estimated_seconds'][1]:.0f} s "
+            f"(every candidate on {hv['stage1_prompts']} prompts, then the references up to every "
+            f"candidate on the other {hv['stage2_prompts']}: how many survive is known after stage 1)"
+        )
     if top["prefix-reuse"] > est["prefix-reuse"]:
         lines.append(
             "  (the low end: hybrids as collapsed as the post model; the high end: hybrids "
