@@ -1083,7 +1083,7 @@ def _(e):
 
 
 @case("sweep-rule-format-without-end-marker")
-def _(e):  # no eos in its configs, a chat template that never closes a turn
+def _(e):  # no eos in its configs or tokenizer, a chat template that never closes a turn
     post = e.copy("base")
     for name in ("config.json", "generation_config.json"):
         cfg = json.loads((post / name).read_text())
@@ -1092,6 +1092,7 @@ def _(e):  # no eos in its configs, a chat template that never closes a turn
     template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
     tc = json.loads((post / "tokenizer_config.json").read_text())
     tc["chat_template"] = template
+    tc.pop("eos_token", None)
     (post / "tokenizer_config.json").write_text(json.dumps(tc))
     if (post / "chat_template.jinja").is_file():  # transformers 5 keeps the template here
         (post / "chat_template.jinja").write_text(template)

@@ -57,11 +57,13 @@ def test_batched_equals_unbatched_greedy(model, tok):
     one = run_generation(model, tok, PROMPTS, batch_size=1, **kw)
     many = run_generation(model, tok, PROMPTS, batch_size=6, **kw)
     assert _texts(one) == _texts(many)
-    # and both equal plain transformers greedy decoding of each prompt alone
+    # and both equal plain transformers greedy decoding of each prompt alone, stopping at the
+    # model's end markers: its eos (the tokenizer's too) and the template's end of turn
+    stops = [model.generation_config.eos_token_id, tok.convert_tokens_to_ids("<|end|>")]
     for p in PROMPTS:
         ids = torch.tensor([chat_prompt_ids(tok, p.prompt)])
         ref = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                             max_new_tokens=12, pad_token_id=0)  # fmt: skip
+                             max_new_tokens=12, pad_token_id=0, eos_token_id=stops)  # fmt: skip
         text = tok.decode(ref[0, ids.shape[1] :], skip_special_tokens=True)
         assert next(r["text"] for r in many if r["prompt_id"] == p.id) == text
 

@@ -144,10 +144,12 @@ def test_end_markers_come_from_the_generation_config_and_the_template(tok, tmp_p
     ends = find_end_markers(tok, post)
     assert ends.ids == (2, 7)
     assert ends.tokens == ("</s>", "<|end|>")
-    assert ends.sources == {"generation_config": [2, 7], "chat_template": [7]}
-    # a template that does not close turns and no generation config: no marker, one warning
+    assert ends.sources == {"generation_config": [2, 7], "tokenizer": [2], "chat_template": [7]}
+    # a template that does not close turns, a tokenizer without eos and no generation
+    # config: no marker, one warning
     bare = build_tokenizer()
     bare.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    bare.eos_token = None
     with pytest.warns(EndWarning, match="V_end, the format score, is unavailable"):
         none = find_end_markers(bare, tmp_path)
     assert none.ids == ()

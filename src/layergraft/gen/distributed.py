@@ -33,8 +33,9 @@ from layergraft.cluster import (
     plan_workers,
 )
 from layergraft.errors import InputError, LayergraftError
+from layergraft.gen.ends import stop_token_ids
 from layergraft.gen.engine import hf_generate_batch
-from layergraft.gen.jobs import pending_jobs, stop_token_ids
+from layergraft.gen.jobs import pending_jobs
 from layergraft.gen.records import check_compatible, make_record, read_records
 from layergraft.gen.sampling import SamplingSettings
 from layergraft.gen.tasks import TaskPrompt
@@ -70,8 +71,9 @@ def generate_lines(
         return
     chosen = resolve_backend(backend, run.model)
     model = engine = None
+    eos = stop_token_ids(run.model, tok)  # the model's end markers, read from its files
     if chosen == "vllm":
-        engine, eos = VllmEngine(run.model), stop_token_ids(None, tok)
+        engine = VllmEngine(run.model)
     else:
         model = load_model(run.model, **placement)
         model.eval()
@@ -80,7 +82,7 @@ def generate_lines(
         if engine is not None:
             res = engine.generate(tok, batch, run.settings, eos)
         else:
-            res = hf_generate_batch(model, tok, batch, run.settings)
+            res = hf_generate_batch(model, tok, batch, run.settings, eos)
         yield "".join(
             json.dumps(
                 make_record(j.prompt, j.sample, text, ntok, fin, run.settings, run.model_name, chosen,

@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from layergraft.errors import InputError
-from layergraft.gen.jobs import Job, pending_jobs, stop_token_ids
+from layergraft.gen.ends import stop_token_ids
+from layergraft.gen.jobs import Job, pending_jobs
 from layergraft.gen.records import check_compatible, drop_partial_line, make_record, read_records
 from layergraft.gen.sampling import RowSampler, SamplingSettings, sample_seed
 from layergraft.gen.tasks import TaskPrompt
@@ -69,13 +70,21 @@ def _hf_generation_config(settings: SamplingSettings, eos: list[int], pad: int) 
 
 
 def hf_generate_batch(
-    model: Any, tokenizer: Any, jobs: Sequence[Job], settings: SamplingSettings
+    model: Any,
+    tokenizer: Any,
+    jobs: Sequence[Job],
+    settings: SamplingSettings,
+    eos: list[int] | None = None,
 ) -> list[tuple[str, int, bool]]:
-    """Generate one batch with left padding; returns (text, num_tokens, finished) per job."""
+    """Generate one batch with left padding; returns (text, num_tokens, finished) per job.
+    ``eos``: the ids a reply stops on (default: the model's end markers,
+    :func:`~layergraft.gen.ends.stop_token_ids`); none means the reply ends only at
+    ``max_new_tokens``, even where transformers would fill in a default eos."""
     import torch
     from transformers import LogitsProcessorList
 
-    eos = stop_token_ids(model, tokenizer)
+    if eos is None:
+        eos = stop_token_ids(model, tokenizer)
     pad = tokenizer.pad_token_id
     if pad is None:
         pad = eos[0] if eos else 0
@@ -144,7 +153,7 @@ def run_generation(
 
         if backend == "transformers":
             model.eval()
-        eos = stop_token_ids(model, tokenizer) if backend == "vllm" else []
+        eos = stop_token_ids(model, tokenizer)  # the model's end markers (gen.ends)
         with contextlib.ExitStack() as stack:
             fh = None
             if path is not None:
@@ -163,7 +172,7 @@ def run_generation(
                     assert vllm_engine is not None
                     res = vllm_engine.generate(tokenizer, batch, settings, eos)
                 else:
-                    res = hf_generate_batch(model, tokenizer, batch, settings)
+                    res = hf_generate_batch(model, tokenizer, batch, settings, eos)
                 lines = []
                 for j, (text, ntok, fin) in zip(batch, res, strict=True):
                     rec = make_record(

@@ -1,7 +1,7 @@
 """Generation jobs: one (prompt, sample) to generate, with the prompt's token ids.
 
 Prompts are rendered with the tokenizer's chat template as one user turn with the assistant
-turn opened; the end-of-turn tokens a chat model stops on come from its generation config.
+turn opened; the ids a reply stops on are the model's end markers (:mod:`layergraft.gen.ends`).
 """
 
 from __future__ import annotations
@@ -38,21 +38,6 @@ def chat_prompt_ids(tokenizer: Any, text: str, *, chat_template: bool = True) ->
         )
         return list(tokenizer(rendered, add_special_tokens=False)["input_ids"])
     return list(tokenizer(text)["input_ids"])
-
-
-def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
-    """EOS ids from the model's generation config (chat models often stop on an end-of-turn
-    token there) plus the tokenizer's EOS."""
-    ids: list[int] = []
-    gc = getattr(model, "generation_config", None)
-    eos = getattr(gc, "eos_token_id", None) if gc is not None else None
-    for src in (eos, getattr(tokenizer, "eos_token_id", None)):
-        if src is None:
-            continue
-        for i in [src] if isinstance(src, int) else list(src):
-            if i not in ids:
-                ids.append(int(i))
-    return ids
 
 
 def pending_jobs(

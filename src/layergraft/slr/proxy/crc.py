@@ -21,6 +21,7 @@ from typing import Any
 
 from layergraft.arch import adapter_for_model
 from layergraft.errors import InputError
+from layergraft.gen.ends import EndMarkers, find_end_markers
 from layergraft.models.load import load_with_tokenizer
 from layergraft.models.packing import DEFAULT_ATTENTION_RATIO
 from layergraft.models.runner import LayerRunner
@@ -36,7 +37,7 @@ from layergraft.slr.proxy.crc_scoring import (
     result_of,
     score_items,
 )
-from layergraft.slr.proxy.ends import EndMarkers, check_v_end, find_end_markers
+from layergraft.slr.proxy.ends import check_v_end
 
 
 def attention_ratio(model: Any) -> float:
@@ -207,7 +208,9 @@ def crc(
         model, tokenizer, _ = load_with_tokenizer(
             model, tokenizer=tokenizer, device=device, dtype=dtype, device_map=device_map
         )
-    ends = find_end_markers(tokenizer, model) if v_end != "off" else EndMarkers(())
+    # the sampled estimator's replies end at the markers, whatever --v-end is
+    found = v_end != "off" or estimator == "sample"
+    ends = find_end_markers(tokenizer, model) if found else EndMarkers(())
     if estimator == "exact":
         res = crc_exact(model, tokenizer, items, batch_size=batch_size, ends=ends, v_end=v_end)
     else:  # "sample" (checked above)

@@ -1,7 +1,8 @@
 """The sampled CRC estimator: for models whose answer is not the first token (a preamble, a
 thinking block), V and H come from sampled replies instead of the first-token distribution;
 V_end is the share of replies that are one valid character (with ``v_end="closers"``, plus
-one closing mark) and then end."""
+one closing mark) and then end. A reply ends at the model's end markers
+(:mod:`layergraft.gen.ends`), the ids every generation stops on, whatever ``v_end`` is."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from layergraft.gen.ends import find_end_markers
 from layergraft.slr.proxy.crc_prompts import CrcPrompt
 from layergraft.slr.proxy.crc_scoring import (
     CLOSERS,
@@ -43,14 +45,16 @@ def crc_sampled(
     max_new_tokens: int = 8,
     seed: int = 0,
     batch_size: int = 64,
-    ends: Sequence[int] = (),
+    ends: Sequence[int] | None = None,
     v_end: str = "strict",
 ) -> CrcResult:
     """Sampled estimator: ``samples`` replies per prompt; V = fraction of replies that name a
     valid character, H = entropy of the empirical distribution of the valid answers.
 
     For models whose answer is not the first token (a preamble, a thinking block). Deterministic
-    under ``seed`` (one generator for the whole run).
+    under ``seed`` (one generator for the whole run). ``ends``: the ids a reply ends on
+    (default: the model's end markers, :func:`~layergraft.gen.ends.find_end_markers`); none:
+    every reply runs to ``max_new_tokens`` and V_end is unavailable.
     """
     import torch
 
@@ -61,9 +65,10 @@ def crc_sampled(
     mask = attention_mask.repeat_interleave(samples, dim=0)
     texts: list[str] = []
     stopped: list[bool] = []
-    eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    end_ids = set(ends) if v_end != "off" else set()
+    if ends is None:
+        ends = find_end_markers(tokenizer, model).ids
+    stop = sorted(set(ends))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stop or [0])[0]
     with torch.no_grad():
         for i in range(0, rows.shape[0], batch_size):
             out = model.generate(
@@ -76,10 +81,10 @@ def crc_sampled(
                 top_p=1.0,
                 max_new_tokens=max_new_tokens,
                 pad_token_id=pad,
-                eos_token_id=sorted(end_ids) or eos,
+                eos_token_id=stop,  # none: the reply runs to max_new_tokens
             )
             for seq in out[:, rows.shape[1] :].tolist():
-                cut = next((j for j, t in enumerate(seq) if t in end_ids), None)
+                cut = next((j for j, t in enumerate(seq) if t in stop), None)
                 stopped.append(cut is not None)
                 texts.append(tokenizer.decode(seq[:cut], skip_special_tokens=True))
     items = []
@@ -88,7 +93,7 @@ def crc_sampled(
         answers = [parse_answer(texts[j], p.valid) for j in part]
         counts = {c: sum(a == c for a in answers) / samples for c in p.valid}
         end_counts = None
-        if end_ids:
+        if stop and v_end != "off":
             bare = [_bare_answer(texts[j], p.valid, v_end) if stopped[j] else None for j in part]
             end_counts = {c: sum(a == c for a in bare) / samples for c in p.valid}
         items.append(item_scores(p, counts, end_counts))

@@ -15,8 +15,9 @@ answers we read the model's next-token distribution after the chat prompt, once 
 
 * format ``V_end`` = probability that the reply is one valid character and then ends:
   ``sum over valid tokens t of p(t | x) * p(end | x, t)``, where "end" is any of the model's
-  end markers (:mod:`layergraft.slr.proxy.ends`). CRC's first token cannot see whether a
-  hybrid still stops; V_end can, exactly, from one more position per valid token. With
+  end markers, the ids its generation stops on (:mod:`layergraft.gen.ends`). CRC's first
+  token cannot see whether a hybrid still stops; V_end can, exactly, from one more position
+  per valid token. With
   ``v_end="closers"`` a closing mark before the end also counts:
   ``+ sum over closers q of p(t | x) * p(q | x, t) * p(end | x, t, q)`` (:data:`CLOSERS`:
   ".", "!" and newlines, each a token of its own). With ``"off"``, or for a model without

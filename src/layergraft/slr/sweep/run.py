@@ -30,6 +30,7 @@ from layergraft.arch import adapter_for_model
 from layergraft.checkpoint.atomic import write_json_atomic
 from layergraft.checkpoint.outputs import check_output
 from layergraft.errors import InputError, OutputError
+from layergraft.gen.ends import EndMarkers, EndWarning, find_end_markers
 from layergraft.models.batching import fit_context
 from layergraft.models.load import load_tokenizer, open_loadable
 from layergraft.models.placement import check_placement
@@ -40,7 +41,6 @@ from layergraft.slr.hybrid.pair import check_compatible
 from layergraft.slr.proxy.crc import CrcProxy
 from layergraft.slr.proxy.crc_prompts import load_crc_prompts
 from layergraft.slr.proxy.custom import CustomProxy
-from layergraft.slr.proxy.ends import EndMarkers, EndWarning, find_end_markers
 from layergraft.slr.proxy.ppl import PplProxy
 from layergraft.slr.sweep.assemble import assemble_crc, assemble_ppl
 from layergraft.slr.sweep.config import SweepConfig, parse_alphas, parse_sweep_parts
@@ -199,8 +199,8 @@ def sweep(
         if cfg.rule == "format" and not ends.ids:
             raise InputError(
                 "--rule format needs the model's end markers and this one has none (no "
-                "eos_token_id in its generation config, no end of turn in its chat "
-                "template); use --rule paper"
+                "eos_token_id in its generation config or its tokenizer, no end of turn in "
+                "its chat template); use --rule paper"
             )
     px = _make_proxy(cfg, ends, score_model)
     intervals = (
