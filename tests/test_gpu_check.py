@@ -131,3 +131,20 @@ def test_fit_recovers_known_costs(gpu_check) -> None:
         min(gpu_check.fit_seconds(units)[k] for k in ("layer_forwards_s", "heads_s", "runners_s"))
         >= 0
     )
+
+
+def test_dry_run_timings_wait_for_cuda_kernels(monkeypatch) -> None:
+    """CUDA kernels run asynchronously: the plan's per-layer time must wait for them (else it
+    is the time to launch a layer, not to run it). Checked without a GPU by counting calls."""
+    import torch
+
+    from layergraft.slr.sweep import plan
+
+    waited = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: waited.append(device))
+    calls = []
+    plan._median_seconds(lambda: calls.append(1), repeat=3, device=torch.device("cuda", 0))
+    assert len(calls) == 4 and len(waited) == 4  # the warm-up, then every timed run
+    waited.clear()
+    plan._median_seconds(lambda: None, repeat=3, device=torch.device("cpu"))
+    assert waited == []

@@ -62,12 +62,23 @@ def checkpoint_bytes(path: Any) -> int:
     return 0
 
 
-def _median_seconds(fn: Any, repeat: int = REPEATS) -> float:
+def _wait(device: Any) -> None:
+    """Wait for the work queued on a CUDA ``device``: its kernels run asynchronously, so
+    without this a layer's time is only the time to launch it."""
+    if getattr(device, "type", None) == "cuda":
+        import torch
+
+        torch.cuda.synchronize(device)
+
+
+def _median_seconds(fn: Any, repeat: int = REPEATS, device: Any = None) -> float:
     fn()  # warm-up: allocator, kernels, caches
+    _wait(device)
     times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
         fn()
+        _wait(device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -77,14 +88,19 @@ def time_batch(post_model: Any, adapter: Any, proxy: Any, batch: Any) -> dict[st
     ``batch``."""
     run = runner_for(post_model, adapter, batch)
     layer = adapter.layers(post_model)[0]
+    dev = next(layer.parameters()).device  # on a GPU every time waits for its kernels
     h = run.layer(layer, 0, run.hidden0)
-    t_layer = _median_seconds(lambda: run.layer(layer, 0, h))
+    t_layer = _median_seconds(lambda: run.layer(layer, 0, h), device=dev)
     few = max(REPEATS // 2, 1)
-    t_head = _median_seconds(lambda: proxy.score(batch, run, h), repeat=few)
+    t_head = _median_seconds(lambda: proxy.score(batch, run, h), repeat=few, device=dev)
     t_all = t_head
     if getattr(proxy, "kind", None) == "crc" and getattr(batch, "ends", ()):
-        t_all = _median_seconds(lambda: proxy.score(batch, run, h, read_all=True), repeat=few)
-    t_runner = _median_seconds(lambda: runner_for(post_model, adapter, batch), repeat=few)
+        t_all = _median_seconds(
+            lambda: proxy.score(batch, run, h, read_all=True), repeat=few, device=dev
+        )
+    t_runner = _median_seconds(
+        lambda: runner_for(post_model, adapter, batch), repeat=few, device=dev
+    )
     return {
         "layer_s": t_layer, "head_s": t_head, "head_all_s": max(t_all, t_head),
         "runner_s": t_runner,
