@@ -93,7 +93,7 @@ def sync(device: str) -> None:
     if device.startswith("cuda"):
         import torch
 
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(torch.device(device))
 
 
 class Peak:
@@ -102,6 +102,7 @@ class Peak:
 
     def __init__(self, device: str) -> None:
         self.cuda = device.startswith("cuda")
+        self.device = device
         self.rss = 0
         self.gpu: dict[str, float] = {}
         self._stop = threading.Event()
@@ -122,9 +123,10 @@ class Peak:
         if self.cuda:
             import torch
 
-            torch.cuda.synchronize()
+            dev = torch.device(self.device)
+            torch.cuda.synchronize(dev)
             torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
+            torch.cuda.reset_peak_memory_stats(dev)
         self.rss = self._rss_now()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
@@ -137,10 +139,11 @@ class Peak:
         if self.cuda:
             import torch
 
-            torch.cuda.synchronize()
+            dev = torch.device(self.device)
+            torch.cuda.synchronize(dev)
             self.gpu = {
-                "peak_gpu_allocated_mib": round(torch.cuda.max_memory_allocated() / _MIB),
-                "peak_gpu_reserved_mib": round(torch.cuda.max_memory_reserved() / _MIB),
+                "peak_gpu_allocated_mib": round(torch.cuda.max_memory_allocated(dev) / _MIB),
+                "peak_gpu_reserved_mib": round(torch.cuda.max_memory_reserved(dev) / _MIB),
             }
         gc.collect()
         if self.cuda:
@@ -170,15 +173,18 @@ def dir_bytes(path: Path) -> int:
 
 def numeric_leaves(x: Any, prefix: str = "") -> dict[str, float]:
     """Every number in a JSON-like structure, by its path (``a.b.3.V``)."""
-    if isinstance(x, bool) or x is None or isinstance(x, str):
+    if isinstance(x, (dict, list, tuple)):
+        items = x.items() if isinstance(x, dict) else enumerate(x)
+        out: dict[str, float] = {}
+        for k, v in items:
+            out.update(numeric_leaves(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    if isinstance(x, (bool, str)) or x is None:
         return {}
-    if isinstance(x, (int, float)):
+    try:  # int, float, and numpy's or torch's scalars
         return {prefix: float(x)}
-    items = x.items() if isinstance(x, dict) else enumerate(x)
-    out: dict[str, float] = {}
-    for k, v in items:
-        out.update(numeric_leaves(v, f"{prefix}.{k}" if prefix else str(k)))
-    return out
+    except (TypeError, ValueError):
+        return {}
 
 
 def max_difference(a: Any, b: Any) -> dict[str, Any]:
@@ -286,10 +292,10 @@ def fit_seconds(units: list[dict[str, Any]]) -> dict[str, float] | None:
     for k in range(len(FEATURES), 0, -1):  # every subset of the features: NNLS for 3 columns
         for cols in combinations(range(len(FEATURES)), k):
             sol, *_ = np.linalg.lstsq(x[:, cols], y, rcond=None)
-            if (sol < 0).any():
+            if (sol < -1e-12).any():
                 continue
             coef = np.zeros(len(FEATURES))
-            coef[list(cols)] = sol
+            coef[list(cols)] = np.clip(sol, 0.0, None)
             resid = float(((x @ coef - y) ** 2).sum())
             if best is None or resid < best[0] - 1e-15:
                 best = (resid, coef)
