@@ -285,6 +285,9 @@ def test_dry_run_plan_bounds_the_head_by_reading_every_continuation(prompts):
         2 * files, abs=0.005
     )  # float32 on disk and in memory (2 decimals)
     assert plan["estimated_peak_memory_gib"] == pytest.approx(sum(parts.values()), abs=0.02)
+    # a CRC sweep of checkpoints ends with the weight diff (results' weight_change): timed, counted
+    assert m["weight_diff_s"] > 0
+    assert plan["estimated_seconds"]["prefix-reuse"] >= m["setup_s"] + m["weight_diff_s"]
 
 
 def test_dry_run_plans_halving_as_two_stages(tmp_path):

@@ -133,6 +133,39 @@ def _cell(ck: Checkpoint, name: str) -> tuple[int | None, str]:
     return None, OUTSIDE_ROWS.get(part.role, "other")
 
 
+def diff_seconds(base: PathLike | Checkpoint, post: PathLike | Checkpoint) -> float:
+    """Seconds :func:`diff` should take on this pair, from two timings of layer 0: its largest
+    float tensor (the cost per byte) and its smallest (the cost per tensor: reading, chunking,
+    Python), applied to every float tensor of the checkpoint.
+
+    Why the sweep's plan needs it: a CRC sweep of checkpoints on disk ends with this diff
+    (``weight_change`` in results.json). It reads both models whole in float64 chunks: 56 s of
+    a 256 s partial sweep at the Llama-3.2-1B shape on 2 busy cores, and minutes at 8B,
+    whatever the device the sweep ran on. (Timing layer 0's tensors and scaling by bytes
+    counted the small tensors' fixed cost a thousand times over: twice the real time.)"""
+    import time
+
+    b, p = as_checkpoint(base), as_checkpoint(post)
+    entries = [e for e in p.tensors.values() if _is_float(e.dtype) and e.name in b.tensors]
+    first = sorted(
+        (e for e in entries if p.adapter.classify(e.name).layer == 0), key=lambda e: e.nbytes
+    ) or sorted(entries, key=lambda e: e.nbytes)
+    if not first:
+        return 0.0
+
+    def timed(e: Any) -> float:
+        bt, pt = b.get_tensor(e.name), p.get_tensor(e.name)
+        tensor_sums(bt, pt)  # warm: the pages and the allocator
+        t0 = time.perf_counter()
+        tensor_sums(bt, pt)
+        return time.perf_counter() - t0
+
+    small, big = first[0], first[-1]
+    per_tensor = timed(small)
+    per_byte = max(timed(big) - per_tensor, 0.0) / max(big.nbytes - small.nbytes, 1)
+    return sum(per_tensor + per_byte * e.nbytes for e in entries)
+
+
 def diff(
     base: PathLike | Checkpoint,
     post: PathLike | Checkpoint,

@@ -34,6 +34,7 @@ from layergraft.arch import adapter_for_model
 from layergraft.errors import InputError
 from layergraft.models.load import load_model, load_tokenizer
 from layergraft.models.runner import HEAD_CHUNK
+from layergraft.slr.hybrid.diff import diff_seconds
 from layergraft.slr.sweep.engines import Unit, carried_prefix_layers, runner_for
 from layergraft.slr.sweep.halving import MIN_STAGE1, stage_prompts
 
@@ -133,11 +134,13 @@ def sweep_plan(
     done: int = 0,
     setup_s: float = 0.0,
     host_bytes: int = 0,
+    diff_s: float = 0.0,
 ) -> dict[str, Any]:
     """The plan as data (the CLI prints :func:`format_plan` of it). ``timings``: one
     :func:`time_batch` per batch; ``setup_s``: the measured seconds of loading both models
     and preparing the batches; ``host_bytes``: what a CPU run holds besides the weights and
-    activations (the process before loading, plus one checkpoint's mapped files)."""
+    activations (the process before loading, plus one checkpoint's mapped files); ``diff_s``:
+    the weight diff a CRC sweep of checkpoints ends with (:func:`~layergraft.slr.hybrid.diff.diff_seconds`)."""
     todo = [u for u in units]
     starts = [u for u in todo if u.kind == "start"]
     others = [u for u in todo if u.kind != "start"]
@@ -158,7 +161,7 @@ def sweep_plan(
             + runners[engine] * t.get("runner_s", 0.0)
             for t in timings
         )  # fmt: skip
-        return round(setup_s + sum(per), 1)
+        return round(setup_s + diff_s + sum(per), 1)
 
     estimate = {engine: seconds(engine, "head_s") for engine in per_batch}
     every_read = {engine: seconds(engine, "head_all_s") for engine in per_batch}
@@ -192,6 +195,7 @@ def sweep_plan(
             "head_all_s": round(sum(t["head_all_s"] for t in timings), 6),
             "runner_s": round(sum(t.get("runner_s", 0.0) for t in timings), 6),
             "setup_s": round(setup_s, 3),
+            "weight_diff_s": round(diff_s, 3),
             "repeats": REPEATS,
             "statistic": "median after one warm-up, summed over batches",
         },
@@ -216,7 +220,7 @@ def dry_run_plan(
     if hasattr(px, "score_model"):
         raise InputError("--dry-run needs the crc or ppl proxy, not a custom score function")
     t0 = time.perf_counter()
-    host = 0
+    host, diffing = 0, 0.0
     if hasattr(post, "forward"):  # in memory: the sweep loads nothing either
         model, tok = post, load_tokenizer(tokenizer)
         loading = 0.0
@@ -227,6 +231,8 @@ def dry_run_plan(
         loading = time.perf_counter() - t0
         if next(model.parameters()).device.type == "cpu":
             host = before + checkpoint_bytes(post.post)
+        if getattr(px, "kind", None) == "crc":  # run.py diffs checkpoints after a CRC sweep
+            diffing = diff_seconds(post.base, post.post)
     adapter = adapter_for_model(model)
     t0 = time.perf_counter()
     batches = px.batches(tok, next(model.parameters()).device, model)
@@ -241,11 +247,11 @@ def dry_run_plan(
     }
     plan = sweep_plan(
         units, batches=batches, timings=[time_batch(model, adapter, px, b) for b in batches],
-        done=done, setup_s=2 * loading + preparing, host_bytes=host, **shape,
+        done=done, setup_s=2 * loading + preparing, host_bytes=host, diff_s=diffing, **shape,
     )  # fmt: skip
     if getattr(cfg, "search", None) == "halving" and getattr(px, "kind", None) == "crc":
         plan["halving"] = halving_estimate(
-            units, px, cfg.seed, (model, adapter, tok), shape, 2 * loading + preparing
+            units, px, cfg.seed, (model, adapter, tok), shape, 2 * loading + preparing + diffing
         )
     plan["settings"] = cfg.as_json()
     return {"dry_run": True, "plan": plan}
@@ -325,7 +331,9 @@ def format_plan(plan: dict[str, Any]) -> str:
             else ""
         ),  # fmt: skip
         f"estimate: {_span(est, top, 'prefix-reuse')} s with prefix reuse, "
-        f"{m.get('setup_s', 0):.1f} s of it loading both models and preparing the batches "
+        f"{m.get('setup_s', 0):.1f} s of it loading both models and preparing the batches"
+        + (f", {m['weight_diff_s']:.1f} s the weight diff" if m.get("weight_diff_s") else "")
+        + " "
         f"({_span(est, top, 'swap')} s with --no-prefix-reuse), peak memory about "
         f"{plan['estimated_peak_memory_gib']:.2f} GiB",
     ]
