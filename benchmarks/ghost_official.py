@@ -398,6 +398,19 @@ def run(args: argparse.Namespace, dtype: str, save: Any) -> None:
 
 
 # ---- results file and tables ---------------------------------------------------------------------
+def strict(x: Any) -> Any:
+    """``x`` with every non-finite float as its name (``"NaN"``, ``"inf"``): a NaN perplexity
+    (the official LinearPatch's float16 output overflowing on Gemma) stays distinct from a
+    method that did not run (null), in JSON that every parser reads (bare NaN is not JSON)."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x).replace("nan", "NaN")
+    if isinstance(x, dict):
+        return {k: strict(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [strict(v) for v in x]
+    return x
+
+
 def saver(path: Path | None, meta: dict[str, Any]):
     def save(rec: dict[str, Any]) -> None:
         if path is None:
@@ -408,7 +421,7 @@ def saver(path: Path | None, meta: dict[str, Any]):
         data["runs"] = [r for r in data["runs"] if (r["model"], r["dtype"], r["block"]) != k]
         data["runs"].append(rec)
         data["runs"].sort(key=lambda r: (r["model"], r["dtype"], r["n"]))
-        path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+        path.write_text(json.dumps(strict(data), indent=2, default=str, allow_nan=False) + "\n")
 
     return save
 
@@ -416,6 +429,8 @@ def saver(path: Path | None, meta: dict[str, Any]):
 def fmt(x: Any, digits: int = 3) -> str:
     if x is None:
         return "–"
+    if isinstance(x, str):  # a non-finite number, by name (strict)
+        return x
     if not math.isfinite(x):
         return str(x)
     return f"{x:,.{digits}f}" if x < 1e4 else f"{x:,.0f}"
