@@ -35,14 +35,15 @@ def _add_removal_args(s: argparse.ArgumentParser) -> None:
         "--auto",
         type=positive_int,
         metavar="N",
-        help="remove N layers chosen by --metric (bi: N lowest layers; angular/cosine/residual: "
-        "best block of N; residual-greedy: N layers one at a time, each scored on the model pruned so far)",
+        help="remove N layers chosen by --metric (bi: N lowest layers; angular/cosine/residual/loss: "
+        "best block of N; residual-greedy/loss-greedy: N layers one at a time, each scored on the model pruned so far)",
     )
     s.add_argument(
         "--metric",
-        choices=("angular", "bi", "cosine", "residual", "residual-greedy"),
+        choices=("angular", "bi", "cosine", "residual", "residual-greedy", "loss", "loss-greedy"),
         help="how --auto chooses (default angular: the best block, Gromov et al.; residual: the "
-        "block whose ghost fit leaves the smallest normalised residual, same --damp); only with --auto",
+        "block whose ghost fit leaves the smallest normalised residual, same --damp; loss: the block "
+        "whose removal and ghost repair leave the lowest loss on the first 8 calibration rows); only with --auto",
     )
     _add_residual_args(s)
     s.add_argument(
@@ -88,12 +89,17 @@ def _add_gen_check(s: argparse.ArgumentParser) -> None:
 
 
 RESIDUAL_ONLY = ("--damp", "--normalise", "--max-boundaries")
+#: the metrics that fit a ghost per candidate (--damp, --max-boundaries) without --normalise
+LOSS_METRICS = ("loss", "loss-greedy")
 
 
 def _refuse_unused_scores(args: argparse.Namespace) -> None:
-    """``scores``: the ghost fit's flags act only with ``--metric residual``."""
-    mode = None if args.metric == "residual" else f"--metric {args.metric}"
-    refuse_unused(args, RESIDUAL_ONLY, mode=mode, applies="--metric residual", fix="add --metric residual")  # fmt: skip
+    """``scores``: the ghost fit's flags act only with ``--metric residual`` (``loss``: all
+    but ``--normalise``)."""
+    if args.metric == "loss":
+        refuse_unused(args, RESIDUAL_ONLY[1:2], mode="--metric loss", applies="--metric residual", fix="use --metric residual")  # fmt: skip
+    mode = None if args.metric in ("residual", "loss") else f"--metric {args.metric}"
+    refuse_unused(args, RESIDUAL_ONLY, mode=mode, applies="--metric residual or loss", fix="add --metric residual or loss")  # fmt: skip
     args.normalise = args.normalise or "delta"
 
 
@@ -106,10 +112,13 @@ def _refuse_unused_removal(args: argparse.Namespace) -> None:
             "names them itself; remove --metric (or replace --remove with --auto N)"
         )
     metric = args.metric or "angular"
+    if args.auto is not None and metric in LOSS_METRICS:
+        refuse_unused(args, RESIDUAL_ONLY[1:2], mode=f"--metric {metric}", fix="use --metric residual",
+                      applies="--auto N with --metric residual or residual-greedy")  # fmt: skip
     mode = (f"--remove {args.remove}" if args.auto is None
-            else None if metric in ("residual", "residual-greedy") else f"--metric {metric}")  # fmt: skip
+            else None if metric in ("residual", "residual-greedy", *LOSS_METRICS) else f"--metric {metric}")  # fmt: skip
     refuse_unused(args, RESIDUAL_ONLY[1:], mode=mode, fix="choose the layers with --auto N --metric residual",
-                  applies="--auto N with --metric residual or residual-greedy")  # fmt: skip
+                  applies="--auto N with --metric residual, residual-greedy, loss or loss-greedy")  # fmt: skip
     args.metric, args.normalise = metric, args.normalise or "delta"
 
 
@@ -282,9 +291,10 @@ def register(sub: Any) -> None:
     )
     s.add_argument(
         "--metric",
-        choices=("angular", "bi", "cosine", "residual"),
+        choices=("angular", "bi", "cosine", "residual", "loss"),
         default="angular",
-        help="residual: the normalised residual ‖X_s M − Δ‖²/‖Δ‖² of the ghost fit of each block (lowest = most repairable)",
+        help="residual: the normalised residual ‖X_s M − Δ‖²/‖Δ‖² of the ghost fit of each block (lowest = most repairable); "
+        "loss: the next-token loss, on the first 8 calibration rows, of the model with the block removed and ghost-repaired",
     )
     s.add_argument(
         "--tokens",
@@ -295,7 +305,7 @@ def register(sub: Any) -> None:
     s.add_argument(
         "--damp",
         type=finite_float(min=0, example="1e-4"),
-        help="residual: the ghost fit's ridge damping (default 1e-4)",
+        help="residual, loss: the ghost fit's ridge damping (default 1e-4)",
     )
     _add_residual_args(s)
     s.add_argument("--plot", metavar="PNG", help="write a plot of the scores")

@@ -27,6 +27,7 @@ from layergraft.prune.cut import merge_adjacent, parse_removal
 from layergraft.prune.greedy import greedy_residual
 from layergraft.prune.importance import METRICS, auto_removal, block_scores, check_block_size
 from layergraft.prune.recover import DEFAULT_DAMP
+from layergraft.prune.repaired import LOSS_METRICS, loss_selection
 from layergraft.prune.residual import residual_scores
 from layergraft.ranges import Range
 from layergraft.text import Batch, read_text, text_batches
@@ -37,8 +38,11 @@ PathLike = str | os.PathLike[str]
 ModelLike = PathLike | tuple[Any, Any]
 #: the selections by the ghost fit's own residual (:mod:`layergraft.prune.residual`)
 RESIDUAL_METRICS: tuple[str, ...] = ("residual", "residual-greedy")
+#: the selections that fit a ghost per candidate on the dense model (``--damp``): by its
+#: residual, or by the repaired model's calibration loss (:mod:`layergraft.prune.repaired`)
+REPAIR_METRICS: tuple[str, ...] = (*RESIDUAL_METRICS, *LOSS_METRICS)
 #: how ``--auto N`` can choose
-AUTO_METRICS: tuple[str, ...] = (*METRICS, *RESIDUAL_METRICS)
+AUTO_METRICS: tuple[str, ...] = (*METRICS, *REPAIR_METRICS)
 
 
 def calibration_batches(
@@ -87,6 +91,9 @@ def resolve_gaps(
         raise InputError(f"unknown --metric {metric!r}; choose one of {', '.join(AUTO_METRICS)}")
     check_block_size(auto, n, "--auto")
     how: dict[str, Any] = {"auto": int(auto), "metric": metric}
+    if metric in LOSS_METRICS:
+        damp = DEFAULT_DAMP if damp is None else damp
+        return loss_selection(model, adapter, batches, int(auto), metric, damp=damp, max_boundaries=max_boundaries)  # fmt: skip
     if metric in RESIDUAL_METRICS:
         damp = DEFAULT_DAMP if damp is None else damp
         how |= {"damp": damp, "normalise": norm}
@@ -108,7 +115,7 @@ def refuse_ghosted_selection(inp: PruneInput, metric: str, auto: int | None = 0)
     """A residual selection scores the repair of the dense model: an already pruned
     (ghosted) input has no dense layers to score, so it is refused before it is loaded, as
     ``prune`` refuses it. ``auto=None`` (layers given by ``--remove``): nothing to check."""
-    if auto is None or metric not in RESIDUAL_METRICS:
+    if auto is None or metric not in REPAIR_METRICS:
         return
     if inp.ck is not None:
         ghosted = "layergraft_ghost" in inp.ck.config
@@ -124,9 +131,9 @@ def refuse_ghosted_selection(inp: PruneInput, metric: str, auto: int | None = 0)
 def warn_greedy_fit(auto: int | None, metric: str, sequential: bool) -> None:
     """``residual-greedy`` scores each layer as the sequential fit repairs it; a dense fit of
     the chosen gaps is allowed, but it is not what was scored."""
-    if auto is not None and metric == "residual-greedy" and not sequential:
+    if auto is not None and metric in ("residual-greedy", "loss-greedy") and not sequential:
         log.warning(
-            "residual-greedy chose the layers for a sequential fit; add --sequential to fit them so"
+            "%s chose the layers for a sequential fit; add --sequential to fit them so", metric
         )
 
 
