@@ -79,9 +79,10 @@ def resolve_gaps(
 ) -> tuple[list[Range], dict[str, Any] | None]:
     """The gaps to cut, and how they were chosen (None for ``remove``): ``remove`` as given,
     or ``auto`` layers chosen by ``metric`` — one scoring pass over ``batches``; for
-    ``residual-greedy`` one pass per step (:mod:`layergraft.prune.greedy`). ``damp``,
-    ``max_boundaries`` and ``norm``: the residual metrics' (the ghost fit's damping by
-    default; :data:`~layergraft.prune.residual.NORMS`)."""
+    ``residual-greedy`` one pass per step (:mod:`layergraft.prune.greedy`); ``loss`` and
+    ``loss-greedy`` also run every candidate on held-in rows (:mod:`layergraft.prune.repaired`).
+    ``damp``, ``max_boundaries`` and ``norm``: the residual metrics' (the ghost fit's damping
+    by default; :data:`~layergraft.prune.residual.NORMS`; the loss metrics take no ``norm``)."""
     n = len(adapter.layers(model))
     if (remove is None) == (auto is None):
         raise InputError("give exactly one of --remove RANGES and --auto N")
