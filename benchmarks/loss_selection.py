@@ -4,7 +4,9 @@ selection took (side by side, one process, one torch thread), and for ``--oracle
 contiguous block of N layers removed and ghost-repaired in turn (the oracle), with each pick's rank.
 
 Selections: ``bi``, ``angular``, ``residual`` and ``loss`` fitted densely (as ``prune`` does by
-default), ``loss-greedy`` with the sequential fit it scores for. ``loss-greedy`` is run step by
+default), ``loss-holdout`` (the same loss on the first rows, each candidate's ghost fitted on the
+rows after them: ``holdout=True`` of :func:`~layergraft.prune.repaired.loss_scores`),
+``loss-greedy`` with the sequential fit it scores for. ``loss-greedy`` is run step by
 step to the largest ``--n`` (its choice at step k does not depend on how many steps follow, so
 the row of a smaller N is the first N steps, timed as those steps). Perplexity is token-level
 over fixed-length chunks of the held-out text (the pruning papers' definition), as in
@@ -37,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-ORDER = ("bi", "angular", "residual", "loss", "loss-greedy")
+ORDER = ("bi", "angular", "residual", "loss", "loss-holdout", "loss-greedy")
 DAMP = 1e-4
 
 
@@ -86,7 +88,7 @@ def main() -> None:
     from layergraft.prune.importance import block_scores
     from layergraft.prune.job import load_job, open_input
     from layergraft.prune.recover import fit_ghost
-    from layergraft.prune.repaired import HELDIN_ROWS, HeldIn, loss_step
+    from layergraft.prune.repaired import HELDIN_ROWS, HeldIn, loss_selection, loss_step
     from layergraft.prune.undo import pruned_in_place
     from layergraft.ranges import format_ranges
     from layergraft.text import DEFAULT_CALIB, DEFAULT_HELDOUT, Batch, read_text, tokenize
@@ -147,18 +149,21 @@ def main() -> None:
         save()
     print(f"dense PPL {out['ppl_dense']:.2f}", flush=True)
     for n in args.n:
-        for label in ("bi", "angular", "residual", "loss"):
+        for label in ("bi", "angular", "residual", "loss", "loss-holdout"):
             if label not in args.selections or have(n, label):
                 continue
             t0 = time.perf_counter()
-            gaps = job.gaps(None, n, label, damp=DAMP)
+            if label == "loss-holdout":
+                gaps, job.selection = loss_selection(model, ad, batches, n, "loss", damp=DAMP, holdout=True)  # fmt: skip
+            else:
+                gaps = job.gaps(None, n, label, damp=DAMP)
             secs = time.perf_counter() - t0
             row = {"n": n, "label": label, "fit": "dense", "removed": format_ranges(gaps),
                    "seconds": round(secs, 1), "ppl_ghost": ppl_after(gaps, False)}  # fmt: skip
             sel = job.selection or {}
-            if label in ("residual", "loss"):
+            if label in ("residual", "loss", "loss-holdout"):
                 row["scores"] = {b["range"]: b["score"] for b in sel["scores"]}
-            if label == "loss":
+            if label.startswith("loss"):
                 row["heldin_tokens"], row["dense_loss"] = sel["heldin_tokens"], sel["dense_loss"]
             add(row)
 
@@ -219,7 +224,7 @@ def main() -> None:
         corr = {
             m: spearman([orc["scores"][m][b] for b in blocks], truth) for m in ("angular", "bi")
         }
-        for label in ("residual", "loss"):
+        for label in ("residual", "loss", "loss-holdout"):
             row = next((r for r in out["rows"] if str(r["n"]) == n and r["label"] == label), None)
             if row is not None:
                 corr[label] = spearman([row["scores"][b] for b in blocks], truth)

@@ -19,7 +19,7 @@ from layergraft.errors import InputError
 from layergraft.prune.cut import merge_adjacent
 from layergraft.prune.greedy import pruned_copy
 from layergraft.prune.job import resolve_gaps
-from layergraft.prune.repaired import greedy_loss, heldin, loss_scores, loss_step
+from layergraft.prune.repaired import greedy_loss, heldin, loss_scores, loss_step, split_rows
 from layergraft.text import Batch
 from layergraft.toy.tokenizer import save_tokenizer
 from tiny import make_tiny, save_tiny
@@ -116,16 +116,21 @@ def _ce(model, rows: list[Batch]) -> float:
     return total / count
 
 
-@pytest.mark.parametrize("fam", ["llama", "gemma3_text"])
-def test_block_loss_equals_a_plain_forward_of_the_cut_model(fam):
+@pytest.mark.parametrize(
+    ("fam", "holdout"), [("llama", False), ("gemma3_text", False), ("llama", True)]
+)
+def test_block_loss_equals_a_plain_forward_of_the_cut_model(fam, holdout):
+    """``holdout``: the map fitted on the rows after the scored ones only."""
     model = make_tiny(fam, num_layers=5, seed=3)
     ad = adapter_for_model(model)
     batches = _batches()
-    rows = heldin(batches, 11)  # across the first batch's padded last row into the second
+    rows, rest = split_rows(batches, 11)  # across the first batch's padded last row into the second
     assert [int(b.input_ids.shape[0]) for b in rows] == [8, 3]
-    H = _states(model, batches, {str(i): i for i in range(6)})
-    sc = loss_scores(model, ad, batches, block=2, damp=DAMP, rows=11)
+    assert [int(b.input_ids.shape[0]) for b in rest] == [5, 8]
+    H = _states(model, rest if holdout else batches, {str(i): i for i in range(6)})
+    sc = loss_scores(model, ad, batches, block=2, damp=DAMP, rows=11, holdout=holdout)
     assert sc.metric == "loss" and [r for r, _ in sc.blocks] == [(0, 2), (1, 3), (2, 4), (3, 5)]
+    assert sc.n_tokens == len(H["0"]) and sc.info["holdout"] == holdout
     ref = {}
     for s, e in (r for r, _ in sc.blocks):
         ref[(s, e)] = _ce(_cut(model, s, e, _ridge(H[str(s)], H[str(e)], DAMP)), rows)
@@ -136,24 +141,25 @@ def test_block_loss_equals_a_plain_forward_of_the_cut_model(fam):
     assert sc.info["heldin_tokens"] == 10 * 15 + 7
 
 
-@pytest.mark.parametrize("chosen", [[3], [1, 2]])
-def test_greedy_step_equals_the_cut_pruned_model(chosen):
+@pytest.mark.parametrize(("chosen", "holdout"), [([3], False), ([1, 2], False), ([2], True)])
+def test_greedy_step_equals_the_cut_pruned_model(chosen, holdout):
     """Each candidate on a pruned model: the ghost fitted on the pruned stream before any ghost
     at its position, targets from the dense model; a ghost right after it replaced."""
     dense = make_tiny("llama", num_layers=6, seed=11)
     ad = adapter_for_model(dense)
     batches = _batches(seed=2, n=2)
     gaps = merge_adjacent([(i, i + 1) for i in chosen])
-    work = pruned_copy(dense, ad, gaps, batches, DAMP)
-    got = {c["layer"]: c for c in loss_step(dense, ad, batches, chosen, damp=DAMP, rows=5)}
+    fit_on = split_rows(batches, 5)[1] if holdout else batches
+    work = pruned_copy(dense, ad, gaps, fit_on, DAMP)
+    got = {c["layer"]: c for c in loss_step(dense, ad, batches, chosen, damp=DAMP, rows=5, holdout=holdout)}  # fmt: skip
     assert set(got) == set(range(6)) - set(chosen)
     kept = [i for i in range(6) if i not in chosen]
     ref = {}
     for o in kept:
         p = kept.index(o)
         b = next((e for s, e in gaps if s == o + 1), o + 1)
-        X = _states(work, batches, {"x": p})["x"]
-        Y = _states(dense, batches, {"y": b})["y"]
+        X = _states(work, fit_on, {"x": p})["x"]
+        Y = _states(dense, fit_on, {"y": b})["y"]
         ref[o] = _ce(
             _cut(work, p, p + 1, _ridge(X, Y, DAMP), clear_hooks=b > o + 1), heldin(batches, 5)
         )
@@ -196,6 +202,8 @@ def test_resolve_gaps_loss_picks_the_lowest_block():
     )
     with pytest.raises(InputError, match="at least 1 calibration row"):
         heldin(batches, 0)
+    with pytest.raises(InputError, match="after the first 24, and there are none"):
+        loss_scores(dense, ad, batches, block=2, rows=24, holdout=True)
 
 
 # ---- commands ----------------------------------------------------------------------------------

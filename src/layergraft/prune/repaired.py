@@ -74,20 +74,44 @@ DEFINITION = (
     "mean next-token cross-entropy (nats) of the model with block [s, s+n) removed and repaired by its ghost fit "
     "W = I + M* (same damping, statistics of every calibration token), on the first {rows} calibration rows"
 )
+HOLDOUT = "; the ghost fitted on the calibration rows after those instead (holdout)"
 
 
 def heldin(batches: Sequence[Batch], rows: int = HELDIN_ROWS) -> list[Batch]:
     """The first ``rows`` rows of the calibration batches, batched as they were."""
+    return split_rows(batches, rows)[0]
+
+
+def split_rows(
+    batches: Sequence[Batch], rows: int = HELDIN_ROWS
+) -> tuple[list[Batch], list[Batch]]:
+    """The first ``rows`` rows of the calibration batches, and the rows after them."""
     if rows < 1:
         raise InputError(f"the held-in slice needs at least 1 calibration row (got {rows})")
-    out, left = [], rows
+    held, rest, left = [], [], rows
     for b in batches:
-        if left <= 0:
-            break
-        k = min(left, int(b.input_ids.shape[0]))
-        out.append(Batch(b.input_ids[:k], b.attention_mask[:k]))
+        k = max(0, min(left, int(b.input_ids.shape[0])))
+        if k:
+            held.append(Batch(b.input_ids[:k], b.attention_mask[:k]))
+        if k < b.input_ids.shape[0]:
+            rest.append(Batch(b.input_ids[k:], b.attention_mask[k:]))
         left -= k
-    return out
+    return held, rest
+
+
+def _fit_rows(
+    batches: Sequence[Batch], rows: int, holdout: bool
+) -> tuple[list[Batch], list[Batch]]:
+    """The rows scored, and the rows the candidates' ghosts are fitted on: every row, or with
+    ``holdout`` the rows after the scored ones (the loss is then measured on text the fit did
+    not see)."""
+    held, rest = split_rows(batches, rows)
+    if holdout and not rest:
+        raise InputError(
+            f"the loss metric's holdout fits on the calibration rows after the first {rows}, and there are none; "
+            "give more --calib-tokens"
+        )
+    return held, (rest if holdout else list(batches))
 
 
 def _targets(batch: Batch, device: Any) -> Reads:
@@ -174,22 +198,24 @@ def loss_scores(
     damp: float = DEFAULT_DAMP,
     max_boundaries: int | None = None,
     rows: int = HELDIN_ROWS,
+    holdout: bool = False,
 ) -> Scores:
     """Every contiguous block of ``block`` layers scored by the held-in loss of the model with
     it removed and ghost-repaired (lowest = the pick); statistics of ``max_boundaries``
-    blocks per pass over ``batches``."""
+    blocks per pass over ``batches`` (``holdout``: over the rows after the scored ones)."""
     n_layers, d = len(adapter.layers(model)), adapter.hidden_size
     if not 1 <= block < n_layers:
         raise InputError(
             f"--block {block} must be between 1 and {n_layers - 1} for this {n_layers}-layer model"
         )
-    n = check_samples(batches, d, "all")
+    scored, fit_on = _fit_rows(batches, rows, holdout)
+    n = check_samples(fit_on, d, "all")
     gaps = [(s, s + block) for s in range(n_layers - block + 1)]
     check_memory(per_device(model, adapter, [s for s, _ in gaps]), d, max_boundaries=max_boundaries)  # fmt: skip
-    held = HeldIn(model, adapter, heldin(batches, rows))
+    held = HeldIn(model, adapter, scored)
     blocks, info = [], []
     for part in chunks(gaps, max_boundaries):
-        for st in collect_gap_stats(model, adapter, batches, part):
+        for st in collect_gap_stats(model, adapter, fit_on, part):
             op = fit_ghost(st, damp)
             loss = held.loss(op, st.start, st.end)
             blocks.append(((st.start, st.end), loss))
@@ -197,11 +223,12 @@ def loss_scores(
     summary = {
         "damp": damp,
         "rows": rows,
+        "holdout": holdout,
         "heldin_tokens": held.n_tokens,
         "dense_loss": held.loss(None, 0, 0),
         "passes": -(-len(gaps) // (max_boundaries or len(gaps))),
         "stats_bytes": min(len(gaps), max_boundaries or len(gaps)) * boundary_bytes(d),
-        "definition": DEFINITION.format(rows=rows),
+        "definition": DEFINITION.format(rows=rows) + (HOLDOUT if holdout else ""),
     }
     return Scores("loss", block, "all", blocks, None, n, block_info=info, info=summary)
 
@@ -215,16 +242,18 @@ def loss_step(
     damp: float = DEFAULT_DAMP,
     max_boundaries: int | None = None,
     rows: int = HELDIN_ROWS,
+    holdout: bool = False,
 ) -> list[dict[str, Any]]:
     """Every kept layer's held-in loss after removal and repair, given the layers ``chosen``
     so far (original indices): the model pruned of them (sequential ghost fits), one pass per
     ``max_boundaries`` candidates for the fits, then each candidate run on the held-in rows."""
     gaps = merge_adjacent([(i, i + 1) for i in chosen])
-    work = pruned_copy(dense, adapter, gaps, batches, damp)
-    held = HeldIn(work, adapter, heldin(batches, rows))
+    rows_scored, fit_on = _fit_rows(batches, rows, holdout)
+    work = pruned_copy(dense, adapter, gaps, fit_on, damp)
+    held = HeldIn(work, adapter, rows_scored)
     scored = []
     for part in chunks(candidates(len(adapter.layers(dense)), gaps), max_boundaries):
-        stats = candidate_stats(dense, work, adapter, batches, part)
+        stats = candidate_stats(dense, work, adapter, fit_on, part)
         for (o, p, gap), st in zip(part, stats, strict=True):
             op = fit_ghost(st, damp)
             merged = p + 1 if gap[1] > o + 1 else None  # a gap started right after o
@@ -243,18 +272,19 @@ def greedy_loss(
     damp: float = DEFAULT_DAMP,
     max_boundaries: int | None = None,
     rows: int = HELDIN_ROWS,
+    holdout: bool = False,
 ) -> tuple[list[Range], list[dict[str, Any]]]:
     """Choose ``n_remove`` layers one at a time, each the kept layer whose removal and repair
     leaves the lowest held-in loss on the model pruned so far (ties: the lower layer). Returns
     the merged gaps and a record of every step (each candidate's loss)."""
     n_layers, d = len(adapter.layers(dense)), adapter.hidden_size
-    check_samples(batches, d, "all")
+    check_samples(_fit_rows(batches, rows, holdout)[1], d, "all")
     check_memory(per_device(dense, adapter, range(n_layers)), d, max_boundaries=max_boundaries, fix_block=False)  # fmt: skip
     chosen: list[int] = []
     steps: list[dict[str, Any]] = []
     for k in range(n_remove):
         before = format_ranges(merge_adjacent([(i, i + 1) for i in chosen]))
-        scored = loss_step(dense, adapter, batches, chosen, damp=damp, max_boundaries=max_boundaries, rows=rows)  # fmt: skip
+        scored = loss_step(dense, adapter, batches, chosen, damp=damp, max_boundaries=max_boundaries, rows=rows, holdout=holdout)  # fmt: skip
         best = min(scored, key=lambda c: (c["score"], c["layer"]))
         chosen.append(best["layer"])
         log.info("loss-greedy step %d: layer %d (gap %s), loss %.4f", k + 1, best["layer"], best["gap"], best["score"])  # fmt: skip
@@ -272,10 +302,11 @@ def loss_selection(
     damp: float = DEFAULT_DAMP,
     max_boundaries: int | None = None,
     rows: int = HELDIN_ROWS,
+    holdout: bool = False,
 ) -> tuple[list[Range], dict[str, Any]]:
     """``--auto n --metric loss|loss-greedy``: the gaps, and how they were chosen."""
-    how: dict[str, Any] = {"auto": int(n), "metric": metric, "damp": damp, "rows": rows}
-    kw = {"damp": damp, "max_boundaries": max_boundaries, "rows": rows}
+    how: dict[str, Any] = {"auto": int(n), "metric": metric, "damp": damp, "rows": rows, "holdout": holdout}  # fmt: skip
+    kw = {"damp": damp, "max_boundaries": max_boundaries, "rows": rows, "holdout": holdout}
     if metric == "loss-greedy":
         gaps, how["steps"] = greedy_loss(model, adapter, batches, int(n), **kw)
         how["loss"] = how["steps"][-1]["score"]
