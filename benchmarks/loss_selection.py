@@ -59,13 +59,44 @@ def spearman(a: list[float], b: list[float]) -> float:
     return cov / (va * vb) if va and vb else float("nan")
 
 
+def rank(out: dict[str, Any]) -> dict[str, Any]:
+    """Each pick against the oracle of its removal: its rank among the contiguous blocks
+    (1 + blocks with a lower PPL after ghost), and each score's Spearman correlation with it."""
+    key = {lb: i for i, lb in enumerate(ORDER)}
+    out["rows"].sort(key=lambda r: (r["n"], key[r["label"]]))
+    for n, orc in out["oracle"].items():
+        values = sorted(orc["ppl_ghost"].values())
+        for r in out["rows"]:
+            if str(r["n"]) == n:
+                r["oracle_rank"] = 1 + sum(v < r["ppl_ghost"] * (1 - 1e-9) for v in values)
+                if r["removed"] in orc["ppl_ghost"]:
+                    ref = orc["ppl_ghost"][r["removed"]]
+                    r["oracle_ppl"] = ref
+                    assert abs(ref - r["ppl_ghost"]) <= 1e-6 * ref, (
+                        r["removed"],
+                        ref,
+                        r["ppl_ghost"],
+                    )
+        blocks = list(orc["ppl_ghost"])
+        truth = [orc["ppl_ghost"][b] for b in blocks]
+        corr = {
+            m: spearman([orc["scores"][m][b] for b in blocks], truth) for m in ("angular", "bi")
+        }
+        for label in ("residual", "loss", "loss-holdout"):
+            row = next((r for r in out["rows"] if str(r["n"]) == n and r["label"] == label), None)
+            if row is not None:
+                corr[label] = spearman([row["scores"][b] for b in blocks], truth)
+        orc["spearman_vs_ghost_ppl"] = corr
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", help="model dir or .gguf (default: SmolLM2-135M-Instruct GGUF)")
     ap.add_argument("--name", help="how the results name the model (default: --model)")
     ap.add_argument("--key", required=True)
     ap.add_argument("--n", type=int, nargs="+", default=[4, 8])
-    ap.add_argument("--selections", nargs="+", default=list(ORDER), choices=ORDER)
+    ap.add_argument("--selections", nargs="*", default=list(ORDER), choices=ORDER)
     ap.add_argument("--oracle", type=int, nargs="*", default=[], metavar="N")
     ap.add_argument("--calib-tokens", type=int, default=4096)
     ap.add_argument("--seqlen", type=int, default=256)
@@ -74,7 +105,22 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--redo", action="store_true")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument(
+        "--merge", type=Path, nargs="+", metavar="JSON",
+        help="no run: merge the --key results of these files (runs split over processes) into --out, rank",
+    )  # fmt: skip
     args = ap.parse_args()
+    if args.merge:
+        results = json.loads(args.out.read_text()) if args.out.is_file() else {}
+        out = results.get(args.key) or {}
+        for path in args.merge:
+            part = json.loads(path.read_text())[args.key]
+            rows = out.get("rows", []) + part.pop("rows", [])
+            oracle = {**out.get("oracle", {}), **part.pop("oracle", {})}
+            out = {**part, **out, "rows": rows, "oracle": oracle}
+        results[args.key] = rank(out)
+        args.out.write_text(json.dumps(results, indent=1, default=str) + "\n")
+        return
 
     import torch
 
@@ -205,30 +251,7 @@ def main() -> None:
                 add({"n": k + 1, "label": "loss-greedy", "fit": "sequential", "removed": format_ranges(gaps),
                      "seconds": round(total, 1), "ppl_ghost": ppl_after(gaps, True), "steps": list(steps)})  # fmt: skip
 
-    # each pick against the oracle: its rank among the contiguous blocks (1 + blocks with lower PPL)
-    for n, orc in out["oracle"].items():
-        values = sorted(orc["ppl_ghost"].values())
-        for r in out["rows"]:
-            if str(r["n"]) == n:
-                r["oracle_rank"] = 1 + sum(v < r["ppl_ghost"] * (1 - 1e-9) for v in values)
-                if r["removed"] in orc["ppl_ghost"]:
-                    ref = orc["ppl_ghost"][r["removed"]]
-                    r["oracle_ppl"] = ref
-                    assert abs(ref - r["ppl_ghost"]) <= 1e-6 * ref, (
-                        r["removed"],
-                        ref,
-                        r["ppl_ghost"],
-                    )
-        blocks = list(orc["ppl_ghost"])
-        truth = [orc["ppl_ghost"][b] for b in blocks]
-        corr = {
-            m: spearman([orc["scores"][m][b] for b in blocks], truth) for m in ("angular", "bi")
-        }
-        for label in ("residual", "loss", "loss-holdout"):
-            row = next((r for r in out["rows"] if str(r["n"]) == n and r["label"] == label), None)
-            if row is not None:
-                corr[label] = spearman([row["scores"][b] for b in blocks], truth)
-        orc["spearman_vs_ghost_ppl"] = corr
+    rank(out)
     save()
     print(f"wrote {args.out} [{args.key}]")
 
