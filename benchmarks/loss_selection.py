@@ -103,6 +103,9 @@ def main() -> None:
     ap.add_argument("--ppl-tokens", type=int, default=4096)
     ap.add_argument("--ppl-seqlen", type=int, default=512)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--greedy-rows", type=int, help="held-in rows of loss-greedy (default: the metric's own)"
+    )
     ap.add_argument("--redo", action="store_true")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument(
@@ -236,7 +239,9 @@ def main() -> None:
         steps, total = [], 0.0
         for k in range(max(args.n)):
             t0 = time.perf_counter()
-            scored = loss_step(model, ad, batches, chosen, damp=DAMP)
+            scored = loss_step(
+                model, ad, batches, chosen, damp=DAMP, rows=args.greedy_rows or HELDIN_ROWS
+            )
             best = min(scored, key=lambda c: (c["score"], c["layer"]))
             total += time.perf_counter() - t0
             chosen.append(best["layer"])
@@ -249,7 +254,8 @@ def main() -> None:
             if k + 1 in args.n:
                 gaps = merge_adjacent([(i, i + 1) for i in chosen])
                 add({"n": k + 1, "label": "loss-greedy", "fit": "sequential", "removed": format_ranges(gaps),
-                     "seconds": round(total, 1), "ppl_ghost": ppl_after(gaps, True), "steps": list(steps)})  # fmt: skip
+                     "seconds": round(total, 1), "ppl_ghost": ppl_after(gaps, True), "steps": list(steps),
+                     "heldin_rows": args.greedy_rows or HELDIN_ROWS})  # fmt: skip
 
     rank(out)
     save()

@@ -357,6 +357,7 @@ LOSS_NAMES = {
     "angular": "angular distance",
     "residual": "residual (÷ ‖Δ‖²)",
     "loss": "**loss after repair**",
+    "loss-holdout": "loss after repair, ghost fitted on the other rows (holdout)",
     "loss-greedy": "**loss after repair, greedy**, sequential fit",
 }
 
@@ -385,29 +386,26 @@ def table_loss_selection(res: dict) -> str:
 
 def table_loss_oracle(res: dict, n: str = "4") -> str:
     """The oracle: every contiguous block removed and ghost-repaired, by held-out PPL, beside
-    the score each selection gives it; a closing row per score with its Spearman correlation."""
+    the score each selection gives it; a closing row with each score's Spearman correlation."""
     orc = res["oracle"][n]
     ppl = orc["ppl_ghost"]
     score = {m: orc["scores"][m] for m in ("angular", "bi")}
-    for label in ("residual", "loss"):
-        row = next(r for r in res["rows"] if str(r["n"]) == n and r["label"] == label)
-        score[label] = row["scores"]
+    for label in ("loss", "loss-holdout", "residual"):
+        row = next((r for r in res["rows"] if str(r["n"]) == n and r["label"] == label), None)
+        if row is not None:
+            score[label] = row["scores"]
+    names = {"loss": "loss after repair (held-in)", "loss-holdout": "loss after repair (holdout)",
+             "angular": "angular", "bi": "bi", "residual": "residual"}  # fmt: skip
+    cols = [m for m in names if m in score]
     out = [
-        f"| block of {n} (dense PPL {orc['dense_ppl']:.2f}) | PPL after ghost | rank | loss after repair (held-in) | angular | bi | residual |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    order = sorted(ppl, key=ppl.get)
-    for k, b in enumerate(order):
-        out.append(
-            f"| `{b}` | {ppl[b]:.2f} | {k + 1} | {score['loss'][b]:.4f} | {score['angular'][b]:.4f} "
-            f"| {score['bi'][b]:.4f} | {score['residual'][b]:.4f} |"
-        )
+        f"| block of {n} (dense PPL {orc['dense_ppl']:.2f}) | PPL after ghost | rank | "
+        + " | ".join(names[m] for m in cols) + " |",
+        "|---|---:|---:|" + "---:|" * len(cols),
+    ]  # fmt: skip
+    for k, b in enumerate(sorted(ppl, key=ppl.get)):
+        out.append(f"| `{b}` | {ppl[b]:.2f} | {k + 1} | " + " | ".join(f"{score[m][b]:.4f}" for m in cols) + " |")  # fmt: skip
     corr = orc["spearman_vs_ghost_ppl"]
-    out.append(
-        "| *Spearman vs PPL after ghost* | | | "
-        + " | ".join(f"{corr[m]:+.2f}" for m in ("loss", "angular", "bi", "residual"))
-        + " |"
-    )
+    out.append("| *Spearman vs PPL after ghost* | | | " + " | ".join(f"{corr[m]:+.2f}" for m in cols) + " |")  # fmt: skip
     return "\n".join(out)
 
 
