@@ -377,8 +377,14 @@ def table_loss_selection(res: dict) -> str:
         for r in rows:
             ppl = f"{r['ppl_ghost']:.2f}"
             rank = f"{r['oracle_rank']} of {blocks[str(n)]}" if "oracle_rank" in r else "–"
+            name = LOSS_NAMES[r["label"]]
+            if (
+                r.get("heldin_rows", res["settings"]["heldin_rows"])
+                != res["settings"]["heldin_rows"]
+            ):
+                name += f", {r['heldin_rows']} held-in rows"
             out.append(
-                f"| {n} layers | {LOSS_NAMES[r['label']]} | `{r['removed']}` | "
+                f"| {n} layers | {name} | `{r['removed']}` | "
                 f"{f'**{ppl}**' if r['ppl_ghost'] == best else ppl} | {r['seconds']:.0f} s | {rank} |"
             )
     return "\n".join(out)
