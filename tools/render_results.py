@@ -356,9 +356,9 @@ LOSS_NAMES = {
     "bi": "block influence",
     "angular": "angular distance",
     "residual": "residual (÷ ‖Δ‖²)",
-    "loss": "**loss after repair**",
+    "loss": "loss after repair",
     "loss-holdout": "loss after repair, ghost fitted on the other rows (holdout)",
-    "loss-greedy": "**loss after repair, greedy**, sequential fit",
+    "loss-greedy": "loss after repair, greedy, sequential fit",
 }
 
 
