@@ -102,19 +102,30 @@ def h100_estimate(shape: str, positions_per_prompt: float, prompts: int = 48) ->
     from layergraft.slr.sweep.engines import carried_prefix_layers, enumerate_intervals, plan_units
 
     cfg = config_dict(shape)
-    n, d, f, v = cfg["num_hidden_layers"], cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
+    n, d, f, v = (
+        cfg["num_hidden_layers"],
+        cfg["hidden_size"],
+        cfg["intermediate_size"],
+        cfg["vocab_size"],
+    )
     hd = cfg["head_dim"]
     q, kv = cfg["num_attention_heads"] * hd, cfg["num_key_value_heads"] * hd
     per_layer = d * q + 2 * d * kv + q * d + 3 * d * f  # multiply-adds per position
     units = plan_units(n, enumerate_intervals(n), [])
     starts = [u for u in units if u.kind == "start"]
-    forwards = sum(u.cost(n, True) - u.start for u in starts) + carried_prefix_layers(starts) + 2 * n
+    forwards = (
+        sum(u.cost(n, True) - u.start for u in starts) + carried_prefix_layers(starts) + 2 * n
+    )
     intervals = sum(len(u.ends) for u in starts)
     positions = positions_per_prompt * prompts
     layer_flops = 2 * per_layer * positions * forwards
-    head_flops = 2 * d * v * prompts * 2 * (intervals + 2)  # answer slot + about as many V_end reads
+    head_flops = (
+        2 * d * v * prompts * 2 * (intervals + 2)
+    )  # answer slot + about as many V_end reads
     seconds = (layer_flops + head_flops) / H100_FLOPS
-    weights = 2 * (per_layer * n + d * v * (1 if cfg["tie_word_embeddings"] else 2)) * 2  # two models, bf16
+    weights = (
+        2 * (per_layer * n + d * v * (1 if cfg["tie_word_embeddings"] else 2)) * 2
+    )  # two models, bf16
     return {
         "shape": shape, "intervals": intervals, "prompts": prompts, "positions": round(positions),
         "layer_forwards": forwards, "tflop": round((layer_flops + head_flops) / 1e12, 1),
@@ -172,8 +183,9 @@ def main() -> None:
             "full": {
                 "intervals": full["intervals"],
                 "layer_forwards": full["layer_forwards"]["prefix-reuse"],
-                "plan_seconds": [full["estimated_seconds"]["prefix-reuse"],
-                                 full["estimated_seconds_every_read"]["prefix-reuse"]],
+                "plan_seconds": (full["halving"]["estimated_seconds"] if search == "halving" and full.get("halving")
+                                 else [full["estimated_seconds"]["prefix-reuse"],
+                                       full["estimated_seconds_every_read"]["prefix-reuse"]]),
                 "extrapolated_seconds": round(setup + (run["_wall_s"] - setup) * scale, 1),
                 "plan_peak_mib": round(full["estimated_peak_memory_gib"] * 1024),
             },

@@ -351,6 +351,70 @@ def table_oracle_blocks(res: dict) -> str:
     return "\n".join(out)
 
 
+#: how each selection of benchmarks/loss_selection.py is named (issue 35)
+LOSS_NAMES = {
+    "bi": "block influence",
+    "angular": "angular distance",
+    "residual": "residual (÷ ‖Δ‖²)",
+    "loss": "loss after repair",
+    "loss-holdout": "loss after repair, ghost fitted on the other rows (holdout)",
+    "loss-greedy": "loss after repair, greedy, sequential fit",
+}
+
+
+def table_loss_selection(res: dict) -> str:
+    """One row per selection and removal: the layers chosen, the held-out PPL after ghost repair
+    (the lowest of a removal in bold), the time the selection took, and where an oracle of that
+    removal exists, the pick's rank among every contiguous block (1 + blocks with lower PPL)."""
+    blocks = {n: len(o["ppl_ghost"]) for n, o in res.get("oracle", {}).items()}
+    out = [
+        f"| removal (dense PPL {res['ppl_dense']:.2f}) | selection | layers removed | PPL after ghost | selection time | rank among the blocks |",
+        "|---|---|---|---:|---:|---:|",
+    ]
+    for n in sorted({r["n"] for r in res["rows"]}):
+        rows = [r for r in res["rows"] if r["n"] == n]
+        best = min(r["ppl_ghost"] for r in rows)
+        for r in rows:
+            ppl = f"{r['ppl_ghost']:.2f}"
+            rank = f"{r['oracle_rank']} of {blocks[str(n)]}" if "oracle_rank" in r else "–"
+            name = LOSS_NAMES[r["label"]]
+            if (
+                r.get("heldin_rows", res["settings"]["heldin_rows"])
+                != res["settings"]["heldin_rows"]
+            ):
+                name += f", {r['heldin_rows']} held-in rows"
+            out.append(
+                f"| {n} layers | {name} | `{r['removed']}` | "
+                f"{f'**{ppl}**' if r['ppl_ghost'] == best else ppl} | {r['seconds']:.0f} s | {rank} |"
+            )
+    return "\n".join(out)
+
+
+def table_loss_oracle(res: dict, n: str = "4") -> str:
+    """The oracle: every contiguous block removed and ghost-repaired, by held-out PPL, beside
+    the score each selection gives it; a closing row with each score's Spearman correlation."""
+    orc = res["oracle"][n]
+    ppl = orc["ppl_ghost"]
+    score = {m: orc["scores"][m] for m in ("angular", "bi")}
+    for label in ("loss", "loss-holdout", "residual"):
+        row = next((r for r in res["rows"] if str(r["n"]) == n and r["label"] == label), None)
+        if row is not None:
+            score[label] = row["scores"]
+    names = {"loss": "loss after repair (held-in)", "loss-holdout": "loss after repair (holdout)",
+             "angular": "angular", "bi": "bi", "residual": "residual"}  # fmt: skip
+    cols = [m for m in names if m in score]
+    out = [
+        f"| block of {n} (dense PPL {orc['dense_ppl']:.2f}) | PPL after ghost | rank | "
+        + " | ".join(names[m] for m in cols) + " |",
+        "|---|---:|---:|" + "---:|" * len(cols),
+    ]  # fmt: skip
+    for k, b in enumerate(sorted(ppl, key=ppl.get)):
+        out.append(f"| `{b}` | {ppl[b]:.2f} | {k + 1} | " + " | ".join(f"{score[m][b]:.4f}" for m in cols) + " |")  # fmt: skip
+    corr = orc["spearman_vs_ghost_ppl"]
+    out.append("| *Spearman vs PPL after ghost* | | | " + " | ".join(f"{corr[m]:+.2f}" for m in cols) + " |")  # fmt: skip
+    return "\n".join(out)
+
+
 def table_gen_check(res: dict) -> str:
     """The generation check beside perplexity: one row per model of ``prune --compare``."""
     gc = res["gen_check"]
@@ -652,6 +716,14 @@ SOURCES = {
         },
         {"results": table_headline},
     ),
+    "loss": (  # benchmarks/loss_selection.py writes it (issue 35)
+        PRUNE / "loss_selection.json",
+        {
+            "selection_smollm2": lambda res: table_loss_selection(res["smollm2"]),
+            "selection_gemma3": lambda res: table_loss_selection(res["gemma3"]),
+            "oracle_smollm2": lambda res: table_loss_oracle(res["smollm2"]),
+        },
+    ),
     "prune": (  # benchmarks/residual_selection.py writes it (issue 21)
         PRUNE / "results.json",
         {
@@ -715,7 +787,11 @@ def main() -> int:
         for name in ("heatmaps.png", "pareto.png"):
             shutil.copyfile(args.src / name, DEMO / name)
         # the demo job writes its sweep into sweep/out/ (earlier demos: sweep/)
-        diff = next(p for p in (args.src / "sweep" / "out", args.src / "sweep") if (p / "diff.png").is_file())
+        diff = next(
+            p
+            for p in (args.src / "sweep" / "out", args.src / "sweep")
+            if (p / "diff.png").is_file()
+        )
         shutil.copyfile(diff / "diff.png", DEMO / "diff.png")
     stale = []
     for page in pages():

@@ -35,14 +35,15 @@ def _add_removal_args(s: argparse.ArgumentParser) -> None:
         "--auto",
         type=positive_int,
         metavar="N",
-        help="remove N layers chosen by --metric (bi: N lowest layers; angular/cosine/residual: "
-        "best block of N; residual-greedy: N layers one at a time, each scored on the model pruned so far)",
+        help="remove N layers chosen by --metric (bi: N lowest layers; angular/cosine/residual/loss: "
+        "best block of N; residual-greedy/loss-greedy: N layers one at a time, each scored on the model pruned so far)",
     )
     s.add_argument(
         "--metric",
-        choices=("angular", "bi", "cosine", "residual", "residual-greedy"),
+        choices=("angular", "bi", "cosine", "residual", "residual-greedy", "loss", "loss-greedy"),
         help="how --auto chooses (default angular: the best block, Gromov et al.; residual: the "
-        "block whose ghost fit leaves the smallest normalised residual, same --damp); only with --auto",
+        "block whose ghost fit leaves the smallest normalised residual, same --damp; loss: the block "
+        "whose removal and ghost repair leave the lowest loss on the first 8 calibration rows); only with --auto",
     )
     _add_residual_args(s)
     _add_damp_args(s, "the ghost and replaceme fits' (and the residual metrics')")
@@ -103,12 +104,17 @@ def _add_gen_check(s: argparse.ArgumentParser) -> None:
 RESIDUAL_ONLY = ("--damp", "--damp-abs", "--normalise", "--max-boundaries")
 #: recovery methods with a ridge (``--damp``/``--damp-abs`` act on their fit)
 DAMPED = ("ghost", "replaceme")
+#: the metrics that fit a ghost per candidate (--damp, --max-boundaries) without --normalise
+LOSS_METRICS = ("loss", "loss-greedy")
 
 
 def _refuse_unused_scores(args: argparse.Namespace) -> None:
-    """``scores``: the ghost fit's flags act only with ``--metric residual``."""
-    mode = None if args.metric == "residual" else f"--metric {args.metric}"
-    refuse_unused(args, RESIDUAL_ONLY, mode=mode, applies="--metric residual", fix="add --metric residual")  # fmt: skip
+    """``scores``: the ghost fit's flags act only with ``--metric residual`` (``loss``: all
+    but ``--normalise``)."""
+    if args.metric == "loss":
+        refuse_unused(args, RESIDUAL_ONLY[2:3], mode="--metric loss", applies="--metric residual", fix="use --metric residual")  # fmt: skip
+    mode = None if args.metric in ("residual", "loss") else f"--metric {args.metric}"
+    refuse_unused(args, RESIDUAL_ONLY, mode=mode, applies="--metric residual or loss", fix="add --metric residual or loss")  # fmt: skip
     args.normalise = args.normalise or "delta"
 
 
@@ -121,10 +127,13 @@ def _refuse_unused_removal(args: argparse.Namespace) -> None:
             "names them itself; remove --metric (or replace --remove with --auto N)"
         )
     metric = args.metric or "angular"
+    if args.auto is not None and metric in LOSS_METRICS:
+        refuse_unused(args, RESIDUAL_ONLY[2:3], mode=f"--metric {metric}", fix="use --metric residual",
+                      applies="--auto N with --metric residual or residual-greedy")  # fmt: skip
     mode = (f"--remove {args.remove}" if args.auto is None
-            else None if metric in ("residual", "residual-greedy") else f"--metric {metric}")  # fmt: skip
+            else None if metric in ("residual", "residual-greedy", *LOSS_METRICS) else f"--metric {metric}")  # fmt: skip
     refuse_unused(args, RESIDUAL_ONLY[2:], mode=mode, fix="choose the layers with --auto N --metric residual",
-                  applies="--auto N with --metric residual or residual-greedy")  # fmt: skip
+                  applies="--auto N with --metric residual, residual-greedy, loss or loss-greedy")  # fmt: skip
     recover = getattr(args, "recover", None)
     if (
         not getattr(args, "compare", False)
@@ -132,7 +141,7 @@ def _refuse_unused_removal(args: argparse.Namespace) -> None:
         and mode is not None
     ):
         refuse_unused(args, RESIDUAL_ONLY[:2], mode=f"--recover {recover}", fix="use --recover ghost or replaceme",
-                      applies="the ghost and replaceme fits and the residual metrics")  # fmt: skip
+                      applies="the ghost and replaceme fits and the selection metrics that fit one")  # fmt: skip
     args.metric, args.normalise = metric, args.normalise or "delta"
 
 
@@ -306,9 +315,10 @@ def register(sub: Any) -> None:
     )
     s.add_argument(
         "--metric",
-        choices=("angular", "bi", "cosine", "residual"),
+        choices=("angular", "bi", "cosine", "residual", "loss"),
         default="angular",
-        help="residual: the normalised residual ‖X_s M − Δ‖²/‖Δ‖² of the ghost fit of each block (lowest = most repairable)",
+        help="residual: the normalised residual ‖X_s M − Δ‖²/‖Δ‖² of the ghost fit of each block (lowest = most repairable); "
+        "loss: the next-token loss, on the first 8 calibration rows, of the model with the block removed and ghost-repaired",
     )
     s.add_argument(
         "--tokens",
@@ -316,7 +326,7 @@ def register(sub: Any) -> None:
         help="samples: each row's last token or every real token (default: last for angular, "
         "as Gromov et al.; all for bi, cosine and residual)",
     )
-    _add_damp_args(s, "residual: the ghost fit's")
+    _add_damp_args(s, "residual, loss: the ghost fit's")
     _add_residual_args(s)
     s.add_argument("--plot", metavar="PNG", help="write a plot of the scores")
     add_json_arg(s)

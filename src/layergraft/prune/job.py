@@ -27,6 +27,7 @@ from layergraft.prune.cut import merge_adjacent, parse_removal
 from layergraft.prune.greedy import greedy_residual
 from layergraft.prune.importance import METRICS, auto_removal, block_scores, check_block_size
 from layergraft.prune.recover import Damp, as_damp
+from layergraft.prune.repaired import LOSS_METRICS, loss_selection
 from layergraft.prune.residual import residual_scores
 from layergraft.ranges import Range
 from layergraft.text import Batch, read_text, text_batches
@@ -37,8 +38,11 @@ PathLike = str | os.PathLike[str]
 ModelLike = PathLike | tuple[Any, Any]
 #: the selections by the ghost fit's own residual (:mod:`layergraft.prune.residual`)
 RESIDUAL_METRICS: tuple[str, ...] = ("residual", "residual-greedy")
+#: the selections that fit a ghost per candidate on the dense model (``--damp``): by its
+#: residual, or by the repaired model's calibration loss (:mod:`layergraft.prune.repaired`)
+REPAIR_METRICS: tuple[str, ...] = (*RESIDUAL_METRICS, *LOSS_METRICS)
 #: how ``--auto N`` can choose
-AUTO_METRICS: tuple[str, ...] = (*METRICS, *RESIDUAL_METRICS)
+AUTO_METRICS: tuple[str, ...] = (*METRICS, *REPAIR_METRICS)
 
 
 def calibration_batches(
@@ -75,9 +79,10 @@ def resolve_gaps(
 ) -> tuple[list[Range], dict[str, Any] | None]:
     """The gaps to cut, and how they were chosen (None for ``remove``): ``remove`` as given,
     or ``auto`` layers chosen by ``metric`` — one scoring pass over ``batches``; for
-    ``residual-greedy`` one pass per step (:mod:`layergraft.prune.greedy`). ``damp``,
-    ``max_boundaries`` and ``norm``: the residual metrics' (the ghost fit's damping by
-    default; :data:`~layergraft.prune.residual.NORMS`)."""
+    ``residual-greedy`` one pass per step (:mod:`layergraft.prune.greedy`); ``loss`` and
+    ``loss-greedy`` also run every candidate on held-in rows (:mod:`layergraft.prune.repaired`).
+    ``damp``, ``max_boundaries`` and ``norm``: the residual metrics' (the ghost fit's damping
+    by default; :data:`~layergraft.prune.residual.NORMS`; the loss metrics take no ``norm``)."""
     n = len(adapter.layers(model))
     if (remove is None) == (auto is None):
         raise InputError("give exactly one of --remove RANGES and --auto N")
@@ -87,6 +92,9 @@ def resolve_gaps(
         raise InputError(f"unknown --metric {metric!r}; choose one of {', '.join(AUTO_METRICS)}")
     check_block_size(auto, n, "--auto")
     how: dict[str, Any] = {"auto": int(auto), "metric": metric}
+    if metric in LOSS_METRICS:
+        damp = as_damp(damp)
+        return loss_selection(model, adapter, batches, int(auto), metric, damp=damp, max_boundaries=max_boundaries)  # fmt: skip
     if metric in RESIDUAL_METRICS:
         damp = as_damp(damp)
         how |= {**damp.as_json(), "normalise": norm}
@@ -108,7 +116,7 @@ def refuse_ghosted_selection(inp: PruneInput, metric: str, auto: int | None = 0)
     """A residual selection scores the repair of the dense model: an already pruned
     (ghosted) input has no dense layers to score, so it is refused before it is loaded, as
     ``prune`` refuses it. ``auto=None`` (layers given by ``--remove``): nothing to check."""
-    if auto is None or metric not in RESIDUAL_METRICS:
+    if auto is None or metric not in REPAIR_METRICS:
         return
     if inp.ck is not None:
         ghosted = "layergraft_ghost" in inp.ck.config
@@ -124,9 +132,9 @@ def refuse_ghosted_selection(inp: PruneInput, metric: str, auto: int | None = 0)
 def warn_greedy_fit(auto: int | None, metric: str, sequential: bool) -> None:
     """``residual-greedy`` scores each layer as the sequential fit repairs it; a dense fit of
     the chosen gaps is allowed, but it is not what was scored."""
-    if auto is not None and metric == "residual-greedy" and not sequential:
+    if auto is not None and metric in ("residual-greedy", "loss-greedy") and not sequential:
         log.warning(
-            "residual-greedy chose the layers for a sequential fit; add --sequential to fit them so"
+            "%s chose the layers for a sequential fit; add --sequential to fit them so", metric
         )
 
 

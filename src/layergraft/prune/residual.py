@@ -125,20 +125,23 @@ def count_samples(batches: Sequence[Batch], tokens: str = "all") -> int:
     return sum(int(sample_mask(b.attention_mask, tokens).sum()) for b in batches)
 
 
-def check_samples(batches: Sequence[Batch], d: int, tokens: str = "all") -> int:
+def check_samples(
+    batches: Sequence[Batch], d: int, tokens: str = "all", metric: str = "residual"
+) -> int:
     """The number of samples, refusing fewer than the hidden size ``d`` (module doc: every
-    block would fit almost exactly), with the minimum named."""
+    block would fit almost exactly), with the minimum named; ``metric`` names the selection
+    in the message."""
     n = count_samples(batches, tokens)
     if n >= d:
         return n
     if tokens == "last":
         seqlen = max(int(b.input_ids.shape[1]) for b in batches)
         raise InputError(
-            f"--metric residual with --tokens last has {n} samples (one per calibration row), fewer than the hidden size {d}, "
+            f"--metric {metric} with --tokens last has {n} samples (one per calibration row), fewer than the hidden size {d}, "
             f"so every block would fit exactly; give at least {d} rows (--calib-tokens {d * seqlen} at --seqlen {seqlen}) or use --tokens all"
         )
     raise InputError(
-        f"--metric residual has {n} calibration tokens, fewer than the hidden size {d}, so every block would fit exactly; "
+        f"--metric {metric} has {n} calibration tokens, fewer than the hidden size {d}, so every block would fit exactly; "
         f"raise --calib-tokens to at least {d} (with a calibration text that long)"
     )
 

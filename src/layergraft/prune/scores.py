@@ -1,6 +1,7 @@
 """``scores``: how removable every block of layers is, by angular distance, block influence,
-cosine (:mod:`layergraft.prune.importance`) or the ghost fit's own residual
-(:mod:`layergraft.prune.residual`)."""
+cosine (:mod:`layergraft.prune.importance`), the ghost fit's own residual
+(:mod:`layergraft.prune.residual`) or the repaired model's calibration loss
+(:mod:`layergraft.prune.repaired`)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,14 @@ from layergraft.errors import InputError
 from layergraft.prune.importance import METRICS, block_scores
 from layergraft.prune.job import ModelLike, load_job, open_input, refuse_ghosted_selection
 from layergraft.prune.recover import check_damp
+from layergraft.prune.repaired import loss_scores
 from layergraft.prune.residual import check_norm, residual_scores
 from layergraft.report.scores import plot_scores
 from layergraft.text import DEFAULT_CALIB
 
 PathLike = str | os.PathLike[str]
 #: what ``scores`` can rank blocks by
-SCORE_METRICS: tuple[str, ...] = (*METRICS, "residual")
+SCORE_METRICS: tuple[str, ...] = (*METRICS, "residual", "loss")
 
 
 def scores(
@@ -42,8 +44,10 @@ def scores(
     """Score every contiguous block of ``block`` layers with ``metric`` on ``data``
     (``tokens``: ``last`` or ``all``; default the metric's own, see
     :mod:`layergraft.prune.importance`; ``residual`` uses every token by default, with the
-    ghost fit's ``damp`` (relative) or ``damp_abs`` (absolute, :class:`~layergraft.prune.recover.Damp`), ``max_boundaries`` block statistics per pass, ``normalise``:
-    :data:`~layergraft.prune.residual.NORMS`)."""
+    ghost fit's ``damp`` (relative) or ``damp_abs`` (absolute, :class:`~layergraft.prune.recover.Damp`),
+    ``max_boundaries`` block statistics per pass, ``normalise``:
+    :data:`~layergraft.prune.residual.NORMS`; ``loss`` the held-in loss after ghost repair with
+    the same damping, :mod:`layergraft.prune.repaired`)."""
     if metric not in SCORE_METRICS:
         raise InputError(f"unknown --metric {metric!r}; choose one of {', '.join(SCORE_METRICS)}")
     damp = check_damp(damp, damp_abs)
@@ -58,7 +62,16 @@ def scores(
         inp, calib=data, calib_tokens=n_tokens, seqlen=seqlen, batch_size=batch_size,
         device=device, dtype=dtype, device_map=device_map,
     )  # fmt: skip
-    if metric == "residual":
+    if metric == "loss":
+        sc = loss_scores(
+            job.model,
+            job.adapter,
+            job.batches,
+            block=block,
+            damp=damp,
+            max_boundaries=max_boundaries,
+        )
+    elif metric == "residual":
         sc = residual_scores(
             job.model, job.adapter, job.batches, block=block, tokens=tokens or "all",
             damp=damp, max_boundaries=max_boundaries, norm=normalise,
