@@ -28,7 +28,7 @@ def register(sub: Any) -> None:
         "demo",
         _cmd_demo,
         "the main job (layergraft slr) on the bundled toy pair, plus pruning, with a report "
-        "(96 s on 2 idle CPU cores, benchmarks/bench_demo.py)",
+        "(102 s on 2 idle CPU cores, benchmarks/bench_demo.py)",
         "Run layergraft slr on the toy base/post pair (CRC of both, the sweep with validation, the "
         "written hybrid, generations compared on three tasks), prune the base with every recovery "
         "method, and write report.md, report.html and results.json. Running it again reuses "
